@@ -1,0 +1,9 @@
+// spindle/spindle.hpp - the umbrella header: includes every in-process part of spindle.
+// (The Redis transport has its own umbrella, <spindle/redis.hpp>.)
+#pragma once
+
+#include "version.hpp"
+#include "status.hpp"
+#include "errors.hpp"
+#include "channel.hpp"
+#include "clock.hpp"
