@@ -1,0 +1,90 @@
+#include <doctest/doctest.h>
+
+#include <spindle/clock.hpp>
+
+#include <chrono>
+#include <thread>
+
+#include "support/threads.hpp"
+
+using namespace std::chrono_literals;
+using spindle::manual_clock;
+
+TEST_CASE("a manual clock starts at its epoch and moves only when advanced") {
+  manual_clock c;
+  CHECK(c.now().time_since_epoch() == 0ns);
+  c.advance(1500ms);
+  CHECK(c.now().time_since_epoch() == 1500ms);
+  c.advance(-1s);  // time never goes back
+  CHECK(c.now().time_since_epoch() == 1500ms);
+  c.advance_to(manual_clock::time_point(1s));  // earlier: ignored
+  CHECK(c.now().time_since_epoch() == 1500ms);
+  c.advance_to(manual_clock::time_point(2s));
+  CHECK(c.now().time_since_epoch() == 2s);
+}
+
+TEST_CASE("copies of a manual clock share one time") {
+  manual_clock a;
+  manual_clock b = a;
+  a.advance(3s);
+  CHECK(b.now().time_since_epoch() == 3s);
+}
+
+TEST_CASE("sleep_until on a manual clock returns at once when the time has come") {
+  manual_clock c;
+  c.advance(5s);
+  CHECK(spindle::sleep_until(c, manual_clock::time_point(4s)));
+  CHECK(spindle::sleep_for(c, 0ns));
+}
+
+TEST_CASE("sleep_until on a manual clock wakes when another thread advances it far enough") {
+  manual_clock c;
+  bool reached = false;
+  std::thread sleeper([&] { reached = spindle::sleep_until(c, manual_clock::time_point(10s)); });
+  REQUIRE(c.wait_for_sleepers(1, 10s));
+  c.advance(4s);  // not yet: still sleeping
+  REQUIRE(c.wait_for_sleepers(1, 10s));
+  c.advance(6s);
+  sleeper.join();
+  CHECK(reached);
+  CHECK(c.sleepers() == 0);
+}
+
+TEST_CASE("sleep_until on a manual clock returns false when a stop is requested") {
+  manual_clock c;
+  std::stop_source stop;
+  bool reached = true;
+  std::thread sleeper([&] { reached = spindle::sleep_for(c, 1h, stop.get_token()); });
+  REQUIRE(c.wait_for_sleepers(1, 10s));
+  stop.request_stop();
+  sleeper.join();
+  CHECK_FALSE(reached);
+  CHECK(c.now().time_since_epoch() == 0ns);
+}
+
+TEST_CASE("in auto-advance mode a sleep moves the manual clock and returns at once") {
+  manual_clock c;
+  c.set_auto_advance(true);
+  CHECK(spindle::sleep_for(c, 2s));
+  CHECK(c.now().time_since_epoch() == 2s);
+  std::stop_source stop;
+  stop.request_stop();
+  CHECK_FALSE(spindle::sleep_for(c, 2s, stop.get_token()));
+  CHECK(c.now().time_since_epoch() == 2s);
+}
+
+TEST_CASE("sleep_until on the steady clock returns promptly on a stop request") {
+  std::stop_source stop;
+  bool reached = true;
+  test_support::thread_group g;
+  g.spawn([&] { reached = spindle::sleep_for(std::chrono::steady_clock{}, 1h, stop.get_token()); });
+  stop.request_stop();
+  REQUIRE(g.join_within(30s));
+  CHECK_FALSE(reached);
+}
+
+TEST_CASE("sleep_until on the steady clock returns true once the time has passed") {
+  auto t = std::chrono::steady_clock::now() + 1ms;
+  CHECK(spindle::sleep_until(std::chrono::steady_clock{}, t));
+  CHECK(std::chrono::steady_clock::now() >= t);
+}
