@@ -7,3 +7,6 @@
 #include "errors.hpp"
 #include "channel.hpp"
 #include "clock.hpp"
+#include "deadline.hpp"
+#include "rate_limit.hpp"
+#include "retry.hpp"

@@ -1,0 +1,744 @@
+// spindle/rate_limit.hpp - rate limiters and a concurrency limiter.
+//
+// Defines:
+//   rate_limiter<L>                the concept: bool try_acquire(n = 1); void acquire(n = 1).
+//   token_bucket<Clock>            starts full, refills at `rate` per second up to `burst`;
+//                                  lock-free (one atomic updated by compare-and-swap).
+//   sliding_window_log<Clock>      exact: never more than `limit` admissions in any window of
+//                                  length `window`; admits whenever fewer were admitted in the
+//                                  trailing window. O(limit) memory at most.
+//   sliding_window_counter<Clock>  approximate, O(1) memory: windows aligned to the clock's epoch,
+//                                  the previous window's count weighted by its overlap.
+//   concurrency_limiter            caps concurrent calls with RAII permits (a semaphore).
+//
+// Every rate limiter has try_acquire(n) (never blocks), acquire(n) (blocks until admitted),
+// acquire(n, stop_token) -> ok | cancelled, acquire_for(n, d) / acquire_until(n, t) -> ok |
+// timeout (a timed acquire returns timeout at once when the tokens cannot come by then), and
+// retry_after(n): how long until n would be admitted if nobody else took any (a Retry-After
+// figure). Time is read from the Clock policy: manual_clock makes every test deterministic.
+//
+// Fairness: blocked acquirers sleep until their tokens are due, then try again; they are not
+// queued, so a stream of small try_acquire() calls may keep overtaking a large acquire(n).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>  // std::isfinite
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "clock.hpp"
+#include "detail/config.hpp"
+#include "detail/wait.hpp"
+#include "status.hpp"
+
+namespace spindle {
+
+/// What every rate limiter offers (in-process and Redis-backed alike).
+template <class L>
+concept rate_limiter = requires(L& l, std::uint64_t n) {
+  { l.try_acquire(n) } -> std::same_as<bool>;
+  { l.try_acquire() } -> std::same_as<bool>;
+  l.acquire(n);
+  l.acquire();
+};
+
+namespace detail {
+
+[[noreturn]] inline void throw_invalid(const char* fn, const std::string& what) {
+  throw std::invalid_argument(std::string("spindle::") + fn + ": " + what);
+}
+
+/// The blocking loop every rate limiter shares. `admit(now)` tries to take the tokens at `now`;
+/// `wait(now)` says how long until they would be there. Sleeps on the clock (never spins).
+template <class Clock, class Admit, class Wait>
+status acquire_loop(const Clock& clock, typename Clock::time_point until, const std::stop_token& st,
+                    Admit admit, Wait wait) {
+  for (;;) {
+    auto now = clock.now();
+    if (admit(now)) return status::ok;
+    if (st.stop_requested()) return status::cancelled;
+    auto w = wait(now);
+    if (w <= Clock::duration::zero()) continue;  // tokens came in between; try again
+    if (until < now || w > until - now) return status::timeout;  // cannot come in time
+    if (!sleep_until(clock, now + w, st)) return status::cancelled;
+  }
+}
+
+}  // namespace detail
+
+/// A token bucket: holds up to `burst` tokens, starts full, gains `rate` tokens per second.
+/// try_acquire(n) takes n tokens if there are n.
+///
+/// Guarantees: over any interval of length T, at most burst + rate * T tokens are taken.
+/// Each successful take is one compare-and-swap on a single atomic (the time at which the bucket
+/// would be empty), so concurrent callers never take more than the bucket holds, and a refusal
+/// is correct at the moment the caller read the clock (the state is loaded before the clock is
+/// read). No mutex; never allocates after construction. Visibility: taking a token orders no
+/// other memory (it is a permission, not a message between threads).
+///
+/// Arithmetic is in double-precision nanoseconds since construction; a take that falls short by
+/// less than a billionth of a token is admitted (slack for rounding), which nobody can observe.
+template <clock Clock = std::chrono::steady_clock>
+class token_bucket {
+ public:
+  using clock_type = Clock;
+  using duration = typename Clock::duration;
+  using time_point = typename Clock::time_point;
+
+  /// Whether reading the clock never throws (then neither does try_acquire()).
+  static constexpr bool nothrow_clock = noexcept(std::declval<const Clock&>().now());
+
+  /// A full bucket of `burst` tokens refilled at `rate_per_second`.
+  /// Throws std::invalid_argument if the rate is not finite or <= 0, or if burst == 0.
+  /// Allocates nothing (a manual_clock copy shares its state).
+  token_bucket(double rate_per_second, std::uint64_t burst, Clock clock = {})
+      : rate_(check_rate(rate_per_second)),
+        burst_(check_burst(burst)),
+        ns_per_token_(1e9 / rate_),
+        burst_ns_(static_cast<double>(burst_) * ns_per_token_),
+        slack_ns_(ns_per_token_ * 1e-9),
+        clock_(std::move(clock)),
+        origin_(clock_.now()) {
+    // relaxed: construction; whoever shares the bucket with other threads publishes it.
+    zero_.store(-burst_ns_, std::memory_order_relaxed);  // full: empty burst_ns_ ago
+  }
+
+  token_bucket(const token_bucket&) = delete;
+  token_bucket& operator=(const token_bucket&) = delete;
+
+  /// Takes `n` tokens if the bucket holds n; returns whether it did. Always false if n > burst;
+  /// always true if n == 0. Never blocks, never allocates. Thread-safe (lock-free).
+  bool try_acquire(std::uint64_t n = 1) noexcept(nothrow_clock) {
+    if (n == 0) return true;
+    if (n > burst_) return false;
+    return take(static_cast<double>(n) * ns_per_token_);
+  }
+
+  /// Takes `n` tokens, waiting until the bucket holds them. Sleeps on the clock while waiting.
+  /// Throws std::invalid_argument if n > burst (it could never be satisfied). Thread-safe.
+  void acquire(std::uint64_t n = 1) { (void)acquire_until(n, time_point::max(), {}); }
+
+  /// As acquire(n); returns ok, or cancelled if a stop is requested on `st` first (no tokens
+  /// are taken then). Wakes promptly on the stop request.
+  status acquire(std::uint64_t n, std::stop_token st) {
+    return acquire_until(n, time_point::max(), st);
+  }
+
+  /// As acquire(n), waiting at most `d`: ok | timeout | cancelled. Returns timeout at once when
+  /// the tokens cannot arrive within `d` even if nobody else takes any.
+  status acquire_for(std::uint64_t n, duration d, std::stop_token st = {}) {
+    auto now = clock_.now();
+    auto until = d >= time_point::max() - now ? time_point::max() : now + d;
+    return acquire_until(n, until, st);
+  }
+
+  /// As acquire(n), waiting until `until` at the latest: ok | timeout | cancelled.
+  /// Throws std::invalid_argument if n > burst.
+  status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
+    check_n("token_bucket::acquire", n);
+    if (n == 0) return status::ok;
+    const double cost = static_cast<double>(n) * ns_per_token_;
+    return detail::acquire_loop(
+        clock_, until, st, [&](time_point) { return take(cost); },
+        [&](time_point now) { return wait_for_cost(cost, elapsed_ns(now)); });
+  }
+
+  /// The tokens in the bucket now (fractional; capped at burst). Approximate under concurrency.
+  /// Never blocks. Thread-safe.
+  double available() const noexcept(nothrow_clock) {
+    const double now = elapsed_ns(clock_.now());
+    // relaxed: a snapshot of the one atomic; no other memory depends on it.
+    const double tokens = (now - zero_.load(std::memory_order_relaxed)) / ns_per_token_;
+    return std::clamp(tokens, 0.0, static_cast<double>(burst_));
+  }
+
+  /// How long until `n` tokens will be in the bucket if nobody else takes any: zero if they are
+  /// there now. A Retry-After figure. Throws std::invalid_argument if n > burst. Thread-safe.
+  duration retry_after(std::uint64_t n = 1) const {
+    check_n("token_bucket::retry_after", n);
+    if (n == 0) return duration::zero();
+    return wait_for_cost(static_cast<double>(n) * ns_per_token_, elapsed_ns(clock_.now()));
+  }
+
+  /// Tokens per second.
+  double rate() const noexcept { return rate_; }
+  /// The capacity.
+  std::uint64_t burst() const noexcept { return burst_; }
+  /// The clock the bucket reads.
+  const Clock& clock() const noexcept { return clock_; }
+
+ private:
+  static double check_rate(double r) {
+    if (!std::isfinite(r) || r <= 0)
+      detail::throw_invalid("token_bucket",
+                            "rate_per_second must be finite and > 0, got " + std::to_string(r));
+    return r;
+  }
+  static std::uint64_t check_burst(std::uint64_t b) {
+    if (b == 0) detail::throw_invalid("token_bucket", "burst must be >= 1, got 0");
+    return b;
+  }
+  void check_n(const char* fn, std::uint64_t n) const {
+    if (n > burst_)
+      detail::throw_invalid(fn, "n = " + std::to_string(n) + " exceeds burst = " +
+                                    std::to_string(burst_) + " (it could never be satisfied)");
+  }
+
+  double elapsed_ns(time_point t) const noexcept {
+    return std::chrono::duration<double, std::nano>(t - origin_).count();
+  }
+
+  // Takes `cost` nanoseconds' worth of tokens now. The clock is read after the state is loaded,
+  // so every take that `zero` reflects read the clock no later than we did: a refusal is right
+  // at the time we read it, even if this thread was preempted in between. After a failed CAS
+  // (`zero` reloaded, perhaps newer than our reading) a take still goes ahead on the old
+  // reading (an earlier time only means fewer tokens), but a refusal re-reads the clock first.
+  bool take(double cost) noexcept(nothrow_clock) {
+    // acquire: pairs with the release of the CAS below; the writer's clock read happens before
+    // ours, so on a monotonic clock its `now` is <= ours.
+    double zero = zero_.load(std::memory_order_acquire);
+    double now = elapsed_ns(clock_.now());
+    bool fresh = true;  // `now` was read after `zero` was loaded
+    for (;;) {
+      const double next = std::max(zero, now - burst_ns_) + cost;  // empty before: full now
+      if (next > now + slack_ns_) {  // not enough tokens: no write at all
+        if (fresh) return false;
+        now = elapsed_ns(clock_.now());
+        fresh = true;
+        continue;
+      }
+      // acq_rel on success: release publishes that our clock read came first (partner: the
+      // acquire loads here); acquire on failure: the reloaded `zero` is read like the first.
+      if (zero_.compare_exchange_weak(zero, next, std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+        return true;
+      fresh = false;
+    }
+  }
+
+  duration wait_for_cost(double cost, double now) const noexcept {
+    // relaxed: a snapshot; the caller re-checks with take().
+    const double zero = zero_.load(std::memory_order_relaxed);
+    const double due = std::max(zero, now - burst_ns_) + cost;
+    if (due <= now + slack_ns_) return duration::zero();
+    auto wait = std::chrono::ceil<duration>(std::chrono::duration<double, std::nano>(due - now));
+    return std::max(wait, duration(1));
+  }
+
+  const double rate_;
+  const std::uint64_t burst_;
+  const double ns_per_token_;
+  const double burst_ns_;
+  const double slack_ns_;
+  [[no_unique_address]] const Clock clock_;
+  const time_point origin_;
+  // The time (ns since origin_) at which the bucket was or will be empty: tokens at time t are
+  // min(burst, (t - zero_) / ns_per_token_). On its own cache line: it is the only written word.
+  alignas(detail::false_sharing_range) std::atomic<double> zero_{0};
+  char pad_[detail::false_sharing_range - sizeof(std::atomic<double>)] = {};
+
+  static_assert(std::atomic<double>::is_always_lock_free, "token_bucket relies on a lock-free CAS");
+};
+
+/// An exact sliding-window limiter: admits n at time t only if the admissions in (t - window, t]
+/// plus n stay within `limit`, so no window of length `window` (half-open) ever holds more than
+/// `limit`, and a request is admitted whenever the trailing window has room for it.
+///
+/// Keeps a log of (time, count) entries, at most `limit` of them; memory grows to the peak
+/// number of distinct admission times in one window (Allocates only while growing). A mutex
+/// guards the log; the clock is read under it so that the log stays in time order.
+template <clock Clock = std::chrono::steady_clock>
+class sliding_window_log {
+ public:
+  using clock_type = Clock;
+  using duration = typename Clock::duration;
+  using time_point = typename Clock::time_point;
+
+  /// At most `limit` admissions in any window of length `window`.
+  /// Throws std::invalid_argument if limit == 0 or window <= 0.
+  sliding_window_log(std::uint64_t limit, duration window, Clock clock = {})
+      : limit_(limit), window_(window), clock_(std::move(clock)) {
+    if (limit == 0) detail::throw_invalid("sliding_window_log", "limit must be >= 1, got 0");
+    if (window <= duration::zero())
+      detail::throw_invalid("sliding_window_log",
+                            "window must be > 0, got " + std::to_string(window.count()) + " ticks");
+  }
+
+  sliding_window_log(const sliding_window_log&) = delete;
+  sliding_window_log& operator=(const sliding_window_log&) = delete;
+
+  /// Admits `n` now if the trailing window has room for n; returns whether it did. Always false
+  /// if n > limit; true if n == 0. Never blocks (beyond a short internal lock). Thread-safe.
+  /// Allocates only when the log grows past its largest size so far.
+  bool try_acquire(std::uint64_t n = 1) {
+    if (n == 0) return true;
+    if (n > limit_) return false;
+    std::lock_guard lock(mu_);
+    return admit_locked(n, clock_.now());
+  }
+
+  /// Admits `n`, waiting until the window has room. Throws std::invalid_argument if n > limit.
+  void acquire(std::uint64_t n = 1) { (void)acquire_until(n, time_point::max(), {}); }
+
+  /// As acquire(n); ok, or cancelled if a stop is requested first.
+  status acquire(std::uint64_t n, std::stop_token st) {
+    return acquire_until(n, time_point::max(), st);
+  }
+
+  /// As acquire(n), waiting at most `d`: ok | timeout | cancelled (timeout at once if the room
+  /// cannot come in time).
+  status acquire_for(std::uint64_t n, duration d, std::stop_token st = {}) {
+    auto now = clock_.now();
+    auto until = d >= time_point::max() - now ? time_point::max() : now + d;
+    return acquire_until(n, until, st);
+  }
+
+  /// As acquire(n), waiting until `until` at the latest: ok | timeout | cancelled.
+  status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
+    check_n("sliding_window_log::acquire", n);
+    if (n == 0) return status::ok;
+    time_point at{};
+    return detail::acquire_loop(
+        clock_, until, st,
+        [&](time_point) {
+          std::lock_guard lock(mu_);
+          at = clock_.now();
+          return admit_locked(n, at);
+        },
+        [&](time_point) {
+          std::lock_guard lock(mu_);
+          return wait_locked(n, at);
+        });
+  }
+
+  /// How many more could be admitted now. Thread-safe.
+  std::uint64_t available() const {
+    std::lock_guard lock(mu_);
+    expire_locked(clock_.now());
+    return limit_ - total_;
+  }
+
+  /// How long until `n` would be admitted if nobody else is. Throws std::invalid_argument if
+  /// n > limit. Thread-safe.
+  duration retry_after(std::uint64_t n = 1) const {
+    check_n("sliding_window_log::retry_after", n);
+    if (n == 0) return duration::zero();
+    std::lock_guard lock(mu_);
+    return wait_locked(n, clock_.now());
+  }
+
+  std::uint64_t limit() const noexcept { return limit_; }
+  duration window() const noexcept { return window_; }
+
+ private:
+  struct entry {
+    time_point at;
+    std::uint64_t count;
+  };
+
+  void check_n(const char* fn, std::uint64_t n) const {
+    if (n > limit_)
+      detail::throw_invalid(fn, "n = " + std::to_string(n) + " exceeds limit = " +
+                                    std::to_string(limit_) + " (it could never be satisfied)");
+  }
+
+  entry& at_(std::size_t i) const { return log_[(head_ + i) % log_.size()]; }
+
+  // An entry at time s counts at time t while s > t - window, i.e. until t >= s + window.
+  void expire_locked(time_point now) const {
+    while (size_ > 0 && now - at_(0).at >= window_) {
+      total_ -= at_(0).count;
+      head_ = (head_ + 1) % log_.size();
+      --size_;
+    }
+  }
+
+  bool admit_locked(std::uint64_t n, time_point now) {
+    expire_locked(now);
+    if (total_ + n > limit_) return false;
+    if (size_ > 0 && at_(size_ - 1).at == now) {
+      at_(size_ - 1).count += n;
+    } else {
+      if (size_ == log_.size()) grow_locked();
+      log_[(head_ + size_) % log_.size()] = entry{now, n};
+      ++size_;
+    }
+    total_ += n;
+    return true;
+  }
+
+  duration wait_locked(std::uint64_t n, time_point now) const {
+    expire_locked(now);
+    if (total_ + n <= limit_) return duration::zero();
+    std::uint64_t must_leave = total_ + n - limit_, left = 0;
+    for (std::size_t i = 0; i < size_; ++i) {
+      left += at_(i).count;
+      if (left >= must_leave) return at_(i).at + window_ - now;
+    }
+    return window_;  // unreachable: n <= limit means the whole log can leave
+  }
+
+  // Doubles the ring (at most `limit` entries are ever live: each counts at least one).
+  void grow_locked() {
+    std::size_t cap = log_.empty() ? 16 : log_.size() * 2;
+    if (cap > limit_) cap = static_cast<std::size_t>(limit_);
+    if (cap <= size_) cap = size_ + 1;
+    std::vector<entry> bigger(cap);
+    for (std::size_t i = 0; i < size_; ++i) bigger[i] = at_(i);
+    log_.swap(bigger);
+    head_ = 0;
+  }
+
+  const std::uint64_t limit_;
+  const duration window_;
+  [[no_unique_address]] const Clock clock_;
+  // Mutable: expiring old entries is bookkeeping that const readers (available()) do too.
+  mutable std::mutex mu_;
+  mutable std::vector<entry> log_;   // guarded by mu_: a ring, oldest at head_
+  mutable std::size_t head_ = 0;     // guarded by mu_
+  mutable std::size_t size_ = 0;     // guarded by mu_
+  mutable std::uint64_t total_ = 0;  // guarded by mu_: the sum of the live entries' counts
+};
+
+/// An approximate sliding-window limiter in O(1) memory. Time is cut into windows of length
+/// `window` aligned to the clock's epoch; at fraction f of the current window, the estimate of
+/// the trailing window is  current + previous * (1 - f)  (the previous window's admissions
+/// assumed spread evenly), and n is admitted if estimate + n <= limit. Integer arithmetic, so
+/// the decision is exact for the estimate.
+///
+/// Error bound: each aligned window admits at most `limit`, so any window of length `window`
+/// holds at most 2 * limit (reached only when the previous window's admissions all fell at its
+/// very end). It admits n whenever previous + current + n <= limit, and it is exact when the
+/// previous window's traffic was even. Use sliding_window_log for an exact bound.
+template <clock Clock = std::chrono::steady_clock>
+class sliding_window_counter {
+ public:
+  using clock_type = Clock;
+  using duration = typename Clock::duration;
+  using time_point = typename Clock::time_point;
+
+  /// About `limit` admissions per window of length `window` (see the class comment).
+  /// Throws std::invalid_argument if limit == 0 or window <= 0. Never allocates.
+  sliding_window_counter(std::uint64_t limit, duration window, Clock clock = {})
+      : limit_(limit), window_(window), clock_(std::move(clock)) {
+    if (limit == 0) detail::throw_invalid("sliding_window_counter", "limit must be >= 1, got 0");
+    if (window <= duration::zero())
+      detail::throw_invalid("sliding_window_counter",
+                            "window must be > 0, got " + std::to_string(window.count()) + " ticks");
+  }
+
+  sliding_window_counter(const sliding_window_counter&) = delete;
+  sliding_window_counter& operator=(const sliding_window_counter&) = delete;
+
+  /// Admits `n` now if the estimate has room; returns whether it did. Always false if
+  /// n > limit; true if n == 0. Never blocks (beyond a short internal lock); never allocates.
+  /// Thread-safe.
+  bool try_acquire(std::uint64_t n = 1) {
+    if (n == 0) return true;
+    if (n > limit_) return false;
+    std::lock_guard lock(mu_);
+    return admit_locked(n, clock_.now());
+  }
+
+  /// Admits `n`, waiting until the estimate has room. Throws std::invalid_argument if n > limit.
+  void acquire(std::uint64_t n = 1) { (void)acquire_until(n, time_point::max(), {}); }
+
+  /// As acquire(n); ok, or cancelled if a stop is requested first.
+  status acquire(std::uint64_t n, std::stop_token st) {
+    return acquire_until(n, time_point::max(), st);
+  }
+
+  /// As acquire(n), waiting at most `d`: ok | timeout | cancelled.
+  status acquire_for(std::uint64_t n, duration d, std::stop_token st = {}) {
+    auto now = clock_.now();
+    auto until = d >= time_point::max() - now ? time_point::max() : now + d;
+    return acquire_until(n, until, st);
+  }
+
+  /// As acquire(n), waiting until `until` at the latest: ok | timeout | cancelled.
+  status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
+    check_n("sliding_window_counter::acquire", n);
+    if (n == 0) return status::ok;
+    time_point at{};
+    return detail::acquire_loop(
+        clock_, until, st,
+        [&](time_point) {
+          std::lock_guard lock(mu_);
+          at = clock_.now();
+          return admit_locked(n, at);
+        },
+        [&](time_point) {
+          std::lock_guard lock(mu_);
+          return wait_locked(n, at);
+        });
+  }
+
+  /// The estimated room now (limit minus the weighted estimate, rounded down). Approximate by
+  /// design. Thread-safe.
+  std::uint64_t available() const {
+    std::lock_guard lock(mu_);
+    auto now = clock_.now();
+    roll_locked(now);
+    auto used = weighted_locked(now);  // in limit * window units
+    auto cap = static_cast<u128>(limit_) * ticks(window_);
+    return used >= cap ? 0 : static_cast<std::uint64_t>((cap - used) / ticks(window_));
+  }
+
+  /// How long until `n` would be admitted if nobody else is. Throws std::invalid_argument if
+  /// n > limit. Thread-safe.
+  duration retry_after(std::uint64_t n = 1) const {
+    check_n("sliding_window_counter::retry_after", n);
+    if (n == 0) return duration::zero();
+    std::lock_guard lock(mu_);
+    return wait_locked(n, clock_.now());
+  }
+
+  std::uint64_t limit() const noexcept { return limit_; }
+  duration window() const noexcept { return window_; }
+
+ private:
+  __extension__ using u128 = unsigned __int128;  // counts times window ticks overflow 64 bits
+
+  static u128 ticks(duration d) { return static_cast<u128>(d.count()); }
+
+  void check_n(const char* fn, std::uint64_t n) const {
+    if (n > limit_)
+      detail::throw_invalid(fn, "n = " + std::to_string(n) + " exceeds limit = " +
+                                    std::to_string(limit_) + " (it could never be satisfied)");
+  }
+
+  std::int64_t index_of(time_point t) const {
+    auto c = static_cast<std::int64_t>(t.time_since_epoch().count());
+    auto w = static_cast<std::int64_t>(window_.count());
+    return c >= 0 ? c / w : -((-c + w - 1) / w);  // floor division
+  }
+
+  time_point start_of(std::int64_t index) const {
+    return time_point(duration(static_cast<typename duration::rep>(index * window_.count())));
+  }
+
+  void roll_locked(time_point now) const {
+    auto idx = index_of(now);
+    if (idx == index_) return;
+    prev_ = idx == index_ + 1 ? curr_ : 0;
+    curr_ = 0;
+    index_ = idx;
+  }
+
+  // (current + previous * (1 - f)) * window, in ticks: exact.
+  u128 weighted_locked(time_point now) const {
+    auto into = static_cast<u128>((now - start_of(index_)).count());
+    return static_cast<u128>(curr_) * ticks(window_) +
+           static_cast<u128>(prev_) * (ticks(window_) - into);
+  }
+
+  bool admit_locked(std::uint64_t n, time_point now) {
+    roll_locked(now);
+    if (weighted_locked(now) + static_cast<u128>(n) * ticks(window_) >
+        static_cast<u128>(limit_) * ticks(window_))
+      return false;
+    curr_ += n;
+    return true;
+  }
+
+  // The earliest `into` (ticks into a window) with count * (W - into) <= room * W, or W if none
+  // in this window.
+  static u128 earliest(std::uint64_t count, std::uint64_t room, u128 w) {
+    if (count == 0) return 0;
+    u128 allowed = static_cast<u128>(room) * w / count;  // W - into must not exceed this
+    return allowed >= w ? 0 : w - allowed;
+  }
+
+  duration wait_locked(std::uint64_t n, time_point now) const {
+    roll_locked(now);
+    const u128 w = ticks(window_);
+    const auto into = static_cast<u128>((now - start_of(index_)).count());
+    // In this window: prev_ weighted, curr_ fixed.
+    if (curr_ + n <= limit_) {
+      u128 e = earliest(prev_, limit_ - n - curr_, w);
+      if (e < w)
+        return e <= into ? duration::zero()
+                         : duration(static_cast<typename duration::rep>(e - into));
+    }
+    // The next window: curr_ becomes the weighted previous one.
+    u128 e = earliest(curr_, limit_ - n, w);
+    if (e >= w) e = w;  // the one after: both counts gone
+    return duration(static_cast<typename duration::rep>(w - into + e));
+  }
+
+  const std::uint64_t limit_;
+  const duration window_;
+  [[no_unique_address]] const Clock clock_;
+  // Mutable: rolling to the current window is bookkeeping that const readers do too.
+  mutable std::mutex mu_;
+  mutable std::int64_t index_ = 0;  // guarded by mu_: the current window's number since the epoch
+  mutable std::uint64_t curr_ = 0;  // guarded by mu_: admitted in window index_
+  mutable std::uint64_t prev_ = 0;  // guarded by mu_: admitted in window index_ - 1
+};
+
+/// Caps the number of calls running at once: acquire() returns a permit, and the call holds it
+/// while it runs; at most `n` permits exist at a time. A counting semaphore with RAII.
+///
+/// Visibility: everything a thread did before its permit was released is visible to the thread
+/// whose acquire() takes that permit next. Waiters spin briefly, then sleep on an event_count
+/// (futex): never a busy wait while idle. Not fair: a newcomer may take a permit before a
+/// sleeper wakes.
+///
+/// Lifetime: the limiter must outlive its permits.
+class concurrency_limiter {
+ public:
+  /// A held slot; released by its destructor or release(). Move-only.
+  class permit {
+   public:
+    permit() noexcept = default;
+    permit(permit&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)) {}
+    permit& operator=(permit&& o) noexcept {
+      if (this != &o) {
+        release();
+        owner_ = std::exchange(o.owner_, nullptr);
+      }
+      return *this;
+    }
+    permit(const permit&) = delete;
+    permit& operator=(const permit&) = delete;
+    ~permit() { release(); }
+
+    /// Gives the slot back now (idempotent). Never blocks. Never allocates.
+    void release() noexcept {
+      if (owner_ != nullptr) std::exchange(owner_, nullptr)->release_one();
+    }
+    /// Whether this permit holds a slot.
+    bool held() const noexcept { return owner_ != nullptr; }
+    explicit operator bool() const noexcept { return held(); }
+
+   private:
+    friend class concurrency_limiter;
+    explicit permit(concurrency_limiter* owner) noexcept : owner_(owner) {}
+    concurrency_limiter* owner_ = nullptr;
+  };
+
+  /// At most `n` permits at a time. Throws std::invalid_argument if n == 0.
+  explicit concurrency_limiter(std::size_t n) : limit_(n), free_(n) {
+    if (n == 0) detail::throw_invalid("concurrency_limiter", "n must be >= 1, got 0");
+  }
+
+  concurrency_limiter(const concurrency_limiter&) = delete;
+  concurrency_limiter& operator=(const concurrency_limiter&) = delete;
+
+  /// Requires: no permit is outstanding.
+  ~concurrency_limiter() { SPINDLE_ASSERT(in_use() == 0); }
+
+  /// A permit, waiting while all are taken. Never allocates. Thread-safe.
+  permit acquire() {
+    wait_until_taken(no_deadline{}, {});
+    return permit(this);
+  }
+
+  /// A permit, or nullopt if a stop is requested on `st` first. Thread-safe.
+  std::optional<permit> acquire(std::stop_token st) {
+    if (!wait_until_taken(no_deadline{}, st)) return std::nullopt;
+    return permit(this);
+  }
+
+  /// A permit, or nullopt if none came within `d` (real time). Thread-safe.
+  template <class Rep, class Period>
+  std::optional<permit> acquire_for(std::chrono::duration<Rep, Period> d, std::stop_token st = {}) {
+    auto until = detail::event_count::clock::now() + std::chrono::ceil<std::chrono::nanoseconds>(d);
+    if (!wait_until_taken(until, st)) return std::nullopt;
+    return permit(this);
+  }
+
+  /// A permit if one is free now, else nullopt. Never blocks. Thread-safe.
+  std::optional<permit> try_acquire() noexcept {
+    if (!try_take()) return std::nullopt;
+    return permit(this);
+  }
+
+  /// The cap.
+  std::size_t limit() const noexcept { return limit_; }
+  /// Permits free now (approximate under concurrency).
+  std::size_t available() const noexcept { return free_.load(std::memory_order_relaxed); }
+  /// Permits held now (approximate under concurrency).
+  std::size_t in_use() const noexcept { return limit_ - available(); }
+
+ private:
+  bool try_take() noexcept {
+    // relaxed: only a hint for the CAS below.
+    std::size_t f = free_.load(std::memory_order_relaxed);
+    while (f > 0) {
+      // acquire: pairs with the release in release_one(), so the last holder's work is visible.
+      if (free_.compare_exchange_weak(f, f - 1, std::memory_order_acquire,
+                                      std::memory_order_relaxed))
+        return true;
+    }
+    return false;
+  }
+
+  void release_one() noexcept {
+    // release: publishes the holder's work; pairs with the acquire CAS in try_take().
+    free_.fetch_add(1, std::memory_order_release);
+    ec_.notify_one();
+  }
+
+  struct no_deadline {};
+
+  // Takes a permit: spins briefly, then sleeps on ec_. Returns false if `until` passes (when it
+  // is a time point) or a stop is requested on `st` first.
+  template <class Until>
+  bool wait_until_taken(Until until, const std::stop_token& st) {
+    constexpr bool timed = std::is_same_v<Until, detail::event_count::clock::time_point>;
+    for (int i = 0; i < 64; ++i) {
+      if (try_take()) return true;
+      detail::cpu_relax();
+    }
+    for (;;) {
+      if (try_take()) return true;
+      if (st.stop_requested()) return give_up();
+      if constexpr (timed) {
+        if (detail::event_count::clock::now() >= until) return give_up();
+      }
+      auto key = ec_.prepare_wait();
+      if (try_take()) {
+        ec_.cancel_wait();
+        return true;
+      }
+      if constexpr (timed) {
+        // A stop request wakes the timed sleep too.
+        std::stop_callback wake(st, [this] { ec_.notify_all(); });
+        if (st.stop_requested()) {
+          ec_.cancel_wait();
+        } else {
+          (void)ec_.wait_until(key, until);
+        }
+      } else if (st.stop_possible()) {
+        ec_.wait(key, st);
+      } else {
+        ec_.wait(key);
+      }
+    }
+  }
+
+  // A waiter that leaves may have consumed a notify_one meant for another: pass it on.
+  bool give_up() noexcept {
+    if (available() > 0 && ec_.waiters() > 0) ec_.notify_one();
+    return false;
+  }
+
+  const std::size_t limit_;
+  // Free permits. On its own cache line: every acquire and release writes it.
+  alignas(detail::false_sharing_range) std::atomic<std::size_t> free_;
+  detail::event_count ec_;  // acquirers sleep here while free_ == 0
+};
+
+}  // namespace spindle
