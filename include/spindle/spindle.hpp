@@ -10,3 +10,6 @@
 #include "deadline.hpp"
 #include "rate_limit.hpp"
 #include "retry.hpp"
+#include "future.hpp"
+#include "when.hpp"
+#include "thread_pool.hpp"
