@@ -1,0 +1,14 @@
+// spindle/redis.hpp - the Redis transport: includes every Redis header, nothing else.
+//
+// spindle::redis: options and from_url, redis::error / server_error, the RESP encoder and
+// incremental parser, connection (commands, pipelining, AUTH/SELECT, reconnect), pool (connections
+// shared by threads), codec<T>.
+// Needs only POSIX sockets and a Redis server (6 or later for ACL users and RESP3).
+#pragma once
+
+#include "spindle/redis/codec.hpp"
+#include "spindle/redis/connection.hpp"
+#include "spindle/redis/error.hpp"
+#include "spindle/redis/options.hpp"
+#include "spindle/redis/pool.hpp"
+#include "spindle/redis/resp.hpp"
