@@ -1,0 +1,246 @@
+// spindle/worker_pool.hpp - N threads consuming any channel with one handler.
+//
+// Defines:
+//   worker_pool<C>         worker_pool(source, workers, handler, options) starts at once; join(),
+//                          stop(), stats(), last_error().
+//   worker_pool_options    on_error: receives every exception a handler throws.
+//   worker_pool_stats      {processed, failed}.
+//
+// Guarantees:
+//   - Each item popped from the source is passed (moved) to exactly one call of the handler.
+//   - Visibility: everything a producer did before push() is visible to the handler call that
+//     receives the item (the channel's own guarantee).
+//   - No exception is lost: a handler exception is counted in stats().failed, kept as
+//     last_error(), and passed to options.on_error (on the worker thread, no lock held); the
+//     worker goes on with the next item. processed counts successful calls only.
+//   - The handler is called concurrently from every worker: it must be safe to call so.
+//
+// Shutdown: close the source, then join(): every item pushed before close() is handled. stop()
+// ends early: each worker finishes the item in hand and exits; items left in the source stay
+// there. The destructor calls stop() and joins (join() first to drain).
+#pragma once
+
+#include <atomic>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>      // std::fprintf when on_error throws
+#include <exception>
+#include <functional>  // std::function (options)
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <stop_token>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "channel.hpp"
+#include "detail/config.hpp"
+#include "detail/function.hpp"
+#include "status.hpp"
+
+namespace spindle {
+
+namespace detail {
+/// A channel with explicit acknowledgement (redis::queue, redis::stream): worker_pool pops a
+/// delivery, acks it after the handler returns and nacks it (redelivery) if the handler throws.
+template <class C>
+concept acknowledging_channel =
+    requires(C& c, typename C::delivery& d, std::stop_token st) {
+      { c.pop_delivery(d, st) } -> std::same_as<status>;
+      { std::move(d.value) } -> std::convertible_to<typename C::value_type>;
+      { c.ack(d) } -> std::convertible_to<bool>;
+      { c.nack(d) } -> std::convertible_to<bool>;
+    };
+}  // namespace detail
+
+/// Runtime knobs of a worker_pool.
+struct worker_pool_options {
+  /// Receives every exception a handler throws, on the worker thread. If it throws in turn,
+  /// std::terminate() is called.
+  std::function<void(std::exception_ptr)> on_error = {};
+};
+
+/// Counters of a worker_pool.
+struct worker_pool_stats {
+  std::uint64_t processed = 0;  ///< handler calls that returned normally
+  std::uint64_t failed = 0;     ///< handler calls that threw
+};
+
+/// N threads popping from a channel and passing each item to a handler. See the header comment.
+template <channel C>
+class worker_pool {
+ public:
+  using value_type = typename C::value_type;
+
+  /// Starts `workers` threads that pop from `source` and call handler(std::move(item)).
+  /// `source` must outlive the pool. Throws std::invalid_argument if workers == 0. Allocates.
+  template <class F>
+    requires std::is_invocable_v<F&, value_type&&>
+  worker_pool(C& source, std::size_t workers, F handler, worker_pool_options options = {})
+      : source_(source), handler_(std::move(handler)), opts_(std::move(options)) {
+    if (workers == 0)
+      throw std::invalid_argument("spindle::worker_pool: workers must be >= 1, got 0");
+    counters_ = std::make_unique<counter[]>(workers);
+    n_ = workers;
+    threads_.reserve(workers);
+    try {
+      for (std::size_t i = 0; i < workers; ++i)
+        threads_.emplace_back([this, i] { run(counters_[i]); });
+    } catch (...) {
+      stop();
+      join();
+      throw;
+    }
+  }
+
+  worker_pool(const worker_pool&) = delete;
+  worker_pool& operator=(const worker_pool&) = delete;
+
+  /// stop(), then join(): items still in the source stay there.
+  ~worker_pool() {
+    stop();
+    join();
+  }
+
+  /// Blocks until every worker has exited: the source is closed and drained, or stop() was
+  /// called. Rethrows nothing (see stats(), last_error(), on_error). Idempotent. Thread-safe.
+  void join() {
+    std::lock_guard lock(join_mu_);
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+  /// Asks every worker to exit after the item in hand; does not wait (join() does) and does not
+  /// close the source. Idempotent. Never blocks. Thread-safe.
+  void stop() noexcept { stop_.request_stop(); }
+
+  /// Handler calls so far: {processed (successes), failed}. Approximate while running.
+  /// Thread-safe.
+  worker_pool_stats stats() const noexcept {
+    worker_pool_stats s;
+    for (std::size_t i = 0; i < n_; ++i) {
+      s.processed += counters_[i].processed.load(std::memory_order_relaxed);
+      s.failed += counters_[i].failed.load(std::memory_order_relaxed);
+    }
+    return s;
+  }
+
+  /// The most recent handler exception, or null. Thread-safe.
+  std::exception_ptr last_error() const {
+    std::lock_guard lock(error_mu_);
+    return last_error_;
+  }
+
+  /// The number of worker threads. Thread-safe.
+  std::size_t size() const noexcept { return n_; }
+
+ private:
+  struct alignas(detail::false_sharing_range) counter {
+    std::atomic<std::uint64_t> processed{0};  // relaxed: a statistic
+    std::atomic<std::uint64_t> failed{0};     // relaxed: a statistic
+  };
+
+  void run(counter& c) {
+    if constexpr (detail::acknowledging_channel<C>) {
+      run_acknowledged(c);
+      return;
+    }
+    std::stop_token st = stop_.get_token();
+    value_type item{};
+    for (;;) {
+      status s = source_.pop(item, st);
+      if (s != status::ok) return;  // closed and drained, or cancelled by stop()
+      std::exception_ptr error;
+      try {
+        handler_(std::move(item));
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (error) {
+        c.failed.fetch_add(1, std::memory_order_relaxed);
+        fail(std::move(error));  // outside the catch block, so on_error may hand it off freely
+      } else {
+        c.processed.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (st.stop_requested()) return;
+    }
+  }
+
+  // The loop for a channel with acknowledgements: ack after the handler returns, nack if it
+  // throws. A failing pop/ack/nack (e.g. Redis I/O) is reported like a handler failure; a failing
+  // pop ends the worker.
+  void run_acknowledged(counter& c) {
+    std::stop_token st = stop_.get_token();
+    typename C::delivery d{};
+    for (;;) {
+      std::exception_ptr error;
+      status s = status::closed;
+      try {
+        s = source_.pop_delivery(d, st);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (error) {
+        c.failed.fetch_add(1, std::memory_order_relaxed);
+        fail(std::move(error));
+        return;
+      }
+      if (s != status::ok) return;  // closed and drained, or cancelled by stop()
+      bool handled = false;
+      try {
+        handler_(std::move(d.value));
+        handled = true;
+        source_.ack(d);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      if (error) {
+        c.failed.fetch_add(1, std::memory_order_relaxed);
+        if (!handled) {
+          try {
+            source_.nack(d);
+          } catch (...) {  // the lease then expires and the item is redelivered anyway
+          }
+        }
+        fail(std::move(error));
+      } else {
+        c.processed.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (st.stop_requested()) return;
+    }
+  }
+
+  void fail(std::exception_ptr e) noexcept {
+    {
+      std::lock_guard lock(error_mu_);
+      last_error_ = e;
+    }
+    if (opts_.on_error) {
+      try {
+        opts_.on_error(std::move(e));
+      } catch (...) {
+        std::fprintf(stderr, "spindle::worker_pool: on_error threw\n");
+        std::terminate();
+      }
+    }
+  }
+
+  C& source_;
+  detail::move_function<void(value_type&&)> handler_;  // called concurrently by the workers
+  worker_pool_options opts_;
+  std::stop_source stop_;
+  std::unique_ptr<counter[]> counters_;
+  std::size_t n_ = 0;
+  std::vector<std::thread> threads_;
+  std::mutex join_mu_;                 // serialises join()
+  mutable std::mutex error_mu_;
+  std::exception_ptr last_error_;      // guarded by error_mu_
+};
+
+template <class C, class F>
+worker_pool(C&, std::size_t, F, worker_pool_options = {}) -> worker_pool<C>;
+
+}  // namespace spindle

@@ -1,0 +1,211 @@
+// Tests for spindle/worker_pool.hpp, over bounded_queue (and any channel).
+#include <doctest/doctest.h>
+
+#include <spindle/bounded_queue.hpp>
+#include <spindle/worker_pool.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include "support/threads.hpp"
+
+using namespace std::chrono_literals;
+using spindle::bounded_queue;
+using spindle::status;
+using spindle::worker_pool;
+
+static_assert(spindle::channel<bounded_queue<int>>);
+
+TEST_CASE("a worker_pool handles every item exactly once, then join returns after close") {
+  bounded_queue<int> q(64);
+  std::atomic<long> sum{0};
+  std::atomic<long> count{0};
+  worker_pool pool(q, 3, [&](int x) {
+    sum.fetch_add(x, std::memory_order_relaxed);
+    count.fetch_add(1, std::memory_order_relaxed);
+  });
+  CHECK(pool.size() == 3);
+  for (int i = 1; i <= 10000; ++i) REQUIRE(q.push(i) == status::ok);
+  q.close();
+  test_support::thread_group g;
+  g.spawn([&] { pool.join(); });
+  REQUIRE(g.join_within(60s));
+  CHECK(count.load() == 10000);
+  CHECK(sum.load() == 10000L * 10001 / 2);
+  auto s = pool.stats();
+  CHECK(s.processed == 10000);
+  CHECK(s.failed == 0);
+  CHECK(pool.last_error() == nullptr);
+  pool.join();  // idempotent
+}
+
+TEST_CASE("a handler exception is counted, reported to on_error, and the worker goes on") {
+  bounded_queue<int> q(16);
+  std::mutex mu;
+  std::vector<std::exception_ptr> errors;
+  std::atomic<int> ok{0};
+  worker_pool pool(
+      q, 2,
+      [&](int x) {
+        if (x % 10 == 0) throw std::runtime_error("bad item");
+        ok.fetch_add(1, std::memory_order_relaxed);
+      },
+      {.on_error = [&](std::exception_ptr e) {
+        std::lock_guard lock(mu);
+        errors.push_back(e);
+      }});
+  for (int i = 1; i <= 100; ++i) REQUIRE(q.push(i) == status::ok);
+  q.close();
+  pool.join();
+  auto s = pool.stats();
+  CHECK(s.processed == 90);
+  CHECK(s.failed == 10);
+  CHECK(ok.load() == 90);
+  std::lock_guard lock(mu);
+  CHECK(errors.size() == 10);
+  CHECK_THROWS_WITH_AS(std::rethrow_exception(pool.last_error()), "bad item", std::runtime_error);
+}
+
+TEST_CASE("without on_error, a failure is still counted and kept as last_error") {
+  bounded_queue<int> q(4);
+  worker_pool pool(q, 1, [](int) { throw std::logic_error("nobody listens"); });
+  REQUIRE(q.push(1) == status::ok);
+  q.close();
+  pool.join();
+  CHECK(pool.stats().failed == 1);
+  CHECK(pool.stats().processed == 0);
+  CHECK(pool.last_error() != nullptr);
+}
+
+TEST_CASE("stop ends the workers early and leaves the remaining items in the source") {
+  bounded_queue<int> q(128);
+  test_support::start_gate gate;
+  std::atomic<int> handled{0};
+  worker_pool pool(q, 1, [&](int) {
+    gate.wait();
+    handled.fetch_add(1, std::memory_order_relaxed);
+  });
+  for (int i = 0; i < 100; ++i) REQUIRE(q.push(i) == status::ok);
+  pool.stop();
+  gate.open();
+  test_support::thread_group g;
+  g.spawn([&] { pool.join(); });
+  REQUIRE(g.join_within(60s));
+  CHECK(handled.load() <= 1);  // at most the item in hand
+  CHECK(q.size() >= 99);
+  CHECK_FALSE(q.closed());  // stop() does not close the source
+}
+
+TEST_CASE("stop wakes workers blocked on an empty, open source") {
+  bounded_queue<int> q(4);
+  worker_pool pool(q, 2, [](int) {});
+  pool.stop();
+  test_support::thread_group g;
+  g.spawn([&] { pool.join(); });
+  REQUIRE(g.join_within(60s));
+  CHECK(pool.stats().processed == 0);
+}
+
+TEST_CASE("the destructor stops and joins a pool on an open source") {
+  bounded_queue<int> q(4);
+  test_support::thread_group g;
+  g.spawn([&] { worker_pool pool(q, 2, [](int) {}); });
+  REQUIRE(g.join_within(60s));
+}
+
+TEST_CASE("a worker_pool of zero workers is refused with std::invalid_argument") {
+  bounded_queue<int> q(4);
+  CHECK_THROWS_WITH_AS(worker_pool(q, 0, [](int) {}), doctest::Contains("workers must be >= 1"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("move-only items are moved to the handler") {
+  bounded_queue<std::unique_ptr<int>> q(8);
+  std::atomic<int> sum{0};
+  worker_pool pool(q, 2, [&](std::unique_ptr<int> p) { sum.fetch_add(*p); });
+  for (int i = 1; i <= 10; ++i) REQUIRE(q.push(std::make_unique<int>(i)) == status::ok);
+  q.close();
+  pool.join();
+  CHECK(sum.load() == 55);
+  CHECK(pool.stats().processed == 10);
+}
+
+namespace {
+// A minimal mutex-based channel: worker_pool takes any type that models spindle::channel.
+template <class T>
+class locked_channel {
+ public:
+  using value_type = T;
+  status push(T&& v) { return try_push(std::move(v)); }
+  status push(const T& v) { return try_push(T(v)); }
+  status try_push(const T& v) { return try_push(T(v)); }
+  status try_push(T&& v) {
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) return status::closed;
+      items_.push_back(std::move(v));
+    }
+    cv_.notify_one();
+    return status::ok;
+  }
+  template <class D>
+  status push_for(T&& v, D) { return try_push(std::move(v)); }
+  status pop(T& out) { return pop(out, std::stop_token{}); }
+  status pop(T& out, std::stop_token st) {
+    std::unique_lock lock(mu_);
+    std::condition_variable_any& cv = cv_;
+    if (!cv.wait(lock, st, [&] { return !items_.empty() || closed_; })) return status::cancelled;
+    if (items_.empty()) return status::closed;
+    out = std::move(items_.front());
+    items_.erase(items_.begin());
+    return status::ok;
+  }
+  status try_pop(T& out) {
+    std::lock_guard lock(mu_);
+    if (items_.empty()) return closed_ ? status::closed : status::empty;
+    out = std::move(items_.front());
+    items_.erase(items_.begin());
+    return status::ok;
+  }
+  template <class D>
+  status pop_for(T& out, D) { return try_pop(out); }
+  std::optional<T> pop() {
+    T v;
+    if (pop(v) == status::ok) return v;
+    return std::nullopt;
+  }
+  void close() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool closed() const {
+    std::lock_guard lock(mu_);
+    return closed_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable_any cv_;
+  std::vector<T> items_;
+  bool closed_ = false;
+};
+static_assert(spindle::channel<locked_channel<int>>);
+}  // namespace
+
+TEST_CASE("a worker_pool consumes any channel, not only bounded_queue") {
+  locked_channel<int> ch;
+  std::atomic<long> sum{0};
+  worker_pool pool(ch, 2, [&](int x) { sum.fetch_add(x, std::memory_order_relaxed); });
+  for (int i = 1; i <= 1000; ++i) REQUIRE(ch.push(i) == status::ok);
+  ch.close();
+  pool.join();
+  CHECK(sum.load() == 500500);
+  CHECK(pool.stats().processed == 1000);
+}
