@@ -114,3 +114,67 @@ TEST_CASE("notify with no waiter does nothing and costs no epoch change") {
   CHECK(ec.prepare_wait() == k);
   ec.cancel_wait();
 }
+
+using spindle::detail::wait_set;
+
+TEST_CASE("wait_set loses no wake-up over many hand-offs between two threads") {
+  wait_set ping, pong;
+  std::atomic<int> turn{0};
+  constexpr int rounds = 20000;
+  auto await = [](wait_set& ws, std::atomic<int>& t, int want) {
+    while (t.load(std::memory_order_acquire) != want) {
+      auto k = ws.prepare_wait();
+      if (t.load(std::memory_order_acquire) == want) {
+        ws.cancel_wait(k);
+        break;
+      }
+      ws.wait(k);
+    }
+  };
+  test_support::thread_group g;
+  g.spawn([&] {
+    for (int i = 0; i < rounds; ++i) {
+      await(pong, turn, 2 * i + 1);
+      turn.store(2 * i + 2, std::memory_order_release);
+      ping.notify();
+    }
+  });
+  for (int i = 0; i < rounds; ++i) {
+    turn.store(2 * i + 1, std::memory_order_release);
+    pong.notify();
+    await(ping, turn, 2 * i + 2);
+  }
+  CHECK(g.join_within(60s));
+  CHECK(turn.load() == 2 * rounds);
+}
+
+TEST_CASE("wait_set notify clears the registrations of the epoch it ends") {
+  wait_set ws;
+  auto k = ws.prepare_wait();
+  CHECK(ws.waiters() == 1);
+  ws.notify();
+  CHECK(ws.waiters() == 0);  // the next notify costs a load, not a wake-up call
+  ws.wait(k);                // the epoch moved: returns at once
+  ws.cancel_wait(k);         // a stale key changes nothing
+  CHECK(ws.waiters() == 0);
+}
+
+TEST_CASE("wait_set wait_until returns false at the deadline and withdraws the waiter") {
+  wait_set ws;
+  auto k = ws.prepare_wait();
+  CHECK_FALSE(ws.wait_until(k, wait_set::clock::now() + 1ms));
+  CHECK(ws.waiters() == 0);
+}
+
+TEST_CASE("wait_set wait with a stop token returns when a stop is requested") {
+  wait_set ws;
+  std::stop_source stop;
+  test_support::thread_group g;
+  g.spawn([&] {
+    auto st = stop.get_token();
+    while (!st.stop_requested()) ws.wait(ws.prepare_wait(), st);
+  });
+  stop.request_stop();
+  CHECK(g.join_within(30s));
+  CHECK(ws.waiters() == 0);
+}

@@ -2,7 +2,7 @@
 //
 // Defines:
 //   shared_state<T>   one heap object per promise/future pair: the value or an exception, one
-//                     continuation slot, an intrusive reference count and an event_count for
+//                     continuation slot, an intrusive reference count and a wait_set for
 //                     blocked waiters. T = void is stored as `unit`.
 //   worker_helper     a hook by which a thread pool lets a future that blocks on one of its
 //                     worker threads run queued tasks instead of sleeping (see future::wait()).
@@ -12,7 +12,7 @@
 //   consumer: stores the continuation, then fetch_or(continuation). If `ready` was already set,
 //             runs it. Exactly one side sees both bits and runs the continuation, exactly once,
 //             with no lock held.
-//   waiters:  the event_count protocol on `ready`; the producer notifies after setting it.
+//   waiters:  the wait_set protocol on `ready`; the producer notifies after setting it.
 #pragma once
 
 #include <atomic>
@@ -78,17 +78,17 @@ class state_base {
         if (h.run_one(h.ctx)) continue;
         auto key = waiters_.prepare_wait();
         if (ready()) {
-          waiters_.cancel_wait();
+          waiters_.cancel_wait(key);
           break;
         }
-        waiters_.wait_until(key, event_count::clock::now() + std::chrono::milliseconds(1));
+        waiters_.wait_until(key, wait_set::clock::now() + std::chrono::milliseconds(1));
       }
       return;
     }
     while (!ready()) {
       auto key = waiters_.prepare_wait();
       if (ready()) {
-        waiters_.cancel_wait();
+        waiters_.cancel_wait(key);
         break;
       }
       waiters_.wait(key);
@@ -96,12 +96,12 @@ class state_base {
   }
 
   /// Blocks until ready or `deadline`; true if ready.
-  bool wait_until(event_count::clock::time_point deadline) noexcept {
+  bool wait_until(wait_set::clock::time_point deadline) noexcept {
     if (spin_until_ready()) return true;
     while (!ready()) {
       auto key = waiters_.prepare_wait();
       if (ready()) {
-        waiters_.cancel_wait();
+        waiters_.cancel_wait(key);
         return true;
       }
       if (!waiters_.wait_until(key, deadline)) return ready();
@@ -148,7 +148,7 @@ class state_base {
     if ((old & continuation_bit) != 0) {
       run_continuation();
     } else {
-      waiters_.notify_all();
+      waiters_.notify();
     }
   }
 
@@ -178,7 +178,7 @@ class state_base {
   std::atomic<std::uint32_t> refs_{2};  // one for the promise, one for the future
   std::exception_ptr error_;
   move_function<void()> continuation_;
-  event_count waiters_;
+  wait_set waiters_;
 };
 
 /// The state for a future<T>: state_base plus the value storage.
