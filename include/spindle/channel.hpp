@@ -57,3 +57,5 @@ concept channel =
      });
 
 }  // namespace spindle
+
+#include "detail/any_channel.hpp"  // any_channel<T>: a type-erased reference to any channel

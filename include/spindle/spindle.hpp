@@ -16,3 +16,8 @@
 #include "when.hpp"
 #include "thread_pool.hpp"
 #include "worker_pool.hpp"
+#include "fan.hpp"
+#include "pipeline.hpp"
+#include "map_reduce.hpp"
+#include "actor.hpp"
+#include "scatter_gather.hpp"

@@ -1,0 +1,478 @@
+// spindle/actor.hpp - actor<Msg>: a bounded mailbox and a handler that sees one message at a
+// time, on its own thread or on an executor.
+//
+//   spindle::actor<int> counter([&](int n) { total += n; });       // its own thread
+//   spindle::actor<int> on_pool(pool, [&](int n) { total += n; }); // runs on a thread_pool
+//   counter.send(5);                                              // blocks while the mailbox is full
+//   auto f = counter.ask([&] { return total; });                  // runs inside the actor
+//   counter.stop();                                               // handles what is queued, then ends
+//
+// Guarantees:
+// - One at a time: the handler and ask() functions of one actor never run concurrently, so the
+//   state they touch needs no lock. They run in mailbox order: FIFO per sender, and send/ask
+//   calls of one thread are handled in the order they were made.
+// - Visibility: everything a thread did before send()/ask() is visible to the handler (or ask
+//   function) that handles that message; everything the actor did before fulfilling an ask()
+//   is visible to the thread that gets the future's value.
+// - Backpressure: the mailbox holds actor_options::mailbox_capacity messages; send() blocks while
+//   it is full, try_send() returns full. A handler that blocks (a send to a full mailbox, a wait
+//   on ask()) holds its worker: it deadlocks when it waits on its own actor, or on an actor that
+//   needs the same executor and no other worker is free (a one-thread pool).
+// - On an executor the actor owns no thread: a send to an idle actor posts one task, which handles
+//   up to actor_options::batch messages and then posts itself again if more are queued, so actors
+//   sharing a pool take turns (fairness) and never run two handlers of one actor at once.
+//   Run-next: when a handler sends to an idle actor on the same executor, that actor's turn runs
+//   next on the same worker (no queue round trip, no wake-up of another thread), up to a chain
+//   of detail::run_next_budget turns; then turns are posted again, so other tasks are not starved.
+// - Errors: an exception from the handler goes to actor_options::on_error (on the actor's
+//   thread) and the actor goes on; without on_error it is counted (failures()) and dropped.
+//   An exception from an ask() function goes to its future.
+// - stop() closes the mailbox (send returns closed; ask's future holds spindle::closed_error),
+//   handles every message already queued, then joins the actor's thread (or waits for its last
+//   task on the executor). Idempotent. The destructor calls it. From inside the handler, stop()
+//   only closes the mailbox.
+// - No allocation per message: the mailbox is a fixed ring. ask() allocates (its job and future).
+// - User code never runs under the mailbox lock.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "detail/wait.hpp"
+#include "errors.hpp"
+#include "future.hpp"
+#include "status.hpp"
+
+namespace spindle {
+
+namespace detail {
+
+/// The executor turn now running on this thread, if any. A handler that sends to an idle actor
+/// on the same executor hands that actor's turn to this runner ("run next") instead of posting
+/// it: the worker runs it as soon as the current turn ends, without a queue round trip or a
+/// wake-up of another thread. A chain of such hand-offs is bounded (run_next_budget), after
+/// which turns are posted as usual, so other tasks on the executor are not starved.
+struct actor_runner {
+  const void* executor = nullptr;       // the executor the running turn belongs to
+  void (*next_turn)(void*) = nullptr;   // the deferred turn, if any
+  void* next_self = nullptr;
+};
+
+inline constexpr int run_next_budget = 128;
+
+inline actor_runner*& current_actor_runner() noexcept {
+  thread_local actor_runner* runner = nullptr;
+  return runner;
+}
+
+}  // namespace detail
+
+/// Options of an actor.
+struct actor_options {
+  /// Messages the mailbox holds before send() blocks. >= 1.
+  std::size_t mailbox_capacity = 1024;
+  /// Called with each exception the handler throws (on the actor's thread).
+  std::function<void(std::exception_ptr)> on_error = {};
+  /// Messages handled per turn on an executor before the actor yields its worker (fairness);
+  /// also the most messages taken from the mailbox in one lock. >= 1.
+  std::size_t batch = 64;
+  /// Spin iterations an idle actor thread polls its mailbox before it sleeps (own thread only).
+  /// Spinning saves a kernel wake-up when messages come in quick succession; 0 sleeps at once.
+  std::size_t spin = 4000;
+};
+
+/// An actor receiving messages of type Msg (see the header comment). Neither copyable nor
+/// movable (its tasks refer to it). send/try_send/ask/stop are thread-safe.
+template <class Msg>
+class actor {
+ public:
+  using message_type = Msg;
+
+  /// An actor running `h` on its own thread. Allocates (mailbox, thread). Throws
+  /// std::invalid_argument if mailbox_capacity or batch is 0.
+  template <class Handler>
+    requires std::is_invocable_v<Handler&, Msg&&>
+  explicit actor(Handler h, actor_options opts = {}) : actor(init_tag{}, std::move(h), opts) {
+    thread_ = std::thread([this] { run_own_thread(); });
+  }
+
+  /// An actor running `h` on `ex` (any type with post(F); it must outlive the actor) without a
+  /// thread of its own. Allocates (mailbox). Throws std::invalid_argument as above.
+  template <class E, class Handler>
+    requires std::is_invocable_v<Handler&, Msg&&>
+  actor(E& ex, Handler h, actor_options opts = {}) : actor(init_tag{}, std::move(h), opts) {
+    executor_ = static_cast<void*>(&ex);
+    post_ = [](void* e, actor* self) {
+      static_cast<E*>(e)->post([self] { run_turns(self); });
+    };
+  }
+
+  actor(const actor&) = delete;
+  actor& operator=(const actor&) = delete;
+
+  /// Calls stop().
+  ~actor() { stop(); }
+
+  /// Queues `m`. Blocks while the mailbox is full. Returns ok | closed (after stop()). On an
+  /// executor, rethrows an exception of its post() (the message stays queued; stop() handles
+  /// it). Never allocates. Thread-safe.
+  status send(Msg m) {
+    envelope e(std::in_place_index<0>, std::move(m));
+    return push(e, true);
+  }
+
+  /// Queues `m` if there is room. Never blocks. Returns ok | full | closed. Thread-safe.
+  status try_send(Msg m) {
+    envelope e(std::in_place_index<0>, std::move(m));
+    return push(e, false);
+  }
+
+  /// Runs `f()` inside the actor, after the messages queued before it, with the same exclusive
+  /// access as the handler; its result (or exception) fulfils the returned future. Blocks while
+  /// the mailbox is full. After stop() the future holds spindle::closed_error. Allocates.
+  /// Thread-safe.
+  template <class F>
+  auto ask(F f) -> future<std::invoke_result_t<F&>> {
+    using R = std::invoke_result_t<F&>;
+    promise<R> p;
+    auto fut = p.get_future();
+    envelope e(std::in_place_index<1>, std::make_unique<ask_job<F, R>>(std::move(f), std::move(p)));
+    // Never run-next: the caller may wait for the future inside a handler on the same executor.
+    if (push(e, true, false) != status::ok) std::get<1>(e)->refuse();
+    return fut;
+  }
+
+  /// Closes the mailbox, handles what is queued, and joins the actor's thread (or waits for its
+  /// last task on the executor). Idempotent. From inside the handler it only closes the mailbox.
+  /// Thread-safe.
+  void stop() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    not_empty_.notify_all();
+    not_full_.notify_all();
+    if (in_handler()) return;
+    if (executor_ == nullptr) {
+      std::lock_guard join_lock(join_mu_);
+      if (thread_.joinable()) thread_.join();
+      return;
+    }
+    if (undefer_here()) post_(executor_, this);  // our turn waits behind the caller's
+    std::unique_lock lock(mu_);
+    idle_.wait(lock, [&] { return !scheduled_; });
+    if (count_ > 0) {
+      // The executor refused a task earlier: handle what is left here.
+      scheduled_ = true;
+      lock.unlock();
+      drain_all();
+    }
+  }
+
+  /// Handler exceptions dropped for want of an on_error callback. Thread-safe.
+  std::size_t failures() const noexcept { return failures_.load(std::memory_order_relaxed); }
+
+  /// The mailbox capacity.
+  std::size_t capacity() const noexcept { return ring_.size(); }
+
+ private:
+  struct init_tag {};
+
+  struct handler_base {
+    virtual ~handler_base() = default;
+    virtual void call(Msg&& m) = 0;
+  };
+  template <class H>
+  struct handler_impl final : handler_base {
+    explicit handler_impl(H h) : h_(std::move(h)) {}
+    void call(Msg&& m) override { std::invoke(h_, std::move(m)); }
+    H h_;
+  };
+
+  struct ask_base {
+    virtual ~ask_base() = default;
+    virtual void run() noexcept = 0;
+    virtual void refuse() noexcept = 0;
+  };
+  template <class F, class R>
+  struct ask_job final : ask_base {
+    ask_job(F f, promise<R> p) : f_(std::move(f)), p_(std::move(p)) {}
+    void run() noexcept override {
+      try {
+        if constexpr (std::is_void_v<R>) {
+          std::invoke(f_);
+          p_.set_value();
+        } else {
+          p_.set_value(std::invoke(f_));
+        }
+      } catch (...) {
+        p_.set_exception(std::current_exception());
+      }
+    }
+    void refuse() noexcept override {
+      p_.set_exception(std::make_exception_ptr(closed_error("spindle::actor::ask: the actor is stopped")));
+    }
+    F f_;
+    promise<R> p_;
+  };
+
+  using envelope = std::variant<Msg, std::unique_ptr<ask_base>>;
+
+  template <class Handler>
+  actor(init_tag, Handler h, actor_options opts)
+      : handler_(std::make_unique<handler_impl<Handler>>(std::move(h))),
+        on_error_(std::move(opts.on_error)),
+        batch_(opts.batch),
+        spin_(opts.spin),
+        ring_(check_capacity(opts.mailbox_capacity)) {
+    if (batch_ == 0) throw std::invalid_argument("spindle::actor: batch must be >= 1 (got 0)");
+  }
+
+  static std::size_t check_capacity(std::size_t c) {
+    if (c == 0) throw std::invalid_argument("spindle::actor: mailbox_capacity must be >= 1 (got 0)");
+    return c;
+  }
+
+  bool in_handler() const noexcept {
+    // relaxed: compared with this thread's own id, which only this thread stores.
+    return handler_thread_.load(std::memory_order_relaxed) == std::this_thread::get_id();
+  }
+
+  // Moves `e` into the mailbox (only on ok). `defer`: an idle actor's turn may be handed to this
+  // worker's runner (run next) instead of posted.
+  status push(envelope& e, bool block, bool defer = true) {
+    bool post = false;
+    {
+      std::unique_lock lock(mu_);
+      while (!closed_ && count_ == ring_.size()) {
+        if (!block) return status::full;
+        if (undefer_here()) {
+          // Our turn waits behind the caller's on this thread: post it, or we wait forever.
+          lock.unlock();
+          post_(executor_, this);
+          lock.lock();
+          continue;
+        }
+        ++push_waiters_;
+        not_full_.wait(lock);
+        --push_waiters_;
+      }
+      if (closed_) return status::closed;
+      ring_[(head_ + count_) % ring_.size()].emplace(std::move(e));
+      ++count_;
+      // relaxed: a hint for the spinning consumer, which then takes mu_ (the real handover).
+      count_hint_.store(count_, std::memory_order_relaxed);
+      if (executor_ != nullptr && !scheduled_) {
+        scheduled_ = true;
+        post = true;
+      }
+      if (pop_waiters_ > 0) {
+        lock.unlock();
+        not_empty_.notify_one();
+      }
+    }
+    if (post) {
+      detail::actor_runner* r = detail::current_actor_runner();
+      if (defer && r != nullptr && r->executor == executor_ && r->next_turn == nullptr) {
+        r->next_turn = &turn_thunk;  // run next on this worker, once the current turn ends
+        r->next_self = this;
+        return status::ok;
+      }
+      try {
+        post_(executor_, this);
+      } catch (...) {
+        {
+          std::lock_guard lock(mu_);
+          scheduled_ = false;
+        }
+        idle_.notify_all();
+        throw;
+      }
+    }
+    return status::ok;
+  }
+
+  // Requires mu_. Moves up to `max` envelopes into `out`.
+  void take(std::vector<envelope>& out, std::size_t max, std::unique_lock<std::mutex>& lock) {
+    std::size_t n = count_ < max ? count_ : max;
+    for (std::size_t i = 0; i < n; ++i) {
+      auto& slot = ring_[head_];
+      out.push_back(std::move(*slot));
+      slot.reset();
+      head_ = (head_ + 1) % ring_.size();
+    }
+    count_ -= n;
+    count_hint_.store(count_, std::memory_order_relaxed);  // relaxed: see push()
+    if (push_waiters_ > 0 && n > 0) {
+      lock.unlock();
+      not_full_.notify_all();
+      lock.lock();
+    }
+  }
+
+  void handle(envelope& e) {
+    if (e.index() == 1) {
+      std::get<1>(e)->run();
+      return;
+    }
+    try {
+      handler_->call(std::move(std::get<0>(e)));
+    } catch (...) {
+      if (on_error_) {
+        try {
+          on_error_(std::current_exception());
+        } catch (...) {
+          failures_.fetch_add(1, std::memory_order_relaxed);  // on_error failed: drop
+        }
+      } else {
+        failures_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+
+  void handle_all(std::vector<envelope>& local) {
+    // relaxed: only this thread reads its own id back (in_handler()).
+    handler_thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    for (auto& e : local) handle(e);
+    handler_thread_.store(std::thread::id{}, std::memory_order_relaxed);
+    local.clear();
+  }
+
+  void run_own_thread() {
+    std::vector<envelope> local;
+    local.reserve(batch_);
+    for (;;) {
+      // Spin briefly before sleeping: a reply often arrives within microseconds.
+      for (std::size_t i = 0; i < spin_ && count_hint_.load(std::memory_order_relaxed) == 0; ++i)
+        detail::cpu_relax();
+      {
+        std::unique_lock lock(mu_);
+        while (count_ == 0 && !closed_) {
+          ++pop_waiters_;
+          not_empty_.wait(lock);
+          --pop_waiters_;
+        }
+        if (count_ == 0) return;  // closed and drained
+        take(local, batch_, lock);
+      }
+      handle_all(local);
+    }
+  }
+
+  // Requires nothing. If this actor's turn is deferred on this thread's runner, withdraws it and
+  // returns true (the caller must then post the turn).
+  bool undefer_here() noexcept {
+    detail::actor_runner* r = detail::current_actor_runner();
+    if (r == nullptr || r->next_self != this || r->next_turn == nullptr) return false;
+    r->next_turn = nullptr;
+    r->next_self = nullptr;
+    return true;
+  }
+
+  static void turn_thunk(void* self) { static_cast<actor*>(self)->drain(); }
+
+  // The task posted to the executor: runs this actor's turn, then the turns handed to this
+  // worker by run-next (see detail::actor_runner), up to a budget; the rest are posted.
+  static void run_turns(actor* first) {
+    detail::actor_runner runner;
+    runner.executor = first->executor_;
+    detail::actor_runner*& slot = detail::current_actor_runner();
+    detail::actor_runner* outer = slot;
+    slot = &runner;
+    void (*turn)(void*) = &turn_thunk;
+    void* self = first;
+    for (int budget = detail::run_next_budget; turn != nullptr; --budget) {
+      runner.next_turn = nullptr;
+      if (budget == 1) slot = outer;  // the last turn of the chain posts what it wakes
+      turn(self);
+      turn = runner.next_turn;
+      self = runner.next_self;
+    }
+    slot = outer;
+  }
+
+  // One turn on the executor: up to batch_ messages, then yield the worker.
+  void drain() {
+    std::vector<envelope>& local = turn_buffer_;  // only the scheduled runner touches it
+    {
+      std::unique_lock lock(mu_);
+      if (count_ == 0) {
+        scheduled_ = false;
+        idle_.notify_all();  // under mu_: stop() may destroy the actor once it sees this
+        return;
+      }
+      take(local, batch_, lock);
+    }
+    handle_all(local);
+    {
+      std::unique_lock lock(mu_);
+      if (count_ == 0) {
+        scheduled_ = false;
+        idle_.notify_all();  // under mu_, as above
+        return;
+      }
+    }
+    try {
+      post_(executor_, this);  // more is queued: take another turn behind the other tasks
+    } catch (...) {
+      drain_all();  // the executor refuses work: finish here
+    }
+  }
+
+  // Handles everything queued, on the calling thread; for stop() and a refusing executor.
+  void drain_all() {
+    std::vector<envelope> local;
+    for (;;) {
+      {
+        std::unique_lock lock(mu_);
+        if (count_ == 0) {
+          scheduled_ = false;
+          idle_.notify_all();
+          return;
+        }
+        take(local, batch_, lock);
+      }
+      handle_all(local);
+    }
+  }
+
+  std::unique_ptr<handler_base> handler_;
+  std::function<void(std::exception_ptr)> on_error_;
+  const std::size_t batch_;
+  const std::size_t spin_;
+  void* executor_ = nullptr;                 // null: own thread
+  void (*post_)(void*, actor*) = nullptr;    // posts drain() to executor_
+  std::thread thread_;                       // own-thread mode
+  std::mutex join_mu_;                       // serialises stop()'s join
+  std::atomic<std::thread::id> handler_thread_{};
+  std::atomic<std::size_t> failures_{0};
+  std::vector<envelope> turn_buffer_;        // executor mode: touched only by the scheduled runner
+
+  // Lock order: join_mu_ before mu_ (never both today). mu_ is never held while calling user code.
+  std::mutex mu_;
+  std::condition_variable not_empty_;        // the actor thread waits here for messages
+  std::condition_variable not_full_;         // senders wait here for room
+  std::condition_variable idle_;             // stop() waits here for the last executor turn
+  std::vector<std::optional<envelope>> ring_;  // guarded by mu_: the mailbox
+  std::size_t head_ = 0;                     // guarded by mu_
+  std::size_t count_ = 0;                    // guarded by mu_
+  std::atomic<std::size_t> count_hint_{0};   // a relaxed copy of count_ for spinning
+  std::size_t push_waiters_ = 0;             // guarded by mu_
+  std::size_t pop_waiters_ = 0;              // guarded by mu_
+  bool scheduled_ = false;                   // guarded by mu_: a drain() task is posted/running
+  bool closed_ = false;                      // guarded by mu_
+};
+
+}  // namespace spindle

@@ -1,0 +1,244 @@
+// spindle/map_reduce.hpp - data parallelism over a range on an executor: map_reduce,
+// parallel_for, parallel_map.
+//
+//   spindle::thread_pool pool;
+//   auto sum = spindle::map_reduce(pool, values, [](auto x) { return std::uint64_t(x) * x; },
+//                                  std::uint64_t{0}, std::plus<>{});
+//   spindle::parallel_for(pool, items, [](auto& x) { x.update(); });
+//   auto lengths = spindle::parallel_map(pool, words, [](const std::string& w) { return w.size(); });
+//
+// The range is cut into chunks of consecutive elements. The calling thread and up to
+// `workers - 1` helper tasks posted to the executor take chunks from a shared counter until none
+// is left, so there is one task per worker, not per element or per chunk, and a busy pool only
+// slows the call down: the caller alone can finish it (calling from inside a pool task is safe).
+//
+// Guarantees:
+// - map_reduce is deterministic for any associative `reduce`: each chunk is folded left to right,
+//   and the chunk results are folded in chunk order, not completion order, so the result equals
+//   the sequential left fold reduce(...reduce(reduce(init, map(x0)), map(x1))..., map(xn)).
+// - parallel_map keeps the order of the range.
+// - Everything the calls did is visible to the caller when the function returns.
+// - An exception from `map`, `reduce` or `f` stops the remaining chunks from starting and is
+//   rethrown to the caller (the first one; later ones are dropped) once every started chunk ends.
+// - If the executor refuses work (post throws, e.g. after shutdown), the caller runs every chunk.
+// - Allocates: the chunk bookkeeping (once per call) and the helper tasks.
+//
+// Executors: any type with post(F) (thread_pool among them); size() gives the worker count
+// where the type has it, else std::thread::hardware_concurrency().
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "detail/wait.hpp"
+
+namespace spindle {
+
+namespace detail {
+
+template <class E>
+std::size_t executor_width(E& ex) {
+  std::size_t n = 0;
+  if constexpr (requires { { ex.size() } -> std::convertible_to<std::size_t>; }) {
+    n = static_cast<std::size_t>(ex.size());
+  } else {
+    n = std::thread::hardware_concurrency();
+  }
+  return n == 0 ? 1 : n;
+}
+
+/// Chunks per worker when the caller does not choose: enough to even out uneven chunks, few
+/// enough that the per-chunk cost (one atomic increment) is nothing.
+inline constexpr std::size_t chunks_per_worker = 8;
+
+inline std::size_t pick_chunk(std::size_t n, std::size_t width, std::size_t chunk) {
+  if (chunk != 0) return chunk;
+  std::size_t want = width * chunks_per_worker;
+  return std::max<std::size_t>(1, (n + want - 1) / want);
+}
+
+/// Shared by the caller and the helper tasks; helpers keep it alive with a shared_ptr, so a
+/// helper that starts after the call has returned only finds no chunk left.
+struct chunk_state {
+  std::atomic<std::size_t> next{0};    // the next chunk to claim
+  std::atomic<std::size_t> done{0};    // chunks finished (or skipped after an error)
+  std::atomic<bool> failed{false};
+  event_count finished;                // the caller sleeps here until done == chunks
+  std::mutex mu;
+  std::exception_ptr error;            // guarded by mu
+};
+
+template <class Body>
+void take_chunks(chunk_state& s, std::size_t chunks, Body* body) {
+  std::size_t did = 0;
+  for (;;) {
+    // relaxed: the counter only hands out indices; results are published by `done` below.
+    std::size_t i = s.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= chunks) break;
+    // relaxed: an early-out hint after an error; the error itself travels under mu.
+    if (!s.failed.load(std::memory_order_relaxed)) {
+      try {
+        (*body)(i);
+      } catch (...) {
+        {
+          std::lock_guard lock(s.mu);
+          if (!s.error) s.error = std::current_exception();
+        }
+        s.failed.store(true, std::memory_order_relaxed);
+      }
+    }
+    ++did;
+  }
+  if (did == 0) return;
+  // acq_rel: release publishes this thread's chunk results; pairs with the acquire load in
+  // run_chunks(). The acquire half orders the notify after the other threads' results.
+  if (s.done.fetch_add(did, std::memory_order_acq_rel) + did == chunks) s.finished.notify_all();
+}
+
+/// Runs body(i) for every i in [0, chunks) on the caller and up to width - 1 helpers.
+template <class E, class Body>
+void run_chunks(E& ex, std::size_t chunks, Body& body) {
+  if (chunks == 0) return;
+  if (chunks == 1) {
+    body(std::size_t{0});
+    return;
+  }
+  auto state = std::make_shared<chunk_state>();
+  std::size_t helpers = std::min(executor_width(ex), chunks) - 1;
+  for (std::size_t h = 0; h < helpers; ++h) {
+    try {
+      ex.post([state, chunks, b = &body] { take_chunks(*state, chunks, b); });
+    } catch (...) {
+      break;  // the executor refuses work: the caller takes the remaining chunks
+    }
+  }
+  take_chunks(*state, chunks, &body);
+  // acquire: pairs with the acq_rel increments in take_chunks(); makes every chunk's results
+  // visible here.
+  auto all_done = [&] { return state->done.load(std::memory_order_acquire) >= chunks; };
+  for (int spin = 0; spin < 256 && !all_done(); ++spin) cpu_relax();
+  while (!all_done()) {
+    auto key = state->finished.prepare_wait();
+    if (all_done()) {
+      state->finished.cancel_wait();
+      break;
+    }
+    state->finished.wait(key);
+  }
+  std::exception_ptr error;
+  {
+    std::lock_guard lock(state->mu);
+    // Moved out: the state may be destroyed by a helper thread, and the exception should be
+    // released by the thread that handles it.
+    error = std::move(state->error);
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+/// The iterators that start each chunk, plus the end: chunks + 1 of them. One pass for
+/// non-random-access ranges.
+template <class R>
+auto chunk_bounds(R& range, std::size_t chunk) {
+  using It = std::ranges::iterator_t<R>;
+  std::vector<It> bounds;
+  auto it = std::ranges::begin(range);
+  auto end = std::ranges::end(range);
+  bounds.push_back(it);
+  while (it != end) {
+    std::ranges::advance(it, static_cast<std::ranges::range_difference_t<R>>(chunk), end);
+    bounds.push_back(it);
+  }
+  return bounds;
+}
+
+}  // namespace detail
+
+/// Maps every element of `range` with `map` and folds the results with the associative
+/// `reduce`, starting from `init`, on the caller and the executor's workers. `map(x)` must be
+/// convertible to T and `reduce(T, T)` to T. `chunk` is the number of elements per chunk
+/// (0 picks about 8 chunks per worker). The result is the sequential left fold's for any
+/// associative reduce (see the header comment). Blocks until done. Rethrows the first exception
+/// of map or reduce. Allocates (bookkeeping). Thread-safe if map and reduce are.
+template <class E, std::ranges::forward_range R, class Map, class T, class Reduce>
+T map_reduce(E& ex, R&& range, Map map, T init, Reduce reduce, std::size_t chunk = 0) {
+  const auto n = static_cast<std::size_t>(std::ranges::distance(range));
+  if (n == 0) return init;
+  chunk = detail::pick_chunk(n, detail::executor_width(ex), chunk);
+  auto bounds = detail::chunk_bounds(range, chunk);
+  const std::size_t chunks = bounds.size() - 1;
+  std::vector<std::optional<T>> partial(chunks);
+  auto body = [&](std::size_t i) {
+    auto it = bounds[i];
+    const auto last = bounds[i + 1];
+    T acc = std::invoke(map, *it);
+    for (++it; it != last; ++it) acc = std::invoke(reduce, std::move(acc), std::invoke(map, *it));
+    partial[i].emplace(std::move(acc));
+  };
+  detail::run_chunks(ex, chunks, body);
+  T result = std::move(init);
+  for (auto& p : partial) result = std::invoke(reduce, std::move(result), std::move(*p));
+  return result;
+}
+
+/// Calls f(x) for every element x of `range` (by reference where the range yields references),
+/// in parallel on the caller and the executor's workers; blocks until every call returned.
+/// `chunk` as in map_reduce. Rethrows the first exception of f (the chunks not yet started are
+/// skipped). Allocates (bookkeeping). Thread-safe if f is.
+template <class E, std::ranges::forward_range R, class F>
+void parallel_for(E& ex, R&& range, F f, std::size_t chunk = 0) {
+  const auto n = static_cast<std::size_t>(std::ranges::distance(range));
+  if (n == 0) return;
+  chunk = detail::pick_chunk(n, detail::executor_width(ex), chunk);
+  auto bounds = detail::chunk_bounds(range, chunk);
+  auto body = [&](std::size_t i) {
+    for (auto it = bounds[i]; it != bounds[i + 1]; ++it) std::invoke(f, *it);
+  };
+  detail::run_chunks(ex, bounds.size() - 1, body);
+}
+
+/// Returns {f(x0), f(x1), ...} for the elements of `range`, in the range's order, computed in
+/// parallel on the caller and the executor's workers. `chunk` as in map_reduce. Rethrows the
+/// first exception of f. Allocates (the result). Thread-safe if f is.
+template <class E, std::ranges::forward_range R, class F>
+auto parallel_map(E& ex, R&& range, F f, std::size_t chunk = 0)
+    -> std::vector<std::decay_t<std::invoke_result_t<F&, std::ranges::range_reference_t<R>>>> {
+  using V = std::decay_t<std::invoke_result_t<F&, std::ranges::range_reference_t<R>>>;
+  const auto n = static_cast<std::size_t>(std::ranges::distance(range));
+  if (n == 0) return {};
+  chunk = detail::pick_chunk(n, detail::executor_width(ex), chunk);
+  auto bounds = detail::chunk_bounds(range, chunk);
+  if constexpr (std::is_default_constructible_v<V> && std::is_move_assignable_v<V>) {
+    std::vector<V> out(n);
+    auto body = [&](std::size_t i) {
+      std::size_t k = i * chunk;
+      for (auto it = bounds[i]; it != bounds[i + 1]; ++it) out[k++] = std::invoke(f, *it);
+    };
+    detail::run_chunks(ex, bounds.size() - 1, body);
+    return out;
+  } else {
+    std::vector<std::optional<V>> tmp(n);
+    auto body = [&](std::size_t i) {
+      std::size_t k = i * chunk;
+      for (auto it = bounds[i]; it != bounds[i + 1]; ++it) tmp[k++].emplace(std::invoke(f, *it));
+    };
+    detail::run_chunks(ex, bounds.size() - 1, body);
+    std::vector<V> out;
+    out.reserve(n);
+    for (auto& v : tmp) out.push_back(std::move(*v));
+    return out;
+  }
+}
+
+}  // namespace spindle

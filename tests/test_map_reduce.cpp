@@ -1,0 +1,179 @@
+// Tests for <spindle/map_reduce.hpp>.
+#include <spindle/map_reduce.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstdint>
+#include <forward_list>
+#include <functional>
+#include <list>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <spindle/errors.hpp>
+#include <spindle/future.hpp>
+#include <spindle/thread_pool.hpp>
+
+namespace {
+
+// An executor that refuses every task, as a shut-down pool does.
+struct refusing_executor {
+  std::size_t size() const { return 4; }
+  template <class F>
+  void post(F&&) {
+    throw spindle::closed_error("refusing_executor::post: closed");
+  }
+};
+
+// An executor that runs each task at once on the caller.
+struct inline_executor {
+  std::size_t size() const { return 3; }
+  template <class F>
+  void post(F&& f) {
+    f();
+  }
+};
+
+// [lo, hi) as a vector (std::views::iota trips clang 14 with libstdc++ 12).
+std::vector<int> iota(int lo, int hi) {
+  std::vector<int> v(std::size_t(hi - lo));
+  std::iota(v.begin(), v.end(), lo);
+  return v;
+}
+
+struct no_default {
+  explicit no_default(int v) : value(v) {}
+  int value;
+};
+
+}  // namespace
+
+TEST_CASE("map_reduce equals the sequential left fold for an associative, non-commutative reduce") {
+  spindle::thread_pool pool(2);
+  std::vector<int> v(1000);
+  std::iota(v.begin(), v.end(), 0);
+  auto map = [](int x) { return std::to_string(x) + ","; };
+  auto concat = [](std::string a, const std::string& b) { return std::move(a) + b; };
+  std::string want = "<";
+  for (int x : v) want = concat(want, map(x));
+  for (std::size_t chunk : {0, 1, 3, 7, 64, 999, 1000, 5000}) {
+    CAPTURE(chunk);
+    CHECK(spindle::map_reduce(pool, v, map, std::string("<"), concat, chunk) == want);
+  }
+}
+
+TEST_CASE("map_reduce sums squares and keeps every element exactly once") {
+  spindle::thread_pool pool(2);
+  std::vector<std::uint32_t> v(200000);
+  std::iota(v.begin(), v.end(), 1u);
+  std::uint64_t want = 0;
+  for (auto x : v) want += std::uint64_t(x) * x;
+  auto got = spindle::map_reduce(
+      pool, v, [](std::uint32_t x) { return std::uint64_t(x) * x; }, std::uint64_t{0},
+      std::plus<>{});
+  CHECK(got == want);
+}
+
+TEST_CASE("map_reduce of an empty range returns init") {
+  spindle::thread_pool pool(2);
+  std::vector<int> none;
+  CHECK(spindle::map_reduce(pool, none, [](int x) { return x; }, 42, std::plus<>{}) == 42);
+}
+
+TEST_CASE("map_reduce rethrows the first exception of map and the pool stays usable") {
+  spindle::thread_pool pool(2);
+  auto r = iota(0, 10000);
+  auto bad = [](int x) {
+    if (x == 7777) throw std::runtime_error("map failed at 7777");
+    return x;
+  };
+  CHECK_THROWS_WITH_AS(spindle::map_reduce(pool, r, bad, 0, std::plus<>{}, 100),
+                       "map failed at 7777", std::runtime_error);
+  CHECK(spindle::map_reduce(pool, r, [](int x) { return x; }, 0L,
+                            [](long a, long b) { return a + b; }) == 9999L * 10000 / 2);
+}
+
+TEST_CASE("map_reduce runs over a forward range that is not random access") {
+  spindle::thread_pool pool(2);
+  std::forward_list<int> fl;
+  for (int i = 0; i < 500; ++i) fl.push_front(i);
+  CHECK(spindle::map_reduce(pool, fl, [](int x) { return x; }, 0, std::plus<>{}, 7) ==
+        499 * 500 / 2);
+}
+
+TEST_CASE("map_reduce called from inside a pool task finishes even on a one-thread pool") {
+  spindle::thread_pool pool(1);
+  auto f = pool.submit([&pool] {
+    return spindle::map_reduce(pool, iota(0, 1000), [](int x) { return x; }, 0,
+                               std::plus<>{});
+  });
+  CHECK(f.get() == 999 * 1000 / 2);
+}
+
+TEST_CASE("map_reduce runs every chunk on the caller when the executor refuses work") {
+  refusing_executor ex;
+  CHECK(spindle::map_reduce(ex, iota(1, 101), [](int x) { return x; }, 0,
+                            std::plus<>{}) == 5050);
+  inline_executor in;
+  CHECK(spindle::map_reduce(in, iota(1, 101), [](int x) { return x; }, 0,
+                            std::plus<>{}) == 5050);
+}
+
+TEST_CASE("parallel_for calls f once for every element") {
+  spindle::thread_pool pool(2);
+  std::vector<int> v(10000, 1);
+  spindle::parallel_for(pool, v, [](int& x) { x += 1; });
+  CHECK(std::accumulate(v.begin(), v.end(), 0) == 20000);
+  std::list<int> l(100, 5);
+  std::atomic<int> sum{0};
+  spindle::parallel_for(pool, l, [&](int x) { sum += x; }, 3);
+  CHECK(sum.load() == 500);
+  std::vector<int> none;
+  spindle::parallel_for(pool, none, [](int) { FAIL("called on an empty range"); });
+}
+
+TEST_CASE("parallel_for rethrows an exception of f and skips the chunks not yet started") {
+  spindle::thread_pool pool(2);
+  std::atomic<int> calls{0};
+  CHECK_THROWS_WITH_AS(spindle::parallel_for(pool, iota(0, 100000),
+                                             [&](int x) {
+                                               ++calls;
+                                               if (x == 0) throw std::invalid_argument("zero");
+                                             },
+                                             1000),
+                       "zero", std::invalid_argument);
+  CHECK(calls.load() < 100000);
+}
+
+TEST_CASE("parallel_map keeps the order of the range") {
+  spindle::thread_pool pool(2);
+  std::vector<std::string> words{"a", "bb", "ccc", "dddd", "eeeee", "", "gg"};
+  auto lengths = spindle::parallel_map(pool, words, [](const std::string& w) { return w.size(); }, 2);
+  CHECK(lengths == std::vector<std::size_t>{1, 2, 3, 4, 5, 0, 2});
+  auto big = spindle::parallel_map(pool, iota(0, 50000), [](int x) { return 2 * x; });
+  REQUIRE(big.size() == 50000);
+  bool ok = true;
+  for (int i = 0; i < 50000; ++i) ok = ok && big[std::size_t(i)] == 2 * i;
+  CHECK(ok);
+}
+
+TEST_CASE("parallel_map builds results that have no default constructor") {
+  spindle::thread_pool pool(2);
+  auto out = spindle::parallel_map(pool, iota(0, 100), [](int x) { return no_default(x); });
+  REQUIRE(out.size() == 100);
+  CHECK(out.front().value == 0);
+  CHECK(out.back().value == 99);
+}
+
+TEST_CASE("parallel_map rethrows an exception of f") {
+  spindle::thread_pool pool(2);
+  CHECK_THROWS_AS(spindle::parallel_map(pool, iota(0, 100),
+                                        [](int x) -> int {
+                                          if (x == 50) throw std::out_of_range("50");
+                                          return x;
+                                        }),
+                  std::out_of_range);
+}

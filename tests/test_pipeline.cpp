@@ -1,0 +1,240 @@
+// Tests for <spindle/pipeline.hpp>.
+#include <spindle/pipeline.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <numeric>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include <spindle/bounded_queue.hpp>
+
+#include "support/lifetime.hpp"
+#include "support/threads.hpp"
+
+using namespace std::chrono_literals;
+using spindle::status;
+
+namespace {
+
+// Uneven work so that workers of one stage finish out of order.
+std::uint64_t churn(std::uint64_t x) {
+  std::uint64_t h = x * 0x9e3779b97f4a7c15ull;
+  for (std::uint64_t i = 0; i < (x % 7) * 50; ++i) h = h * 6364136223846793005ull + 1;
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("a pipeline carries every item through its stages to the sink") {
+  constexpr std::uint64_t n = 20000;
+  std::uint64_t sum = 0, count = 0;
+  auto p = spindle::pipeline<std::uint64_t>({.capacity = 64})
+               .stage([](std::uint64_t x) { return x * 2; }, {.workers = 2})
+               .stage([](std::uint64_t x) { return std::to_string(x); })
+               .sink([&](std::string s) {
+                 sum += std::stoull(s);
+                 ++count;
+               });
+  for (std::uint64_t i = 0; i < n; ++i) REQUIRE(p.push(i) == status::ok);
+  p.close();
+  CHECK(p.wait() == status::ok);
+  CHECK(count == n);
+  CHECK(sum == n * (n - 1));
+  CHECK(p.push(1) == status::closed);
+}
+
+TEST_CASE("an ordered stage with many workers emits in input order") {
+  constexpr std::uint64_t n = 5000;
+  std::vector<std::uint64_t> seen;
+  auto p = spindle::pipeline<std::uint64_t>({.capacity = 32, .batch = 4})
+               .stage([](std::uint64_t x) { return std::pair{x, churn(x)}; },
+                      {.workers = 4, .ordered = true})
+               .stage([](std::pair<std::uint64_t, std::uint64_t> v) { return v.first; },
+                      {.workers = 3, .ordered = true})
+               .sink([&](std::uint64_t x) { seen.push_back(x); });
+  for (std::uint64_t i = 0; i < n; ++i) REQUIRE(p.push(i) == status::ok);
+  p.close();
+  CHECK(p.wait() == status::ok);
+  REQUIRE(seen.size() == n);
+  std::vector<std::uint64_t> want(n);
+  std::iota(want.begin(), want.end(), 0);
+  CHECK(seen == want);
+}
+
+TEST_CASE("a stage returning std::optional drops the items it returns nullopt for") {
+  std::vector<int> seen;
+  auto p = spindle::pipeline<int>()
+               .stage([](int x) -> std::optional<int> {
+                 if (x % 3 == 0) return std::nullopt;
+                 return x;
+               }, {.workers = 3, .ordered = true})
+               .sink([&](int x) { seen.push_back(x); });
+  for (int i = 0; i < 30; ++i) REQUIRE(p.push(i) == status::ok);
+  p.close();
+  CHECK(p.wait() == status::ok);
+  std::vector<int> want;
+  for (int i = 0; i < 30; ++i)
+    if (i % 3 != 0) want.push_back(i);
+  CHECK(seen == want);
+}
+
+TEST_CASE("the first stage exception stops intake, drains, and is rethrown by wait") {
+  std::atomic<int> sunk{0};
+  auto p = spindle::pipeline<int>({.capacity = 8})
+               .stage([](int x) {
+                 if (x == 100) throw std::runtime_error("bad item 100");
+                 return x;
+               }, {.workers = 2})
+               .sink([&](int) { ++sunk; });
+  // Push until the pipeline refuses: after the error push returns closed and never blocks.
+  int pushed = 0;
+  while (pushed < 1000000 && p.push(pushed) == status::ok) ++pushed;
+  CHECK(pushed < 1000000);
+  CHECK(p.push(1) == status::closed);
+  CHECK(p.try_push(1) == status::closed);
+  CHECK_THROWS_WITH_AS(p.wait(), "bad item 100", std::runtime_error);
+  CHECK(sunk.load() < pushed);
+}
+
+TEST_CASE("a sink exception reaches wait") {
+  auto p = spindle::pipeline<int>()
+               .stage([](int x) { return x + 1; })
+               .sink([](int x) {
+                 if (x == 3) throw std::logic_error("sink refused 3");
+               });
+  for (int i = 0; i < 10; ++i) (void)p.push(i);
+  p.close();
+  CHECK_THROWS_WITH_AS(p.wait(), "sink refused 3", std::logic_error);
+}
+
+TEST_CASE("a stop request cancels the pipeline and wait reports cancelled") {
+  std::stop_source ss;
+  test_support::start_gate entered, release;
+  std::atomic<int> sunk{0};
+  auto p = spindle::pipeline<int>({.capacity = 4, .stop = ss.get_token()})
+               .stage([&](int x) {
+                 if (x == 0) {
+                   entered.open();
+                   release.wait();
+                 }
+                 return x;
+               })
+               .sink([&](int) { ++sunk; });
+  REQUIRE(p.push(0) == status::ok);
+  entered.wait();  // the stage holds item 0
+  for (int i = 1; i <= 4; ++i) REQUIRE(p.push(i) == status::ok);
+  ss.request_stop();
+  CHECK(p.push(9) == status::closed);
+  release.open();
+  CHECK(p.wait() == status::cancelled);
+  CHECK(sunk.load() <= 1);  // items queued behind the stop are dropped
+}
+
+TEST_CASE("cancel stops a pipeline whose input was never closed") {
+  auto p = spindle::pipeline<int>().stage([](int x) { return x; }).sink([](int) {});
+  REQUIRE(p.push(1) == status::ok);
+  p.cancel();
+  CHECK(p.wait() == status::cancelled);
+}
+
+TEST_CASE("try_push reports full when the first queue has no room") {
+  test_support::start_gate entered, release;
+  auto p = spindle::pipeline<int>({.capacity = 2})
+               .stage([&](int x) {
+                 if (x == 0) {
+                   entered.open();
+                   release.wait();
+                 }
+                 return x;
+               })
+               .sink([](int) {});
+  REQUIRE(p.push(0) == status::ok);
+  entered.wait();
+  CHECK(p.try_push(1) == status::ok);
+  CHECK(p.try_push(2) == status::ok);
+  CHECK(p.try_push(3) == status::full);
+  release.open();
+  p.close();
+  CHECK(p.wait() == status::ok);
+}
+
+TEST_CASE("run feeds a pipeline from a channel until the channel is closed") {
+  spindle::bounded_queue<int> source(16);
+  std::atomic<long> sum{0};
+  std::atomic<int> count{0};
+  auto p = spindle::pipeline<int>()
+               .stage([](int x) { return x * 3; }, {.workers = 2})
+               .sink([&](int x) {
+                 sum += x;
+                 ++count;
+               })
+               .run(source);
+  for (int i = 0; i < 1000; ++i) REQUIRE(source.push(i) == status::ok);
+  source.close();
+  CHECK(p.wait() == status::ok);
+  CHECK(count.load() == 1000);
+  CHECK(sum.load() == 3L * 999 * 1000 / 2);
+}
+
+TEST_CASE("run over a range feeds every element, then ends the stream") {
+  std::vector<int> input(3000);
+  std::iota(input.begin(), input.end(), 1);
+  std::vector<int> seen;
+  auto p = spindle::pipeline<int>({.capacity = 16})
+               .stage([](int x) { return x; }, {.workers = 2, .ordered = true})
+               .sink([&](int x) { seen.push_back(x); })
+               .run(input);
+  CHECK(p.wait() == status::ok);
+  CHECK(seen == input);
+}
+
+TEST_CASE("run stops feeding a channel when the pipeline is cancelled") {
+  spindle::bounded_queue<int> source(4);  // never closed
+  auto p = spindle::pipeline<int>().stage([](int x) { return x; }).sink([](int) {}).run(source);
+  REQUIRE(source.push(1) == status::ok);
+  p.cancel();
+  CHECK(p.wait() == status::cancelled);
+}
+
+TEST_CASE("a pipeline moves items without leaking or copying them") {
+  test_support::tracked::registry reg;
+  {
+    std::uint64_t sum = 0;
+    auto p = spindle::pipeline<test_support::tracked>({.capacity = 8})
+                 .stage([](test_support::tracked t) { return t; }, {.workers = 2, .ordered = true})
+                 .sink([&](test_support::tracked t) { sum += t.value(); });
+    for (std::uint64_t i = 0; i < 500; ++i)
+      REQUIRE(p.push(test_support::tracked(&reg, i)) == status::ok);
+    p.close();
+    CHECK(p.wait() == status::ok);
+    CHECK(sum == 499 * 500 / 2);
+    CHECK(reg.copies.load() == 0);
+  }
+  CHECK(reg.alive.load() == 0);
+  CHECK(reg.errors.load() == 0);
+}
+
+TEST_CASE("the destructor of a running pipeline closes it and waits") {
+  std::atomic<int> sunk{0};
+  {
+    auto p = spindle::pipeline<int>().stage([](int x) { return x; }).sink([&](int) { ++sunk; });
+    for (int i = 0; i < 100; ++i) REQUIRE(p.push(i) == status::ok);
+  }
+  CHECK(sunk.load() == 100);
+}
+
+TEST_CASE("bad options throw std::invalid_argument naming the function and the value") {
+  CHECK_THROWS_WITH_AS(spindle::pipeline<int>({.capacity = 0}),
+                       doctest::Contains("capacity must be >= 1 (got 0)"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(spindle::pipeline<int>().stage([](int x) { return x; }, {.workers = 0}),
+                       doctest::Contains("spindle::pipeline::stage"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(spindle::pipeline<int>().sink([](int) {}, {.workers = 0}),
+                       doctest::Contains("spindle::pipeline::sink"), std::invalid_argument);
+}
