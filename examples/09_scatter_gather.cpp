@@ -32,13 +32,13 @@ int main() {
   std::vector<service> services{
       quote(12.5, 20ms), quote(9.75, 5ms), quote(11.0, 10ms),
       [](std::stop_token) -> double { throw std::runtime_error("service down"); },
-      quote(7.0, 2000ms),  // too slow: misses the deadline
+      quote(7.0, 10000ms),  // too slow: misses the deadline
   };
 
-  double first = spindle::gather_first(pool, services, 200ms);
+  double first = spindle::gather_first(pool, services, 1000ms);
   std::printf("first response: %.2f\n", first);
 
-  auto all = spindle::gather_all(pool, services, 200ms);
+  auto all = spindle::gather_all(pool, services, 1000ms);
   double best = 1e9;
   for (std::size_t i = 0; i < all.size(); ++i) {
     if (all[i]) {
