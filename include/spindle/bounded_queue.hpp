@@ -29,6 +29,7 @@
 #include <utility>
 
 #include "detail/config.hpp"
+#include "detail/queue_facade.hpp"
 #include "detail/ring.hpp"
 #include "detail/wait.hpp"
 #include "status.hpp"
@@ -52,7 +53,10 @@ namespace spindle {
 /// Lifetime: the destructor destroys the items still queued. No thread may be inside a member
 /// function when the destructor runs (close() first, and join the threads that use the queue).
 template <class T>
-class bounded_queue {
+class bounded_queue : public detail::queue_facade<bounded_queue<T>, T> {
+  using facade = detail::queue_facade<bounded_queue<T>, T>;
+  friend facade;
+
  public:
   using value_type = T;
 
@@ -77,65 +81,8 @@ class bounded_queue {
     for (; head != tail; ++head) slots_[index_(head)].item.destroy();
   }
 
-  // ---- push ------------------------------------------------------------------------------------
-
-  /// Appends a copy of `v`. Blocks while full. Returns ok | closed. Never allocates (beyond T's
-  /// copy). Thread-safe.
-  status push(const T& v) { return push_wait(copier{v}, nullptr, nullptr); }
-
-  /// Appends `v`, moving from it only on ok. Blocks while full. Returns ok | closed; on closed
-  /// `v` is not moved from. Never allocates. Thread-safe.
-  status push(T&& v) { return push_wait(mover{v}, nullptr, nullptr); }
-
-  /// As push(), but a stop request on `st` ends the wait. Returns ok | closed | cancelled.
-  status push(T&& v, std::stop_token st) { return push_wait(mover{v}, &st, nullptr); }
-  status push(const T& v, std::stop_token st) { return push_wait(copier{v}, &st, nullptr); }
-
-  /// Appends `v` if there is room now. Never blocks. Returns ok | full | closed; `v` is moved
-  /// from only on ok. Never allocates. Thread-safe.
-  status try_push(T&& v) { return push_once(mover{v}); }
-  status try_push(const T& v) { return push_once(copier{v}); }
-
-  /// As push(), waiting at most `d`. Returns ok | timeout | closed; `v` is moved from only on ok.
-  template <class Rep, class Period>
-  status push_for(T&& v, std::chrono::duration<Rep, Period> d) {
-    auto deadline = detail::deadline_after(d);
-    return push_wait(mover{v}, nullptr, &deadline);
-  }
-  template <class Rep, class Period>
-  status push_for(const T& v, std::chrono::duration<Rep, Period> d) {
-    auto deadline = detail::deadline_after(d);
-    return push_wait(copier{v}, nullptr, &deadline);
-  }
-
-  // ---- pop -------------------------------------------------------------------------------------
-
-  /// Moves the oldest item into `out`. Blocks while empty. Returns ok | closed (closed only once
-  /// closed and drained; `out` is then untouched). Never allocates. Thread-safe.
-  status pop(T& out) { return pop_wait(assign{out}, nullptr, nullptr); }
-
-  /// As pop(out), but a stop request on `st` ends the wait. Returns ok | closed | cancelled.
-  /// An item that is already there is returned even if a stop was requested.
-  status pop(T& out, std::stop_token st) { return pop_wait(assign{out}, &st, nullptr); }
-
-  /// Moves the oldest item into `out` if there is one now. Never blocks. Returns
-  /// ok | empty | closed (closed and drained). Never allocates. Thread-safe.
-  status try_pop(T& out) { return pop_once(assign{out}); }
-
-  /// As pop(out), waiting at most `d`. Returns ok | timeout | closed.
-  template <class Rep, class Period>
-  status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    auto deadline = detail::deadline_after(d);
-    return pop_wait(assign{out}, nullptr, &deadline);
-  }
-
-  /// Pops the oldest item, blocking while empty; nullopt once closed and drained. Thread-safe.
-  std::optional<T> pop() {
-    std::optional<T> out;
-    pop_wait(emplace{out}, nullptr, nullptr);
-    return out;
-  }
-
+  // push, try_push, push_for, pop, try_pop, pop_for and pop() come from detail::queue_facade
+  // (each documented there); which threads may call them is said in the class comment.
   // ---- state -----------------------------------------------------------------------------------
 
   /// Closes the queue: later pushes return closed; pops drain what is left, then return closed.
@@ -171,8 +118,6 @@ class bounded_queue {
   bool empty() const noexcept { return size() == 0; }
 
  private:
-  using clock = detail::wait_clock;
-
   // Slots are packed, not padded to a cache line each: a producer running ahead of the
   // consumers fills several slots per line, so a hand-off moves fewer lines (measured faster
   // here at 1P1C to 4P4C than one slot per line; see bench/RESULTS.md).
@@ -185,23 +130,8 @@ class bounded_queue {
   };
   static_assert(sizeof(slot) % alignof(slot) == 0, "slots tile the array without gaps");
 
-  // How an item enters a slot (construct) or leaves it (consume).
-  struct mover {
-    T& v;
-    void operator()(detail::storage<T>& s) const noexcept { s.construct(std::move(v)); }
-  };
-  struct copier {
-    const T& v;
-    void operator()(detail::storage<T>& s) const { s.construct(v); }
-  };
-  struct assign {
-    T& out;
-    void operator()(T& v) const noexcept { out = std::move(v); }
-  };
-  struct emplace {
-    std::optional<T>& out;
-    void operator()(T& v) const noexcept { out.emplace(std::move(v)); }
-  };
+  using copier = typename facade::copier;
+  using mover = typename facade::mover;
 
   // One attempt to push. A copy that may throw is made before a position is claimed, so a
   // throwing copy constructor leaves the queue as it was.
@@ -294,20 +224,6 @@ class bounded_queue {
         head = head_.load(std::memory_order_relaxed);  // another consumer got there first
       }
     }
-  }
-
-  template <class Construct>
-  status push_wait(const Construct& construct, const std::stop_token* st,
-                   const clock::time_point* deadline) {
-    return detail::blocking_call([&] { return push_once(construct); }, status::full, not_full_,
-                                 options_, st, deadline);
-  }
-
-  template <class Consume>
-  status pop_wait(const Consume& consume, const std::stop_token* st,
-                  const clock::time_point* deadline) {
-    return detail::blocking_call([&] { return pop_once(consume); }, status::empty, not_empty_,
-                                 options_, st, deadline);
   }
 
   // Producers write tail_, consumers head_; each on its own cache-line pair so that the two

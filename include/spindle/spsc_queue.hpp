@@ -32,6 +32,7 @@
 #include <utility>
 
 #include "detail/config.hpp"
+#include "detail/queue_facade.hpp"
 #include "detail/ring.hpp"
 #include "detail/wait.hpp"
 #include "status.hpp"
@@ -55,7 +56,10 @@ namespace spindle {
 /// Lifetime: the destructor destroys the items still queued. No thread may be inside a member
 /// function when the destructor runs.
 template <class T>
-class spsc_queue {
+class spsc_queue : public detail::queue_facade<spsc_queue<T>, T> {
+  using facade = detail::queue_facade<spsc_queue<T>, T>;
+  friend facade;
+
  public:
   using value_type = T;
 
@@ -80,64 +84,8 @@ class spsc_queue {
     for (; head != tail; ++head) slots_[index_(head)].item.destroy();
   }
 
-  // ---- push (producer thread only) -------------------------------------------------------------
-
-  /// Appends a copy of `v`. Blocks while full. Returns ok | closed. Never allocates (beyond T's
-  /// copy). Producer only.
-  status push(const T& v) { return push_wait(copier{v}, nullptr, nullptr); }
-
-  /// Appends `v`, moving from it only on ok. Blocks while full. Returns ok | closed. Never
-  /// allocates. Producer only.
-  status push(T&& v) { return push_wait(mover{v}, nullptr, nullptr); }
-
-  /// As push(), but a stop request on `st` ends the wait. Returns ok | closed | cancelled.
-  status push(T&& v, std::stop_token st) { return push_wait(mover{v}, &st, nullptr); }
-  status push(const T& v, std::stop_token st) { return push_wait(copier{v}, &st, nullptr); }
-
-  /// Appends `v` if there is room now. Never blocks. Returns ok | full | closed; `v` is moved
-  /// from only on ok. Never allocates. Producer only.
-  status try_push(T&& v) { return push_once(mover{v}); }
-  status try_push(const T& v) { return push_once(copier{v}); }
-
-  /// As push(), waiting at most `d`. Returns ok | timeout | closed.
-  template <class Rep, class Period>
-  status push_for(T&& v, std::chrono::duration<Rep, Period> d) {
-    auto deadline = detail::deadline_after(d);
-    return push_wait(mover{v}, nullptr, &deadline);
-  }
-  template <class Rep, class Period>
-  status push_for(const T& v, std::chrono::duration<Rep, Period> d) {
-    auto deadline = detail::deadline_after(d);
-    return push_wait(copier{v}, nullptr, &deadline);
-  }
-
-  // ---- pop (consumer thread only) --------------------------------------------------------------
-
-  /// Moves the oldest item into `out`. Blocks while empty. Returns ok | closed (closed only once
-  /// closed and drained). Never allocates. Consumer only.
-  status pop(T& out) { return pop_wait(assign{out}, nullptr, nullptr); }
-
-  /// As pop(out), but a stop request on `st` ends the wait. Returns ok | closed | cancelled.
-  status pop(T& out, std::stop_token st) { return pop_wait(assign{out}, &st, nullptr); }
-
-  /// Moves the oldest item into `out` if there is one now. Never blocks. Returns
-  /// ok | empty | closed. Never allocates. Consumer only.
-  status try_pop(T& out) { return pop_once(assign{out}); }
-
-  /// As pop(out), waiting at most `d`. Returns ok | timeout | closed.
-  template <class Rep, class Period>
-  status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    auto deadline = detail::deadline_after(d);
-    return pop_wait(assign{out}, nullptr, &deadline);
-  }
-
-  /// Pops the oldest item, blocking while empty; nullopt once closed and drained. Consumer only.
-  std::optional<T> pop() {
-    std::optional<T> out;
-    pop_wait(emplace{out}, nullptr, nullptr);
-    return out;
-  }
-
+  // push, try_push, push_for, pop, try_pop, pop_for and pop() come from detail::queue_facade
+  // (each documented there); which threads may call them is said in the class comment.
   // ---- state (any thread) ----------------------------------------------------------------------
 
   /// Closes the queue: later pushes return closed; pops drain what is left, then return closed.
@@ -182,27 +130,8 @@ class spsc_queue {
   bool empty() const noexcept { return size() == 0; }
 
  private:
-  using clock = detail::wait_clock;
-
-  struct mover {
-    T& v;
-    void operator()(detail::storage<T>& s) const noexcept { s.construct(std::move(v)); }
-  };
-  struct copier {
-    const T& v;
-    void operator()(detail::storage<T>& s) const noexcept(
-        std::is_nothrow_copy_constructible_v<T>) {
-      s.construct(v);
-    }
-  };
-  struct assign {
-    T& out;
-    void operator()(T& v) const noexcept { out = std::move(v); }
-  };
-  struct emplace {
-    std::optional<T>& out;
-    void operator()(T& v) const noexcept { out.emplace(std::move(v)); }
-  };
+  using copier = typename facade::copier;
+  using mover = typename facade::mover;
 
   // Whether the slot of position `tail` is free (producer only).
   bool room(std::uint64_t tail) const noexcept {
@@ -271,20 +200,6 @@ class spsc_queue {
     head_.store(head + 1, std::memory_order_relaxed);
     not_full_.notify();
     return status::ok;
-  }
-
-  template <class Construct>
-  status push_wait(const Construct& construct, const std::stop_token* st,
-                   const clock::time_point* deadline) {
-    return detail::blocking_call([&] { return push_once(construct); }, status::full, not_full_,
-                                 options_, st, deadline);
-  }
-
-  template <class Consume>
-  status pop_wait(const Consume& consume, const std::stop_token* st,
-                  const clock::time_point* deadline) {
-    return detail::blocking_call([&] { return pop_once(consume); }, status::empty, not_empty_,
-                                 options_, st, deadline);
   }
 
   static constexpr std::uint32_t open = 0, closing = 1, sealed = 2;
