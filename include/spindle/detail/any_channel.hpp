@@ -1,7 +1,8 @@
 // spindle/detail/any_channel.hpp - any_channel<T>: a type-erased reference to any channel of T.
 //
-// Included at the end of <spindle/channel.hpp>; users include that header. It is self-contained
-// (it does not include channel.hpp) so that the two headers form no include cycle.
+// Included at the end of <spindle/channel.hpp>, after the concept; users include that header.
+// It includes channel.hpp itself so that it also compiles alone (#pragma once ends the cycle:
+// whichever of the two comes first, the concept is defined before any_channel uses it).
 //
 // any_channel<T> stores a pointer to a channel and a pointer to a static table of functions; it
 // is as cheap to copy as two pointers and forwards every channel operation, so in-process queues
@@ -20,6 +21,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../channel.hpp"
 #include "../status.hpp"
 
 namespace spindle {
@@ -34,21 +36,9 @@ struct is_any_channel : std::false_type {};
 template <class U>
 struct is_any_channel<any_channel<U>> : std::true_type {};
 
-/// What any_channel needs of its target (the channel concept's operations, for value type T).
+/// What any_channel needs of its target: a channel of exactly T.
 template <class C, class T>
-concept erasable_channel =
-    std::same_as<typename C::value_type, T> &&
-    requires(C& c, const C& cc, T& out, T&& v, std::chrono::nanoseconds d, std::stop_token st) {
-      { c.push(std::move(v)) } -> std::same_as<status>;
-      { c.try_push(std::move(v)) } -> std::same_as<status>;
-      { c.push_for(std::move(v), d) } -> std::same_as<status>;
-      { c.pop(out) } -> std::same_as<status>;
-      { c.pop(out, st) } -> std::same_as<status>;
-      { c.try_pop(out) } -> std::same_as<status>;
-      { c.pop_for(out, d) } -> std::same_as<status>;
-      c.close();
-      { cc.closed() } -> std::convertible_to<bool>;
-    };
+concept erasable_channel = channel<C> && std::same_as<typename C::value_type, T>;
 
 template <class T>
 struct any_channel_vtable {
