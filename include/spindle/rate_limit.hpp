@@ -75,6 +75,46 @@ status acquire_loop(const Clock& clock, typename Clock::time_point until, const 
   }
 }
 
+/// Throws std::invalid_argument unless n <= most (a request that could never be satisfied).
+inline void check_count(const char* fn, std::uint64_t n, std::uint64_t most, const char* what) {
+  if (n > most)
+    throw_invalid(fn, "n = " + std::to_string(n) + " exceeds " + what + " = " +
+                          std::to_string(most) + " (it could never be satisfied)");
+}
+
+/// The blocking forms every rate limiter offers, written once on top of Derived's
+/// acquire_until(n, until, stop_token) and its clock_ (Derived befriends this base).
+template <class Derived, class Clock>
+class limiter_waits {
+ public:
+  /// Takes `n`, waiting until they can be had; sleeps on the clock while waiting (never spins).
+  /// Throws std::invalid_argument if n exceeds the limiter's capacity. Thread-safe.
+  void acquire(std::uint64_t n = 1) {
+    (void)self().acquire_until(n, Clock::time_point::max(), {});
+  }
+
+  /// As acquire(n); returns ok, or cancelled if a stop is requested on `st` first (nothing is
+  /// taken then). Wakes promptly on the stop request.
+  status acquire(std::uint64_t n, std::stop_token st) {
+    return self().acquire_until(n, Clock::time_point::max(), st);
+  }
+
+  /// As acquire(n), waiting at most `d`: ok | timeout | cancelled. Returns timeout at once when
+  /// the room cannot come within `d` even if nobody else takes any.
+  status acquire_for(std::uint64_t n, typename Clock::duration d, std::stop_token st = {}) {
+    auto now = self().clock_.now();
+    auto until = d >= Clock::time_point::max() - now ? Clock::time_point::max() : now + d;
+    return self().acquire_until(n, until, st);
+  }
+
+ protected:
+  limiter_waits() = default;
+  ~limiter_waits() = default;
+
+ private:
+  Derived& self() noexcept { return static_cast<Derived&>(*this); }
+};
+
 }  // namespace detail
 
 /// A token bucket: holds up to `burst` tokens, starts full, gains `rate` tokens per second.
@@ -90,7 +130,9 @@ status acquire_loop(const Clock& clock, typename Clock::time_point until, const 
 /// Arithmetic is in double-precision nanoseconds since construction; a take that falls short by
 /// less than a billionth of a token is admitted (slack for rounding), which nobody can observe.
 template <clock Clock = std::chrono::steady_clock>
-class token_bucket {
+class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
+  friend detail::limiter_waits<token_bucket<Clock>, Clock>;
+
  public:
   using clock_type = Clock;
   using duration = typename Clock::duration;
@@ -125,23 +167,8 @@ class token_bucket {
     return take(static_cast<double>(n) * ns_per_token_);
   }
 
-  /// Takes `n` tokens, waiting until the bucket holds them. Sleeps on the clock while waiting.
-  /// Throws std::invalid_argument if n > burst (it could never be satisfied). Thread-safe.
-  void acquire(std::uint64_t n = 1) { (void)acquire_until(n, time_point::max(), {}); }
-
-  /// As acquire(n); returns ok, or cancelled if a stop is requested on `st` first (no tokens
-  /// are taken then). Wakes promptly on the stop request.
-  status acquire(std::uint64_t n, std::stop_token st) {
-    return acquire_until(n, time_point::max(), st);
-  }
-
-  /// As acquire(n), waiting at most `d`: ok | timeout | cancelled. Returns timeout at once when
-  /// the tokens cannot arrive within `d` even if nobody else takes any.
-  status acquire_for(std::uint64_t n, duration d, std::stop_token st = {}) {
-    auto now = clock_.now();
-    auto until = d >= time_point::max() - now ? time_point::max() : now + d;
-    return acquire_until(n, until, st);
-  }
+  // acquire(n), acquire(n, stop_token) and acquire_for(n, d, stop_token) come from
+  // detail::limiter_waits, on top of acquire_until().
 
   /// As acquire(n), waiting until `until` at the latest: ok | timeout | cancelled.
   /// Throws std::invalid_argument if n > burst.
@@ -190,9 +217,7 @@ class token_bucket {
     return b;
   }
   void check_n(const char* fn, std::uint64_t n) const {
-    if (n > burst_)
-      detail::throw_invalid(fn, "n = " + std::to_string(n) + " exceeds burst = " +
-                                    std::to_string(burst_) + " (it could never be satisfied)");
+    detail::check_count(fn, n, burst_, "burst");
   }
 
   double elapsed_ns(time_point t) const noexcept {
@@ -259,7 +284,9 @@ class token_bucket {
 /// number of distinct admission times in one window (Allocates only while growing). A mutex
 /// guards the log; the clock is read under it so that the log stays in time order.
 template <clock Clock = std::chrono::steady_clock>
-class sliding_window_log {
+class sliding_window_log : public detail::limiter_waits<sliding_window_log<Clock>, Clock> {
+  friend detail::limiter_waits<sliding_window_log<Clock>, Clock>;
+
  public:
   using clock_type = Clock;
   using duration = typename Clock::duration;
@@ -288,21 +315,8 @@ class sliding_window_log {
     return admit_locked(n, clock_.now());
   }
 
-  /// Admits `n`, waiting until the window has room. Throws std::invalid_argument if n > limit.
-  void acquire(std::uint64_t n = 1) { (void)acquire_until(n, time_point::max(), {}); }
-
-  /// As acquire(n); ok, or cancelled if a stop is requested first.
-  status acquire(std::uint64_t n, std::stop_token st) {
-    return acquire_until(n, time_point::max(), st);
-  }
-
-  /// As acquire(n), waiting at most `d`: ok | timeout | cancelled (timeout at once if the room
-  /// cannot come in time).
-  status acquire_for(std::uint64_t n, duration d, std::stop_token st = {}) {
-    auto now = clock_.now();
-    auto until = d >= time_point::max() - now ? time_point::max() : now + d;
-    return acquire_until(n, until, st);
-  }
+  // acquire(n), acquire(n, stop_token) and acquire_for(n, d, stop_token) come from
+  // detail::limiter_waits, on top of acquire_until().
 
   /// As acquire(n), waiting until `until` at the latest: ok | timeout | cancelled.
   status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
@@ -348,9 +362,7 @@ class sliding_window_log {
   };
 
   void check_n(const char* fn, std::uint64_t n) const {
-    if (n > limit_)
-      detail::throw_invalid(fn, "n = " + std::to_string(n) + " exceeds limit = " +
-                                    std::to_string(limit_) + " (it could never be satisfied)");
+    detail::check_count(fn, n, limit_, "limit");
   }
 
   entry& at_(std::size_t i) const { return log_[(head_ + i) % log_.size()]; }
@@ -422,7 +434,9 @@ class sliding_window_log {
 /// very end). It admits n whenever previous + current + n <= limit, and it is exact when the
 /// previous window's traffic was even. Use sliding_window_log for an exact bound.
 template <clock Clock = std::chrono::steady_clock>
-class sliding_window_counter {
+class sliding_window_counter : public detail::limiter_waits<sliding_window_counter<Clock>, Clock> {
+  friend detail::limiter_waits<sliding_window_counter<Clock>, Clock>;
+
  public:
   using clock_type = Clock;
   using duration = typename Clock::duration;
@@ -451,20 +465,8 @@ class sliding_window_counter {
     return admit_locked(n, clock_.now());
   }
 
-  /// Admits `n`, waiting until the estimate has room. Throws std::invalid_argument if n > limit.
-  void acquire(std::uint64_t n = 1) { (void)acquire_until(n, time_point::max(), {}); }
-
-  /// As acquire(n); ok, or cancelled if a stop is requested first.
-  status acquire(std::uint64_t n, std::stop_token st) {
-    return acquire_until(n, time_point::max(), st);
-  }
-
-  /// As acquire(n), waiting at most `d`: ok | timeout | cancelled.
-  status acquire_for(std::uint64_t n, duration d, std::stop_token st = {}) {
-    auto now = clock_.now();
-    auto until = d >= time_point::max() - now ? time_point::max() : now + d;
-    return acquire_until(n, until, st);
-  }
+  // acquire(n), acquire(n, stop_token) and acquire_for(n, d, stop_token) come from
+  // detail::limiter_waits, on top of acquire_until().
 
   /// As acquire(n), waiting until `until` at the latest: ok | timeout | cancelled.
   status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
@@ -513,9 +515,7 @@ class sliding_window_counter {
   static u128 ticks(duration d) { return static_cast<u128>(d.count()); }
 
   void check_n(const char* fn, std::uint64_t n) const {
-    if (n > limit_)
-      detail::throw_invalid(fn, "n = " + std::to_string(n) + " exceeds limit = " +
-                                    std::to_string(limit_) + " (it could never be satisfied)");
+    detail::check_count(fn, n, limit_, "limit");
   }
 
   std::int64_t index_of(time_point t) const {
