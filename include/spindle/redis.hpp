@@ -12,3 +12,7 @@
 #include "spindle/redis/options.hpp"
 #include "spindle/redis/pool.hpp"
 #include "spindle/redis/resp.hpp"
+#include "spindle/redis/queue.hpp"       // reliable list queue (processing list, ack, leases)
+#include "spindle/redis/rate_limit.hpp"  // token_bucket, sliding_window (Lua, server TIME)
+#include "spindle/redis/stream.hpp"      // stream with consumer group, claim, dead-letter
+#include "spindle/redis/topic.hpp"       // publish, subscribe, psubscribe

@@ -14,6 +14,10 @@
 //     last_error(), and passed to options.on_error (on the worker thread, no lock held); the
 //     worker goes on with the next item. processed counts successful calls only.
 //   - The handler is called concurrently from every worker: it must be safe to call so.
+//   - A channel with acknowledgements (detail::acknowledging_channel: pop_delivery(d, st),
+//     ack(d), nack(d), d.value - redis::queue, redis::stream) is consumed through them: a
+//     delivery is acked only after the handler returns normally and nacked (redelivered, then
+//     dead-lettered by the channel) when it throws.
 //
 // Shutdown: close the source, then join(): every item pushed before close() is handled. stop()
 // ends early: each worker finishes the item in hand and exits; items left in the source stay

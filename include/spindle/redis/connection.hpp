@@ -163,6 +163,9 @@ class connection {
   const options& get_options() const noexcept { return opts_; }
   /// The socket's file descriptor, or -1 (for poll()-based waiting by the caller).
   int native_handle() const noexcept { return sock_.fd(); }
+  /// Bytes received but not yet returned as replies: when not 0, read() may return without
+  /// touching the socket (so poll() on native_handle() is not enough to know a reply waits).
+  std::size_t buffered() const noexcept { return parser_.buffered(); }
   /// How many times it has connected (1 after construction; more after reconnects).
   std::size_t connects() const noexcept { return connects_; }
 

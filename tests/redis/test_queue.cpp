@@ -1,0 +1,391 @@
+// Tests of spindle/redis/queue.hpp against a real redis-server: every channel operation's
+// statuses, close seen by another object, lease expiry and recovery, expired-lease acks,
+// dead-lettering, backpressure, worker_pool acknowledgement, and a cross-process run in which a
+// consumer process is killed with SIGKILL while it holds items.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <set>
+#include <spindle/channel.hpp>
+#include <spindle/redis/queue.hpp>
+#include <spindle/worker_pool.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/redis_server.hpp"
+#include "support/threads.hpp"
+
+namespace redis = spindle::redis;
+using namespace std::chrono_literals;
+using spindle::status;
+using test_support::redis_server;
+
+static_assert(spindle::channel<redis::queue<std::string>>);
+static_assert(spindle::channel<redis::queue<int>>);
+static_assert(spindle::detail::acknowledging_channel<redis::queue<int>>);
+
+extern char** environ;
+
+namespace {
+redis::options local(std::uint16_t port) {
+  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
+}
+
+// Polls `pred` until it holds or `limit` passes (waiting on another process's state).
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
+  }
+  return pred();
+}
+}  // namespace
+
+TEST_CASE("a queue refuses an empty name and zero timeouts") {
+  CHECK_THROWS_AS(redis::queue<int>("", {}), std::invalid_argument);
+  CHECK_THROWS_AS(redis::queue<int>("q", {}, {.visibility_timeout = 0ms}), std::invalid_argument);
+  CHECK_THROWS_AS(redis::queue<int>("q", {}, {.poll_interval = 0ms}), std::invalid_argument);
+}
+
+TEST_CASE("push and pop move values in FIFO order with ok, empty and timeout statuses") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<std::string> q("fifo", local(srv.port()), {.poll_interval = 20ms});
+  std::string v;
+  CHECK(q.try_pop(v) == status::empty);
+  CHECK(q.pop_for(v, 30ms) == status::timeout);
+  CHECK(q.push(std::string("a")) == status::ok);
+  std::string b = "b";
+  CHECK(q.try_push(b) == status::ok);
+  CHECK(q.push_for(std::string("c\r\n\0x", 5), 100ms) == status::ok);
+  CHECK(q.size() == 3);
+  CHECK(q.pop(v) == status::ok);
+  CHECK(v == "a");
+  CHECK(q.try_pop(v) == status::ok);
+  CHECK(v == "b");
+  CHECK(q.pop_for(v, 1s) == status::ok);
+  CHECK(v == std::string("c\r\n\0x", 5));
+  CHECK(q.in_flight() == 1);  // the last pop stays pending until this thread pops again
+  CHECK(q.ack_last());
+  CHECK(q.in_flight() == 0);
+  CHECK_FALSE(q.ack_last());
+}
+
+TEST_CASE("pop after close drains, then returns closed, and pushes fail with closed") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("drain", local(srv.port()), {.poll_interval = 20ms});
+  for (int i = 0; i < 3; ++i) CHECK(q.push(i) == status::ok);
+  CHECK_FALSE(q.closed());
+  q.close();
+  q.close();  // idempotent
+  CHECK(q.closed());
+  CHECK(q.push(9) == status::closed);
+  CHECK(q.try_push(9) == status::closed);
+  CHECK(q.push_for(9, 10ms) == status::closed);
+  int v = -1;
+  for (int i = 0; i < 3; ++i) {
+    CHECK(q.pop(v) == status::ok);
+    CHECK(v == i);
+  }
+  CHECK(q.pop(v) == status::closed);
+  CHECK(q.try_pop(v) == status::closed);
+  CHECK(q.pop_for(v, 10ms) == status::closed);
+  CHECK_FALSE(q.pop().has_value());
+  CHECK(q.in_flight() == 0);  // the closed pop acknowledged the last value
+}
+
+TEST_CASE("close by one object wakes a blocked pop of another object on the same name") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> a("shared", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> b("shared", local(srv.port()), {.poll_interval = 20ms});
+  std::atomic<int> result{-1};
+  test_support::thread_group g;
+  g.spawn([&] {
+    int v = 0;
+    result.store(static_cast<int>(b.pop(v)), std::memory_order_release);
+  });
+  CHECK(a.push(7) == status::ok);
+  CHECK(eventually([&] { return a.size() == 0; }));
+  a.close();
+  REQUIRE(g.join_within(10s));
+  // The blocked pop got 7 first or returned closed after draining; either way it ended.
+  int v = 0;
+  CHECK(b.closed());
+  CHECK(a.try_pop(v) == status::closed);
+  CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::ok));
+}
+
+TEST_CASE("a pop with a stop token returns cancelled promptly") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("cancel", local(srv.port()), {.poll_interval = 20ms});
+  std::stop_source src;
+  std::atomic<int> result{-1};
+  test_support::thread_group g;
+  g.spawn([&] {
+    int v = 0;
+    result.store(static_cast<int>(q.pop(v, src.get_token())), std::memory_order_release);
+  });
+  src.request_stop();
+  REQUIRE(g.join_within(10s));
+  CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::cancelled));
+  int v = 0;
+  std::stop_source stopped;
+  stopped.request_stop();
+  CHECK(q.pop(v, stopped.get_token()) == status::cancelled);
+}
+
+TEST_CASE("max_length gives backpressure: try_push returns full and push_for times out") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("bounded", local(srv.port()), {.max_length = 2, .poll_interval = 10ms});
+  CHECK(q.try_push(1) == status::ok);
+  CHECK(q.try_push(2) == status::ok);
+  CHECK(q.try_push(3) == status::full);
+  CHECK(q.push_for(3, 30ms) == status::timeout);
+  test_support::thread_group g;
+  std::atomic<int> pushed{-1};
+  g.spawn([&] { pushed.store(static_cast<int>(q.push(3)), std::memory_order_release); });
+  redis::queue<int>::delivery d;
+  REQUIRE(q.pop_delivery_for(d, 5s) == status::ok);
+  CHECK(q.ack(d));
+  REQUIRE(g.join_within(10s));
+  CHECK(pushed.load(std::memory_order_acquire) == static_cast<int>(status::ok));
+  CHECK(q.size() == 2);
+}
+
+TEST_CASE("deliveries carry unique ids and counts, and nack redelivers then dead-letters") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<std::string> q("dlq", local(srv.port()),
+                              {.max_deliveries = 3, .poll_interval = 20ms});
+  CHECK(q.push(std::string("x")) == status::ok);
+  CHECK(q.push(std::string("y")) == status::ok);
+  redis::queue<std::string>::delivery d, e;
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  REQUIRE(q.try_pop_delivery(e) == status::ok);
+  CHECK(d.id != e.id);
+  CHECK(d.value == "x");
+  CHECK(d.deliveries == 1);
+  CHECK(q.ack(e));
+  CHECK_FALSE(q.ack(e));  // already acknowledged
+  for (std::uint32_t n = 1; n <= 3; ++n) {
+    CHECK(d.deliveries == n);
+    CHECK(q.nack(d));
+    if (n < 3) REQUIRE(q.try_pop_delivery(d) == status::ok);
+  }
+  CHECK(q.try_pop_delivery(d) == status::empty);
+  CHECK(q.dead_letter_size() == 1);
+  redis::queue<std::string>::delivery dead;
+  REQUIRE(q.try_pop_dead(dead) == status::ok);
+  CHECK(dead.value == "x");
+  CHECK(q.try_pop_dead(dead) == status::empty);
+}
+
+TEST_CASE("a dead consumer's items return after the visibility timeout with a higher count") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("vis", local(srv.port()),
+                      {.visibility_timeout = 150ms, .poll_interval = 20ms});
+  redis::queue<int>::delivery d;
+  {
+    redis::queue<int> dead("vis", local(srv.port()),
+                           {.visibility_timeout = 150ms, .poll_interval = 20ms});
+    CHECK(q.push(41) == status::ok);
+    REQUIRE(dead.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == 41);
+    redis::queue<int>::delivery again;
+    // `dead` heartbeats while alive, so it keeps the item: a live consumer never loses it.
+    CHECK(q.pop_delivery_for(again, 400ms) == status::timeout);
+    CHECK(dead.ack(d));
+    CHECK(q.push(42) == status::ok);
+    REQUIRE(dead.try_pop_delivery(d) == status::ok);
+  }  // destroyed holding 42: its heartbeat stops, its lease expires, 42 is recovered
+  redis::queue<int>::delivery got;
+  REQUIRE(q.pop_delivery_for(got, 5s) == status::ok);
+  CHECK(got.value == 42);
+  CHECK(got.id == d.id);
+  CHECK(got.deliveries == 2);
+  CHECK(q.ack(got));
+}
+
+TEST_CASE("an ack after the lease expired fails and leaves the redelivery alone") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<int> q("lease", o, {.visibility_timeout = 100ms, .poll_interval = 20ms});
+  redis::queue<int> other("lease", o, {.visibility_timeout = 100ms, .poll_interval = 20ms});
+  CHECK(q.push(5) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  // Expire q's lease by hand (a stalled process whose heartbeat did not run).
+  redis::connection c(o);
+  c.command("ZADD", "{lease}:consumers", 0, q.consumer_id());
+  redis::queue<int>::delivery e;
+  REQUIRE(other.pop_delivery_for(e, 5s) == status::ok);  // recovered and redelivered
+  CHECK(e.id == d.id);
+  CHECK(e.deliveries == 2);
+  CHECK_FALSE(q.ack(d));
+  CHECK_FALSE(q.nack(d));
+  CHECK(other.in_flight() == 1);
+  CHECK(other.ack(e));
+}
+
+TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("pool", local(srv.port()), {.max_deliveries = 3, .poll_interval = 20ms});
+  constexpr int n = 50;
+  for (int i = 0; i < n; ++i) REQUIRE(q.push(i) == status::ok);
+  std::atomic<int> sum{0}, poison_calls{0}, errors{0};
+  {
+    spindle::worker_pool wp(
+        q, 3,
+        [&](int v) {
+          if (v == 13) {
+            poison_calls.fetch_add(1, std::memory_order_relaxed);
+            throw std::runtime_error("poison");
+          }
+          sum.fetch_add(v, std::memory_order_relaxed);
+        },
+        {.on_error = [&](std::exception_ptr) { errors.fetch_add(1, std::memory_order_relaxed); }});
+    REQUIRE(eventually([&] { return wp.stats().processed == n - 1 && q.dead_letter_size() == 1; }));
+    q.close();
+    wp.join();
+    CHECK(wp.stats().failed == 3);
+  }
+  CHECK(sum.load() == n * (n - 1) / 2 - 13);
+  CHECK(poison_calls.load() == 3);
+  CHECK(errors.load() == 3);
+  CHECK(q.in_flight() == 0);
+}
+
+TEST_CASE("threads sharing a queue lose and duplicate nothing") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("mt", local(srv.port()), {.poll_interval = 20ms});
+  constexpr int producers = 2, consumers = 2, per = 200;
+  test_support::start_gate gate;
+  test_support::thread_group g;
+  std::mutex mu;
+  std::multiset<int> seen;
+  for (int p = 0; p < producers; ++p)
+    g.spawn([&, p] {
+      gate.wait();
+      for (int i = 0; i < per; ++i) REQUIRE(q.push(p * per + i) == status::ok);
+    });
+  for (int c = 0; c < consumers; ++c)
+    g.spawn([&] {
+      gate.wait();
+      int v = 0;
+      while (q.pop(v) == status::ok) {
+        std::lock_guard lock(mu);
+        seen.insert(v);
+      }
+    });
+  gate.open();
+  REQUIRE(eventually(
+      [&] {
+        std::lock_guard lock(mu);
+        return seen.size() == std::size_t{producers * per};
+      },
+      30s));
+  q.close();
+  REQUIRE(g.join_within(10s));
+  std::set<int> unique(seen.begin(), seen.end());
+  CHECK(unique.size() == seen.size());
+  CHECK(q.in_flight() == 0);
+}
+
+TEST_CASE("a server restart mid-run (appendonly) loses nothing: clients reconnect") {
+  if (!redis_server::available()) return;
+  redis_server srv({.appendonly = true});
+  redis::queue<int> q("restart", local(srv.port()), {.poll_interval = 20ms});
+  constexpr int n = 100;
+  std::mutex mu;
+  std::set<int> seen;
+  test_support::thread_group g;
+  g.spawn([&] {
+    int v = 0;
+    while (q.pop(v) == status::ok) {
+      std::lock_guard lock(mu);
+      seen.insert(v);
+    }
+  });
+  for (int i = 0; i < n / 2; ++i) REQUIRE(q.push(i) == status::ok);
+  srv.restart();  // the consumer is blocked in BLMOVE or between pops: it retries
+  for (int i = n / 2; i < n; ++i) REQUIRE(q.push(i) == status::ok);
+  REQUIRE(eventually(
+      [&] {
+        std::lock_guard lock(mu);
+        return seen.size() == std::size_t{n};
+      },
+      30s));
+  q.close();
+  REQUIRE(g.join_within(10s));
+  CHECK(q.in_flight() == 0);
+}
+
+#ifdef SPINDLE_REDIS_WORKER
+namespace {
+pid_t spawn_worker(const std::vector<std::string>& args) {
+  std::vector<std::string> all{SPINDLE_REDIS_WORKER};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  REQUIRE(::posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ) == 0);
+  return pid;
+}
+
+bool reap_within(pid_t pid, std::chrono::milliseconds limit, int& st) {
+  return eventually([&] { return ::waitpid(pid, &st, WNOHANG) == pid; }, limit);
+}
+}  // namespace
+
+TEST_CASE("two consumer processes, one killed holding items: nothing lost, duplicates only its") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  const std::string port = std::to_string(srv.port());
+  constexpr int n = 300;
+  redis::connection c(local(srv.port()));
+  // the victim takes 5 items at a time and never acks; the survivor processes normally
+  pid_t victim = spawn_worker({port, "xp", "consume", "victim", "hold"});
+  pid_t producer = spawn_worker({port, "xp", "produce", std::to_string(n)});
+  REQUIRE(eventually([&] { return c.command("LLEN", "xp:log:victim").integer() >= 5; }));
+  ::kill(victim, SIGKILL);
+  int st = 0;
+  REQUIRE(reap_within(victim, 10s, st));
+  pid_t survivor = spawn_worker({port, "xp", "consume", "survivor", "ack"});
+  REQUIRE(reap_within(producer, 30s, st));
+  CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+  // the survivor recovers the victim's items after the visibility timeout (300 ms)
+  REQUIRE(eventually([&] { return c.command("SCARD", "xp:done").integer() == n; }, 30s));
+  c.command("SET", "{xp}:closed", "1");
+  REQUIRE(reap_within(survivor, 10s, st));
+  CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+  std::set<std::string> victim_items;
+  auto list1 = c.command("LRANGE", "xp:log:victim", 0, -1);
+  for (const auto& r : list1.elements()) victim_items.insert(r.str());
+  std::map<std::string, int> count;
+  auto list2 = c.command("LRANGE", "xp:log:survivor", 0, -1);
+  for (const auto& r : list2.elements()) ++count[r.str()];
+  CHECK(count.size() == std::size_t{n});  // every item processed at least once
+  for (const auto& [item, k] : count) {
+    CHECK(k == 1);  // the survivor acks each: never redelivered to it
+  }
+  for (const auto& item : victim_items) CHECK(count.count(item) == 1);  // its holdings recovered
+  CHECK(c.command("LLEN", "{xp}:dead").integer() == 0);
+}
+#endif

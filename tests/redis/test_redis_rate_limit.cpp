@@ -1,0 +1,141 @@
+// Tests of spindle/redis/rate_limit.hpp against a real redis-server: grants and refusals,
+// waiting acquire, bad arguments, NOSCRIPT reload, idle expiry, and two processes (and threads)
+// sharing one key never exceeding the limit together.
+#include <doctest/doctest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <spindle/rate_limit.hpp>
+#include <spindle/redis/rate_limit.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/redis_server.hpp"
+#include "support/threads.hpp"
+
+namespace redis = spindle::redis;
+using namespace std::chrono_literals;
+using test_support::redis_server;
+
+static_assert(spindle::rate_limiter<redis::token_bucket>);
+static_assert(spindle::rate_limiter<redis::sliding_window>);
+
+extern char** environ;
+
+namespace {
+redis::options local(std::uint16_t port) {
+  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
+}
+}  // namespace
+
+TEST_CASE("redis limiters refuse bad arguments with std::invalid_argument") {
+  CHECK_THROWS_AS(redis::token_bucket("", {}, 1.0, 1), std::invalid_argument);
+  CHECK_THROWS_AS(redis::token_bucket("k", {}, 0.0, 1), std::invalid_argument);
+  CHECK_THROWS_AS(redis::token_bucket("k", {}, 1.0, 0), std::invalid_argument);
+  CHECK_THROWS_AS(redis::sliding_window("", {}, 1, 1s), std::invalid_argument);
+  CHECK_THROWS_AS(redis::sliding_window("k", {}, 0, 1s), std::invalid_argument);
+  CHECK_THROWS_AS(redis::sliding_window("k", {}, 1, 0ms), std::invalid_argument);
+  redis::token_bucket tb("k", {}, 1.0, 2);  // connects lazily: no server needed here
+  CHECK_FALSE(tb.try_acquire(3));
+  CHECK_THROWS_AS(tb.acquire(3), std::invalid_argument);
+  redis::sliding_window sw("k", {}, 2, 1s);
+  CHECK_FALSE(sw.try_acquire(3));
+  CHECK_THROWS_AS(sw.acquire(3), std::invalid_argument);
+}
+
+TEST_CASE("a redis token bucket starts full, refuses when empty, and refills by server time") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::token_bucket tb("tb", local(srv.port()), 100.0, 5);
+  CHECK(tb.try_acquire(5));
+  CHECK_FALSE(tb.try_acquire());
+  tb.acquire();  // waits about 10 ms for one token
+  tb.acquire(2);
+  redis::connection c(local(srv.port()));
+  auto ttl = c.command("PTTL", "{tb}:tb").integer();
+  CHECK(ttl > 0);  // expires when idle
+  CHECK(ttl <= 1050);
+}
+
+TEST_CASE("a redis sliding window grants at most limit per window and waits for room") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::sliding_window sw("sw", local(srv.port()), 3, 100ms);
+  CHECK(sw.try_acquire(2));
+  CHECK(sw.try_acquire());
+  CHECK_FALSE(sw.try_acquire());
+  sw.acquire();  // once the first grants leave the window
+  redis::connection c(local(srv.port()));
+  CHECK(c.command("PTTL", "{sw}:sw").integer() > 0);
+}
+
+TEST_CASE("redis limiters reload their script after SCRIPT FLUSH (NOSCRIPT)") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::token_bucket tb("flush", local(srv.port()), 1.0, 10);
+  redis::sliding_window sw("flush", local(srv.port()), 10, 10s);
+  CHECK(tb.try_acquire());
+  CHECK(sw.try_acquire());
+  redis::connection(local(srv.port())).command("SCRIPT", "FLUSH");
+  CHECK(tb.try_acquire());
+  CHECK(sw.try_acquire());
+}
+
+TEST_CASE("threads with their own limiter objects on one key never exceed the limit") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  std::atomic<int> tb_granted{0}, sw_granted{0};
+  test_support::start_gate gate;
+  test_support::thread_group g;
+  for (int t = 0; t < 3; ++t)
+    g.spawn([&] {
+      redis::token_bucket tb("shared", local(srv.port()), 0.01, 40);
+      redis::sliding_window sw("shared", local(srv.port()), 25, 60s);
+      gate.wait();
+      for (int i = 0; i < 60; ++i) {
+        if (tb.try_acquire()) tb_granted.fetch_add(1, std::memory_order_relaxed);
+        if (sw.try_acquire()) sw_granted.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  gate.open();
+  REQUIRE(g.join_within(30s));
+  CHECK(tb_granted.load() == 40);  // refill of 0.01/s adds no whole token within the test
+  CHECK(sw_granted.load() == 25);
+}
+
+#ifdef SPINDLE_REDIS_WORKER
+TEST_CASE("two processes sharing one key together never exceed the limit") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  for (std::string kind : {"tb", "sw"}) {
+    std::string key = "proc-" + kind;
+    std::vector<pid_t> pids;
+    for (int p = 0; p < 2; ++p) {
+      std::vector<std::string> all{
+          SPINDLE_REDIS_WORKER, std::to_string(srv.port()), key, "limit", kind, "150"};
+      std::vector<char*> argv;
+      for (auto& a : all) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      pid_t pid = -1;
+      REQUIRE(::posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ) == 0);
+      pids.push_back(pid);
+    }
+    for (pid_t pid : pids) {
+      int st = 0;
+      bool done = false;
+      auto deadline = std::chrono::steady_clock::now() + 30s;
+      while (!done && std::chrono::steady_clock::now() < deadline) {
+        done = ::waitpid(pid, &st, WNOHANG) == pid;
+        if (!done) std::this_thread::sleep_for(5ms);  // polling a child process
+      }
+      REQUIRE(done);
+      CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+    }
+    auto granted = redis::connection(local(srv.port())).command("GET", key + ":granted").integer();
+    CHECK(granted == (kind == "tb" ? 50 : 30));
+  }
+}
+#endif

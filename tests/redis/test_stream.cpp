@@ -1,0 +1,224 @@
+// Tests of spindle/redis/stream.hpp against a real redis-server: channel statuses, close seen by
+// another object, a dead consumer's pending entries claimed by another, acks after a claim
+// failing, nack and dead-lettering, MAXLEN trimming, worker_pool acknowledgement, and a
+// cross-process run with a consumer killed by SIGKILL.
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <set>
+#include <spindle/channel.hpp>
+#include <spindle/redis/stream.hpp>
+#include <spindle/worker_pool.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/redis_server.hpp"
+#include "support/threads.hpp"
+
+namespace redis = spindle::redis;
+using namespace std::chrono_literals;
+using spindle::status;
+using test_support::redis_server;
+
+static_assert(spindle::channel<redis::stream<std::string>>);
+static_assert(spindle::detail::acknowledging_channel<redis::stream<int>>);
+
+extern char** environ;
+
+namespace {
+redis::options local(std::uint16_t port) {
+  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
+}
+
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
+  }
+  return pred();
+}
+}  // namespace
+
+TEST_CASE("a stream refuses an empty name or group and zero timeouts") {
+  CHECK_THROWS_AS(redis::stream<int>("", {}), std::invalid_argument);
+  CHECK_THROWS_AS(redis::stream<int>("s", {}, {.group = ""}), std::invalid_argument);
+  CHECK_THROWS_AS(redis::stream<int>("s", {}, {.visibility_timeout = 0ms}), std::invalid_argument);
+  CHECK_THROWS_AS(redis::stream<int>("s", {}, {.poll_interval = 0ms}), std::invalid_argument);
+}
+
+TEST_CASE("stream push and pop deliver in order with ok, empty, timeout, closed, cancelled") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<std::string> s("st", local(srv.port()), {.poll_interval = 20ms});
+  std::string v;
+  CHECK(s.try_pop(v) == status::empty);
+  CHECK(s.pop_for(v, 30ms) == status::timeout);
+  std::stop_source stopped;
+  stopped.request_stop();
+  CHECK(s.pop(v, stopped.get_token()) == status::cancelled);
+  CHECK(s.push(std::string("a")) == status::ok);
+  std::string b = "b";
+  CHECK(s.try_push(b) == status::ok);
+  CHECK(s.push_for(std::string("c"), 10ms) == status::ok);
+  CHECK(s.pop(v) == status::ok);
+  CHECK(v == "a");
+  CHECK(s.try_pop(v) == status::ok);
+  CHECK(v == "b");
+  CHECK(s.in_flight() == 1);  // pending until this thread's next pop
+  s.close();
+  CHECK(s.closed());
+  CHECK(s.push(std::string("x")) == status::closed);
+  CHECK(s.pop_for(v, 1s) == status::ok);
+  CHECK(v == "c");
+  CHECK(s.pop(v) == status::closed);
+  CHECK_FALSE(s.pop().has_value());
+  CHECK(s.in_flight() == 0);
+  CHECK(s.size() == 0);  // acked entries are deleted
+}
+
+TEST_CASE("close by one stream object ends a blocked pop of another") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> a("sc", local(srv.port()), {.poll_interval = 20ms});
+  redis::stream<int> b("sc", local(srv.port()), {.poll_interval = 20ms});
+  std::atomic<int> result{-1};
+  test_support::thread_group g;
+  g.spawn([&] {
+    int v = 0;
+    result.store(static_cast<int>(b.pop(v)), std::memory_order_release);
+  });
+  a.close();
+  REQUIRE(g.join_within(10s));
+  CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::closed));
+}
+
+TEST_CASE("a dead consumer's pending entry is claimed by another and the old ack fails") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream_options so{.visibility_timeout = 150ms, .poll_interval = 20ms};
+  redis::stream<int> live("claim", local(srv.port()), so);
+  redis::stream<int>::delivery d;
+  auto dead = std::make_unique<redis::stream<int>>("claim", local(srv.port()), so);
+  CHECK(live.push(7) == status::ok);
+  REQUIRE(dead->try_pop_delivery(d) == status::ok);
+  CHECK(d.deliveries == 1);
+  std::string dead_id = dead->consumer_id();
+  dead.reset();  // its heartbeat stops: the entry goes stale after 150 ms
+  redis::stream<int>::delivery e;
+  REQUIRE(live.pop_delivery_for(e, 5s) == status::ok);
+  CHECK(e.value == 7);
+  CHECK(e.id == d.id);
+  CHECK(e.deliveries == 2);
+  redis::stream<int> zombie("claim", local(srv.port()), so);  // cannot ack another's entry
+  CHECK_FALSE(zombie.ack(d));
+  CHECK(live.ack(e));
+  CHECK_FALSE(live.ack(e));
+}
+
+TEST_CASE("a live consumer's heartbeat keeps its entries from being claimed") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream_options so{.visibility_timeout = 100ms, .poll_interval = 20ms};
+  redis::stream<int> a("hb", local(srv.port()), so);
+  redis::stream<int> b("hb", local(srv.port()), so);
+  CHECK(a.push(1) == status::ok);
+  redis::stream<int>::delivery d, e;
+  REQUIRE(a.try_pop_delivery(d) == status::ok);
+  CHECK(b.pop_delivery_for(e, 400ms) == status::timeout);
+  CHECK(a.ack(d));
+}
+
+TEST_CASE("stream nack redelivers and dead-letters after max_deliveries") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<std::string> s("sd", local(srv.port()),
+                               {.max_deliveries = 3, .poll_interval = 20ms});
+  CHECK(s.push(std::string("p")) == status::ok);
+  redis::stream<std::string>::delivery d;
+  for (std::uint32_t n = 1; n <= 3; ++n) {
+    REQUIRE(s.try_pop_delivery(d) == status::ok);
+    CHECK(d.deliveries == n);
+    CHECK(s.nack(d));
+  }
+  CHECK(s.try_pop_delivery(d) == status::empty);
+  CHECK(s.dead_letter_size() == 1);
+}
+
+TEST_CASE("a stream with max_length trims the oldest entries") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> s("trim", local(srv.port()), {.max_length = 3, .poll_interval = 20ms});
+  for (int i = 0; i < 10; ++i) CHECK(s.push(i) == status::ok);
+  CHECK(s.size() == 3);
+  int v = -1;
+  CHECK(s.try_pop(v) == status::ok);
+  CHECK(v == 7);
+}
+
+TEST_CASE("worker_pool over a stream acks and dead-letters a poison entry") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> s("wp", local(srv.port()), {.max_deliveries = 2, .poll_interval = 20ms});
+  constexpr int n = 40;
+  for (int i = 0; i < n; ++i) REQUIRE(s.push(i) == status::ok);
+  std::atomic<int> sum{0};
+  spindle::worker_pool wp(s, 2, [&](int v) {
+    if (v == 5) throw std::runtime_error("poison");
+    sum.fetch_add(v, std::memory_order_relaxed);
+  });
+  REQUIRE(eventually([&] { return wp.stats().processed == n - 1 && s.dead_letter_size() == 1; }));
+  s.close();
+  wp.join();
+  CHECK(wp.stats().failed == 2);
+  CHECK(sum.load() == n * (n - 1) / 2 - 5);
+}
+
+#ifdef SPINDLE_REDIS_WORKER
+TEST_CASE("stream: two consumer processes, one killed holding entries: nothing lost") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  const std::string port = std::to_string(srv.port());
+  constexpr int n = 200;
+  redis::connection c(local(srv.port()));
+  auto spawn = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), SPINDLE_REDIS_WORKER);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = -1;
+    REQUIRE(::posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ) == 0);
+    return pid;
+  };
+  auto reap = [&](pid_t pid, int& st) {
+    return eventually([&] { return ::waitpid(pid, &st, WNOHANG) == pid; }, 30s);
+  };
+  pid_t victim = spawn({port, "s:xs", "consume", "victim", "hold"});
+  pid_t producer = spawn({port, "s:xs", "produce", std::to_string(n)});
+  REQUIRE(eventually([&] { return c.command("LLEN", "xs:log:victim").integer() >= 5; }));
+  ::kill(victim, SIGKILL);
+  int st = 0;
+  REQUIRE(reap(victim, st));
+  pid_t survivor = spawn({port, "s:xs", "consume", "survivor", "ack"});
+  REQUIRE(reap(producer, st));
+  CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+  REQUIRE(eventually([&] { return c.command("SCARD", "xs:done").integer() == n; }, 30s));
+  c.command("SET", "{xs}:closed", "1");
+  REQUIRE(reap(survivor, st));
+  CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+  std::map<std::string, int> count;
+  auto list1 = c.command("LRANGE", "xs:log:survivor", 0, -1);
+  for (const auto& r : list1.elements()) ++count[r.str()];
+  CHECK(count.size() == std::size_t{n});
+  for (const auto& [item, k] : count) CHECK(k == 1);
+  auto list2 = c.command("LRANGE", "xs:log:victim", 0, -1);
+  for (const auto& r : list2.elements()) CHECK(count.count(r.str()) == 1);
+}
+#endif
