@@ -265,6 +265,73 @@ TEST_CASE_TEMPLATE_DEFINE("a blocked push completes once another thread pops", F
   CHECK(result == status::ok);
 }
 
+TEST_CASE_TEMPLATE_DEFINE("a stop request cancels a blocked pop and a blocked push", Family,
+                          queue_contract_15) {
+  queue_of<Family, int> q(1);
+  std::stop_source stop_pop, stop_push;
+  status pop_result = status::ok, push_result = status::ok;
+  test_support::thread_group g;
+  g.spawn([&] {
+    int v = 0;
+    pop_result = q.pop(v, stop_pop.get_token());
+  });
+  stop_pop.request_stop();
+  REQUIRE(g.join_within(30s));
+  CHECK(pop_result == status::cancelled);
+
+  q.push(1);
+  g.spawn([&] { push_result = q.push(2, stop_push.get_token()); });
+  stop_push.request_stop();
+  REQUIRE(g.join_within(30s));
+  CHECK(push_result == status::cancelled);
+  CHECK(q.size() == 1);
+}
+
+TEST_CASE_TEMPLATE_DEFINE("a stop requested before the call cancels only when the call would block",
+                          Family, queue_contract_16) {
+  queue_of<Family, int> q(1);
+  std::stop_source stop;
+  stop.request_stop();
+  int v = 0;
+  CHECK(q.pop(v, stop.get_token()) == status::cancelled);
+  CHECK(q.push(5, stop.get_token()) == status::ok);  // room: no wait, no cancel
+  CHECK(q.push(6, stop.get_token()) == status::cancelled);
+  CHECK(q.pop(v, stop.get_token()) == status::ok);
+  CHECK(v == 5);
+}
+
+TEST_CASE_TEMPLATE_DEFINE("size and empty follow pushes and pops", Family, queue_contract_17) {
+  queue_of<Family, int> q(3);
+  q.push(1);
+  q.push(2);
+  CHECK(q.size() == 2);
+  int v;
+  q.pop(v);
+  CHECK(q.size() == 1);
+  CHECK_FALSE(q.empty());
+  q.pop(v);
+  CHECK(q.empty());
+}
+
+TEST_CASE_TEMPLATE_DEFINE("a consumer blocked on an empty queue uses next to no CPU", Family,
+                          queue_contract_18) {
+  queue_of<Family, int> q(4);
+  std::chrono::nanoseconds cpu{0};
+  test_support::thread_group g;
+  g.spawn([&] {
+    auto before = test_support::thread_cpu_time();
+    int v = 0;
+    auto s = q.pop_for(v, 60s);
+    cpu = test_support::thread_cpu_time() - before;
+    CHECK(s == status::ok);
+  });
+  // Not synchronisation: the consumer is meant to wait this long, and must not burn it.
+  std::this_thread::sleep_for(400ms);
+  q.push(1);
+  REQUIRE(g.join_within(30s));
+  CHECK(cpu < 100ms);  // a spinning consumer would use most of the 400 ms
+}
+
 }  // namespace test_support::contract
 
 #define SPINDLE_QUEUE_CONTRACT(family)                  \
@@ -283,5 +350,9 @@ TEST_CASE_TEMPLATE_DEFINE("a blocked push completes once another thread pops", F
   TEST_CASE_TEMPLATE_INVOKE(queue_contract_12, family); \
   TEST_CASE_TEMPLATE_INVOKE(queue_contract_13, family); \
   TEST_CASE_TEMPLATE_INVOKE(queue_contract_14, family); \
+  TEST_CASE_TEMPLATE_INVOKE(queue_contract_15, family); \
+  TEST_CASE_TEMPLATE_INVOKE(queue_contract_16, family); \
+  TEST_CASE_TEMPLATE_INVOKE(queue_contract_17, family); \
+  TEST_CASE_TEMPLATE_INVOKE(queue_contract_18, family); \
   } /* namespace test_support::contract */              \
   static_assert(true, "")
