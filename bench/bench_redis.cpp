@@ -5,12 +5,24 @@
 //   1. synchronous round trips: LPUSH one item per round trip (--items, default 100k)
 //   2. pipelined 64 deep: LPUSH, 64 commands per write (10x --items, default 1M)
 //   redis-benchmark runs the same LPUSH with -c 1 (-P 1 and -P 64) as a subprocess.
+//   3. reliable queue end to end (--items / 5 jobs, default 20k): one producer thread pushes,
+//      1 or 2 consumer threads pop, process and ack. spindle::redis::queue (pop_delivery + ack,
+//      and the channel interface pop(T&), which acks a thread's previous value on its next pop)
+//      against hiredis doing the classic pattern: LPUSH; BLMOVE to a per-consumer processing
+//      list; LREM to ack. Validated: job count, checksum of the payloads, nothing left ready or
+//      in flight.
+//   4. limiter try_acquire (--items / 5 calls per run, in 10 alternating rounds):
+//      spindle::redis::token_bucket against hiredis calling EVALSHA of the same token-bucket Lua
+//      script; every call must be granted.
 #include <spindle/redis.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>  // strtod
 #include <cstring>  // strncmp
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../tests/support/redis_server.hpp"
@@ -91,6 +103,162 @@ double hiredis_pipelined(redisContext* h, redis::connection& c, std::uint64_t n)
 }
 #endif
 
+// ---- reliable queue ------------------------------------------------------------------------
+
+// What a queue run must add up to: n jobs with payloads 0..n-1.
+struct job_tally {
+  std::atomic<std::uint64_t> done{0};
+  std::atomic<std::uint64_t> sum{0};
+  std::atomic<std::int64_t> end_ns{0};  // steady clock, when the n-th job was processed
+
+  // Records one processed job; returns true for the n-th.
+  bool record(std::uint64_t payload, std::uint64_t n) {
+    sum.fetch_add(payload, std::memory_order_relaxed);
+    if (done.fetch_add(1, std::memory_order_acq_rel) + 1 != n) return false;
+    end_ns.store(bench::clock::now().time_since_epoch().count(), std::memory_order_release);
+    return true;
+  }
+  double rate(bench::clock::time_point t0, std::uint64_t n) const {
+    auto end = bench::clock::time_point(bench::clock::duration(end_ns.load()));
+    return static_cast<double>(n) / std::chrono::duration<double>(end - t0).count();
+  }
+  void check(std::uint64_t n, const std::string& what) const {
+    bench::validate(done.load() == n, what + ": job count");
+    bench::validate(sum.load() == n * (n - 1) / 2, what + ": payload checksum");
+  }
+};
+
+enum class consume { delivery, channel };
+
+// One producer pushes n jobs while `consumers` threads pop and ack them; returns jobs/s.
+double spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, consume how, int run) {
+  using namespace std::chrono_literals;
+  using q_t = redis::queue<std::uint64_t>;
+  std::string name = "bench:q:" + std::to_string(consumers) + ":" +
+                     std::to_string(static_cast<int>(how)) + ":" + std::to_string(run);
+  q_t q(name, {.port = port}, {.poll_interval = 20ms});
+  q.destroy();
+  job_tally t;
+  auto t0 = bench::clock::now();
+  std::vector<std::thread> ts;
+  for (int c = 0; c < consumers; ++c)
+    ts.emplace_back([&] {
+      if (how == consume::delivery) {
+        q_t::delivery d;
+        while (q.pop_delivery(d) == spindle::status::ok) {
+          bench::validate(q.ack(d), "spindle queue ack");
+          if (t.record(d.value, n)) q.close();
+        }
+      } else {
+        std::uint64_t v = 0;
+        while (q.pop(v) == spindle::status::ok)
+          if (t.record(v, n)) q.close();  // the next pop acks v, then sees closed
+      }
+    });
+  for (std::uint64_t i = 0; i < n; ++i)
+    bench::validate(q.push(i) == spindle::status::ok, "spindle queue push");
+  for (auto& th : ts) th.join();
+  double rate = t.rate(t0, n);
+  t.check(n, "spindle queue");
+  bench::validate(q.size() == 0 && q.in_flight() == 0, "spindle queue: left ready or in flight");
+  q.destroy();
+  return rate;
+}
+
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+// The classic reliable queue: LPUSH; BLMOVE ready -> processing list of this consumer; LREM.
+double hiredis_queue(std::uint16_t port, redis::connection& c, std::uint64_t n, int consumers) {
+  const std::string ready = "bench:hq:ready";
+  const std::string proc = "bench:hq:proc:";
+  c.command("DEL", ready, proc + "0", proc + "1");
+  job_tally t;
+  std::atomic<bool> stop{false};
+  auto t0 = bench::clock::now();
+  std::vector<std::thread> ts;
+  for (int k = 0; k < consumers; ++k)
+    ts.emplace_back([&, k] {
+      redisContext* h = hiredis_connect(port);
+      std::string mine = proc + std::to_string(k);
+      while (!stop.load(std::memory_order_acquire)) {  // pairs with the release below
+        auto* r = static_cast<redisReply*>(
+            redisCommand(h, "BLMOVE %s %s RIGHT LEFT 0.02", ready.c_str(), mine.c_str()));
+        bench::validate(r != nullptr && r->type != REDIS_REPLY_ERROR, "hiredis BLMOVE");
+        if (r->type == REDIS_REPLY_NIL) {
+          freeReplyObject(r);
+          continue;
+        }
+        std::string job(r->str, r->len);
+        freeReplyObject(r);
+        auto* a = static_cast<redisReply*>(
+            redisCommand(h, "LREM %s 1 %b", mine.c_str(), job.data(), job.size()));
+        bench::validate(a != nullptr && a->type == REDIS_REPLY_INTEGER && a->integer == 1,
+                        "hiredis LREM ack");
+        freeReplyObject(a);
+        if (t.record(std::stoull(job), n)) stop.store(true, std::memory_order_release);
+      }
+      redisFree(h);
+    });
+  redisContext* p = hiredis_connect(port);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    std::string v = std::to_string(i);
+    hiredis_check(redisCommand(p, "LPUSH %s %b", ready.c_str(), v.data(), v.size()));
+  }
+  redisFree(p);
+  for (auto& th : ts) th.join();
+  double rate = t.rate(t0, n);
+  t.check(n, "hiredis queue");
+  bench::validate(c.command("LLEN", ready).integer() == 0 &&
+                      c.command("LLEN", proc + "0").integer() == 0 &&
+                      c.command("LLEN", proc + "1").integer() == 0,
+                  "hiredis queue: left ready or in flight");
+  return rate;
+}
+#endif
+
+// ---- token bucket --------------------------------------------------------------------------
+
+// A bucket that never runs dry during the run, so every call must be granted.
+constexpr double tb_rate = 1e9;
+constexpr std::uint64_t tb_burst = 1'000'000'000;
+
+double spindle_bucket(std::uint16_t port, std::uint64_t n, int run) {
+  redis::token_bucket tb("bench:tb:s" + std::to_string(run), {.port = port}, tb_rate, tb_burst);
+  bench::validate(tb.try_acquire(), "spindle token_bucket first grant");  // connects, loads
+  std::uint64_t granted = 0;
+  auto t0 = bench::clock::now();
+  for (std::uint64_t i = 0; i < n; ++i) granted += tb.try_acquire() ? 1 : 0;
+  double rate = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::validate(granted == n, "spindle token_bucket grants");
+  return rate;
+}
+
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+// hiredis running EVALSHA of the same Lua token bucket (prelude + body) that spindle loads.
+double hiredis_bucket(redisContext* h, std::uint64_t n, int run) {
+  std::string src =
+      std::string(redis::detail::lua_prelude) + std::string(redis::detail::lua_token_bucket);
+  auto* l = static_cast<redisReply*>(redisCommand(h, "SCRIPT LOAD %b", src.data(), src.size()));
+  bench::validate(l != nullptr && l->type == REDIS_REPLY_STRING, "hiredis SCRIPT LOAD");
+  std::string sha(l->str, l->len);
+  freeReplyObject(l);
+  std::string key = "{bench:tb:h" + std::to_string(run) + "}:tb";
+  std::string rate = redis::codec<double>::encode(tb_rate);
+  std::string burst = std::to_string(tb_burst);
+  std::uint64_t granted = 0;
+  auto t0 = bench::clock::now();
+  for (std::uint64_t i = 0; i < n; ++i) {
+    auto* r = static_cast<redisReply*>(redisCommand(h, "EVALSHA %s 1 %s %s %s 1", sha.c_str(),
+                                                    key.c_str(), rate.c_str(), burst.c_str()));
+    bench::validate(r != nullptr && r->type == REDIS_REPLY_INTEGER, "hiredis EVALSHA");
+    granted += r->integer == 0 ? 1 : 0;
+    freeReplyObject(r);
+  }
+  double rps = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::validate(granted == n, "hiredis token bucket grants");
+  return rps;
+}
+#endif
+
 // Runs redis-benchmark for LPUSH with one client; returns requests/s, or 0 if it is missing.
 double redis_benchmark(std::uint16_t port, std::uint64_t n, int pipeline) {
   std::string cmd = "redis-benchmark -h 127.0.0.1 -p " + std::to_string(port) +
@@ -142,9 +310,35 @@ int main(int argc, char** argv) {
 #endif
     b_pipe.push_back(redis_benchmark(srv.port(), n_pipe, 64) / 1e3);
   }
+  // Reliable queue and limiter, runs alternating likewise.
+  std::uint64_t n_jobs = a.smoke ? 1'000 : std::max<std::uint64_t>(a.items / 5, 1);
+  std::printf("reliable queue: %llu jobs per run; token bucket: %llu calls per run\n",
+              static_cast<unsigned long long>(n_jobs), static_cast<unsigned long long>(n_jobs));
+  std::vector<double> sq[2], sc[2], hq[2], s_tb, h_tb;
+  for (int r = 0; r < a.runs; ++r) {
+    for (int k = 0; k < 2; ++k) {
+      sq[k].push_back(spindle_queue(srv.port(), n_jobs, k + 1, consume::delivery, r) / 1e3);
+      sc[k].push_back(spindle_queue(srv.port(), n_jobs, k + 1, consume::channel, r) / 1e3);
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+      hq[k].push_back(hiredis_queue(srv.port(), c, n_jobs, k + 1) / 1e3);
+#endif
+    }
+    // The limiter pair alternates in 10 rounds of n/10 calls, in both orders, so that load
+    // from other processes falls on both alike; the figure is the median round.
+    std::uint64_t per_round = std::max<std::uint64_t>(n_jobs / 10, 1);
+    for (int round = 0; round < 10; ++round) {
+      int id = r * 10 + round;
+      if (round % 2 == 0) s_tb.push_back(spindle_bucket(srv.port(), per_round, id) / 1e3);
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+      h_tb.push_back(hiredis_bucket(h, per_round, id) / 1e3);
+#endif
+      if (round % 2 == 1) s_tb.push_back(spindle_bucket(srv.port(), per_round, id) / 1e3);
+    }
+  }
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
   redisFree(h);
 #endif
+
   bench::table sync("LPUSH, synchronous round trips, 1 connection", "k ops/s");
   bench::table pipe("LPUSH, pipelined 64 deep, 1 connection", "k ops/s");
   sync.add("spindle::redis::connection", bench::median(s_sync), true);
@@ -155,5 +349,18 @@ int main(int argc, char** argv) {
   if (bench::median(b_pipe) > 0) pipe.add("redis-benchmark -c 1 -P 64", bench::median(b_pipe));
   sync.print();
   pipe.print();
+  for (int k = 0; k < 2; ++k) {
+    bench::table q("reliable queue push/pop/ack end to end, 1 producer, " + std::to_string(k + 1) +
+                       (k == 0 ? " consumer" : " consumers"),
+                   "k jobs/s");
+    q.add("spindle::redis::queue pop_delivery + ack", bench::median(sq[k]), true);
+    q.add("spindle queue pop(T&), acked by next pop", bench::median(sc[k]));
+    if (!hq[k].empty()) q.add("hiredis LPUSH / BLMOVE / LREM", bench::median(hq[k]));
+    q.print();
+  }
+  bench::table tb("limiter try_acquire, 1 thread, always granted", "k calls/s");
+  tb.add("spindle::redis::token_bucket", bench::median(s_tb), true);
+  if (!h_tb.empty()) tb.add("hiredis EVALSHA, same Lua script", bench::median(h_tb));
+  tb.print();
   return 0;
 }

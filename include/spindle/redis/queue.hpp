@@ -27,7 +27,8 @@
 //
 // Acknowledging through the channel interface: pop(T&) and its variants hand out the value and
 // keep the delivery pending; it is acknowledged when the same thread next calls any pop variant
-// on this object (whatever that returns), or by ack_last() / nack_last(). worker_pool uses
+// on this object (whatever that returns), or by ack_last() / nack_last(); that ack and the next
+// pop share one round trip (one Lua script) unless it fails in flight. worker_pool uses
 // pop_delivery()/ack()/nack() instead: it acks after the handler returns, nacks if it throws.
 //
 // Key layout (every key shares the hash tag {name}, so one queue lives in one cluster slot):
@@ -398,8 +399,8 @@ class queue {
   }
 
   status pop_until(delivery& out, std::optional<time_point> deadline, std::stop_token st,
-                   bool may_block) {
-    status s = pop_until_raw(out, deadline, st, may_block);
+                   bool may_block, bool stranded = false) {
+    status s = pop_until_raw(out, deadline, st, may_block, stranded);
     if (s == status::ok) {
       std::lock_guard lock(out_mu_);
       outstanding_.insert(out.envelope);
@@ -408,9 +409,9 @@ class queue {
   }
 
   status pop_until_raw(delivery& out, std::optional<time_point> deadline, std::stop_token st,
-                       bool may_block) {
-    bool failing = false;  // since failing_since (not an optional: g++ -O2 warns falsely)
-    time_point failing_since{};
+                       bool may_block, bool stranded) {
+    bool failing = stranded;  // since failing_since (not an optional: g++ -O2 warns falsely)
+    time_point failing_since = clock::now();
     for (;;) {
       if (st.stop_requested()) return status::cancelled;
       auto block = qo_.poll_interval;
@@ -443,14 +444,64 @@ class queue {
   }
 
   status pop_value(T& out, std::optional<time_point> deadline, std::stop_token st, bool may_block) {
-    ack_previous();
     delivery d;
-    status s = pop_until(d, deadline, st, may_block);
+    status s = status::empty;
+    std::string prev;
+    if (!st.stop_requested()) {
+      std::lock_guard lock(last_mu_);
+      if (auto it = last_.find(std::this_thread::get_id()); it != last_.end()) prev = it->second;
+    }
+    bool stranded = false;  // an ack_pop failed in flight: it may have moved an item to proc_
+    if (!prev.empty()) {
+      try {
+        s = ack_and_pop(prev, d);
+      } catch (const server_error& e) {
+        if (!detail::transient(e)) throw;
+        stranded = true;
+      } catch (const error&) {
+        stranded = true;
+      }
+    }
+    if (prev.empty() || stranded) {  // the slow path: the ack (retried), then the pop
+      ack_previous();
+      s = pop_until(d, deadline, st, may_block, stranded);
+    } else if (s == status::empty && may_block) {  // acked; nothing ready yet: block as usual
+      s = pop_until(d, deadline, st, may_block);
+    }
     if (s != status::ok) return s;
     out = std::move(d.value);
     std::lock_guard lock(last_mu_);
     last_[std::this_thread::get_id()] = std::move(d.envelope);
     return s;
+  }
+
+  // Acks `prev` (this thread's previous pop(T&)) and pops once without blocking, in one round
+  // trip (lua_queue_ack_pop). Returns ok | empty | closed. Throws redis::error on I/O failure:
+  // then the ack and the pop may or may not have happened.
+  status ack_and_pop(const std::string& prev, delivery& out) {
+    auto c = pool_.acquire();
+    maintain(*c);
+    reply r = ack_pop_.run(*c, {consumers_, proc_, ready_, closed_key_}, {consumer_, prev});
+    {
+      std::lock_guard lock(out_mu_);
+      outstanding_.erase(prev);
+    }
+    {
+      std::lock_guard lock(last_mu_);
+      last_.erase(std::this_thread::get_id());
+    }
+    auto code = r[0].integer();
+    if (code == 1) {
+      decode_envelope(r[2].str(), out);
+      std::lock_guard lock(out_mu_);
+      outstanding_.insert(out.envelope);
+      return status::ok;
+    }
+    if (code == -1) {
+      closed_seen_.store(true, std::memory_order_relaxed);
+      return status::closed;
+    }
+    return status::empty;
   }
 
   // Acks this thread's previous pop(T&), retrying I/O failures for retry_window (a server
@@ -508,6 +559,7 @@ class queue {
   detail::script heartbeat_{detail::lua_queue_heartbeat};
   detail::script recover_{detail::lua_queue_recover};
   detail::script settle_{detail::lua_queue_settle};
+  detail::script ack_pop_{detail::lua_queue_ack_pop};
   detail::script leave_{detail::lua_queue_leave};
 
   std::once_flag start_once_;

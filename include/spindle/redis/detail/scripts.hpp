@@ -106,6 +106,21 @@ if ARGV[3] == 'ack' then return 1 end
 return requeue_one(ARGV[2], KEYS[3], KEYS[4], tonumber(ARGV[4]))
 )lua";
 
+// KEYS: consumers, proc, ready, closed. ARGV: consumer, envelope of the previous delivery.
+// Acks the previous delivery like settle (only while the lease holds), then pops like
+// lua_queue_pop: one round trip for a consumer that pops again right after acking.
+// Returns {code, acked}: code as lua_queue_pop (1: the envelope is the third element), acked as
+// settle (1 acked, 0 not in the processing list, -1 lease expired: nothing removed).
+inline constexpr std::string_view lua_queue_ack_pop = R"lua(
+local acked = -1
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) >= now_ms() then acked = redis.call('LREM', KEYS[2], 1, ARGV[2]) end
+local e = redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT')
+if e then return {1, acked, e} end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-1, acked} end
+return {0, acked}
+)lua";
+
 // KEYS: consumers, proc. ARGV: consumer. Leaves: drops the lease if nothing is held.
 inline constexpr std::string_view lua_queue_leave = R"lua(
 if redis.call('LLEN', KEYS[2]) == 0 then
