@@ -9,27 +9,14 @@
 #include <new>
 #include <string>
 
+#include "support/allocations.hpp"
 #include "support/lifetime.hpp"
 
 using spindle::detail::move_function;
 using spindle::detail::task;
 using test_support::tracked;
 
-namespace {
-thread_local long allocations = 0;
-}  // namespace
-
-// Counts allocations made by this thread (the replacement pair is malloc/free based).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void* operator new(std::size_t n) {
-  ++allocations;
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+using test_support::allocations;
 
 TEST_CASE("a default-constructed move_function is empty") {
   task t;
