@@ -38,6 +38,20 @@
 
 namespace spindle::redis {
 
+namespace detail {
+/// The blocking loop both Redis limiters share: `run()` asks the server (one script call) and
+/// returns 0 once granted, else the milliseconds until it could be; sleeps that long (at most
+/// 1 s, so a grant freed by others is not missed for long) and asks again.
+template <class Run>
+void acquire_by_server_wait(Run run) {
+  for (;;) {
+    std::int64_t wait = run();
+    if (wait == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::int64_t>(wait, 1000)));
+  }
+}
+}  // namespace detail
+
 /// A token bucket on Redis. See the header comment.
 class token_bucket {
  public:
@@ -64,11 +78,7 @@ class token_bucket {
     if (n > burst_)
       throw std::invalid_argument("redis::token_bucket::acquire: n = " + std::to_string(n) +
                                   " exceeds burst " + std::to_string(burst_));
-    for (;;) {
-      auto wait = run(n);
-      if (wait == 0) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::int64_t>(wait, 1000)));
-    }
+    detail::acquire_by_server_wait([&] { return run(n); });
   }
 
  private:
@@ -117,11 +127,7 @@ class sliding_window {
     if (n > limit_)
       throw std::invalid_argument("redis::sliding_window::acquire: n = " + std::to_string(n) +
                                   " exceeds limit " + std::to_string(limit_));
-    for (;;) {
-      auto wait = run(n);
-      if (wait == 0) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::int64_t>(wait, 1000)));
-    }
+    detail::acquire_by_server_wait([&] { return run(n); });
   }
 
  private:
