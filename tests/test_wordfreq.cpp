@@ -246,54 +246,78 @@ TEST_CASE("wordfreq shows a progress line on a terminal, then clears it") {
   CHECK(seen.find("\r\033[Kwordfreq: 8 files") != std::string::npos);  // cleared before the summary
 }
 
+namespace {
+struct redis_job_result {
+  run_result producer, worker1, worker2;
+};
+
+// Runs the producer of `job` over dir, then (once it has queued `files` paths and `between` has
+// run) two worker processes of two threads each; waits for all three.
+template <class F>
+redis_job_result run_over_redis(const test_support::redis_server& srv, const std::string& job,
+                                const fs::path& dir, long files, F between) {
+  const std::string url = "redis://127.0.0.1:" + std::to_string(srv.port());
+  test_support::child producer(wordfreq_cmd(
+      {"--redis", url, "--role", "producer", "--job", job, "--top", "0", dir.string()}));
+  spindle::redis::connection c({.port = srv.port()});
+  const std::string ready = "{" + job + ":files}:ready";
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (c.command("LLEN", ready).integer() < files && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
+  REQUIRE(c.command("LLEN", ready).integer() == files);
+  between();
+  std::vector<std::string> worker = {"--redis", url, "--role",    "worker",
+                                     "--job",   job, "--threads", "2"};
+  test_support::child w1(wordfreq_cmd(worker)), w2(wordfreq_cmd(worker));
+  redis_job_result r{producer.finish(120s), w1.finish(60s), w2.finish(60s)};
+  INFO(r.producer.err);
+  INFO(r.worker1.err);
+  INFO(r.worker2.err);
+  REQUIRE(r.producer.exited(0));
+  CHECK(r.worker1.exited(0));
+  CHECK(r.worker2.exited(0));
+  return r;
+}
+}  // namespace
+
 TEST_CASE("over Redis, a producer and two worker processes give the in-process result") {
   if (!test_support::redis_server::available()) return;
   test_support::redis_server srv;
-  const std::string url = "redis://127.0.0.1:" + std::to_string(srv.port());
   temp_dir t;
   make_tree(t.path);
   write(t.path / "dup.txt", "dup DUP\n");
   auto local = run(wordfreq_cmd({"--top", "0", t.path.string()}));
   REQUIRE(local.exited(0));
-
-  test_support::child producer(wordfreq_cmd(
-      {"--redis", url, "--role", "producer", "--job", "t1", "--top", "0", t.path.string()}));
   // Once every path is queued (the producer has reset the job), a stray duplicate tally of
   // dup.txt arrives, as from a worker that died after reporting and before its ack: it must not
   // be counted twice.
-  spindle::redis::connection c({.port = srv.port()});
-  auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (c.command("LLEN", "{t1:files}:ready").integer() < 30 &&
-         std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
-  REQUIRE(c.command("LLEN", "{t1:files}:ready").integer() == 30);
-  std::string dup = (t.path / "dup.txt").string();
-  dup += std::string(
-      "\0"
-      "8\0\0dup 2\n",
-      10);
-  spindle::redis::stream<std::string> tallies("t1:tallies", {.port = srv.port()},
-                                              {.group = "producer"});
-  REQUIRE(tallies.push(dup) == spindle::status::ok);
+  auto r = run_over_redis(srv, "t1", t.path, 30, [&] {
+    std::string dup = (t.path / "dup.txt").string() + std::string(
+                                                          "\0"
+                                                          "8\0\0dup 2\n",
+                                                          10);
+    spindle::redis::stream<std::string> tallies("t1:tallies", {.port = srv.port()},
+                                                {.group = "producer"});
+    REQUIRE(tallies.push(dup) == spindle::status::ok);
+  });
+  CHECK(r.producer.out == local.out);  // byte for byte
+  CHECK(parse_counts(r.producer.out)["dup"] == 2);
+  CHECK(r.producer.err.find("skipped " + (t.path / "a/unreadable.txt").string() +
+                            ": Permission denied") != std::string::npos);
+  CHECK(r.producer.err.find("30 files (2 skipped)") != std::string::npos);
+}
 
-  test_support::child w1(
-      wordfreq_cmd({"--redis", url, "--role", "worker", "--job", "t1", "--threads", "2"}));
-  test_support::child w2(
-      wordfreq_cmd({"--redis", url, "--role", "worker", "--job", "t1", "--threads", "2"}));
-  auto p = producer.finish(120s);
-  auto r1 = w1.finish(60s);
-  auto r2 = w2.finish(60s);
-  INFO(p.err);
-  INFO(r1.err);
-  INFO(r2.err);
-  REQUIRE(p.exited(0));
-  CHECK(r1.exited(0));
-  CHECK(r2.exited(0));
-  CHECK(p.out == local.out);  // byte for byte
-  CHECK(parse_counts(p.out)["dup"] == 2);
-  CHECK(p.err.find("skipped " + (t.path / "a/unreadable.txt").string() + ": Permission denied") !=
-        std::string::npos);
-  CHECK(p.err.find("30 files (2 skipped)") != std::string::npos);
+TEST_CASE("over Redis, /usr/share/common-licenses gives the in-process result") {
+  if (!test_support::redis_server::available()) return;
+  test_support::redis_server srv;
+  const fs::path dir = "/usr/share/common-licenses";
+  auto local = run({wordfreq, "--top", "0", dir.string()});
+  REQUIRE(local.exited(0));
+  long files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    files += e.is_regular_file() && !e.is_symlink();
+  auto r = run_over_redis(srv, "t3", dir, files, [] {});
+  CHECK(r.producer.out == local.out);
 }
 
 TEST_CASE("a producer with no workers gives up after --wait seconds with a clear message") {
