@@ -225,52 +225,75 @@ class progress {
   clock_type::time_point start_ = clock_type::now(), last_{};
 };
 
-/// Merges the tallies (map-reduce on a thread pool), reports the skipped files and prints the
-/// top words, most frequent first (ties in alphabetical order), as `uniq -c` does.
-void report(std::vector<tally>& tallies, const config& cfg, double seconds) {
-  std::uint64_t bytes = 0, words = 0;
-  std::size_t skipped = 0;
-  for (const auto& t : tallies) {
-    bytes += t.bytes;
-    if (t.skipped.empty()) continue;
-    ++skipped;
-    std::fprintf(stderr, "wordfreq: skipped %s: %s\n", t.path.c_str(), t.skipped.c_str());
+/// Gathers the per-file tallies and merges their counts with map-reduce on a thread pool, a
+/// batch at a time: memory holds one batch of per-file counts and the running total.
+class merger {
+ public:
+  explicit merger(std::size_t threads) : pool_(threads) { pending_.reserve(batch); }
+
+  void add(tally t) {
+    ++files_;
+    bytes_ += t.bytes;
+    if (!t.skipped.empty()) skipped_.push_back(t.path + ": " + t.skipped);
+    pending_.push_back(std::move(t));
+    if (pending_.size() == batch) flush();
   }
-  spindle::thread_pool pool(cfg.threads);
-  counts all = spindle::map_reduce(
-      pool, tallies, [](tally& t) { return std::move(t.words); }, counts{}, merge);
-  std::vector<std::pair<std::string_view, std::uint64_t>> top(all.begin(), all.end());
-  for (const auto& w : top) words += w.second;
-  auto n = cfg.top == 0 ? top.size() : std::min(cfg.top, top.size());
-  std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(n), top.end(),
-                    [](const auto& a, const auto& b) {
-                      return a.second != b.second ? a.second > b.second : a.first < b.first;
-                    });
-  for (std::size_t i = 0; i < n; ++i)
-    std::printf("%7llu %.*s\n", static_cast<unsigned long long>(top[i].second),
-                static_cast<int>(top[i].first.size()), top[i].first.data());
-  std::fflush(stdout);  // the result before the summary, where both go to one terminal
-  std::fprintf(stderr,
-               "wordfreq: %zu files (%zu skipped), %.2f MB, %llu words, %zu distinct, %.2f s\n",
-               tallies.size(), skipped, static_cast<double>(bytes) / 1e6,
-               static_cast<unsigned long long>(words), all.size(), seconds);
-}
+  std::size_t files() const noexcept { return files_; }
+  std::uint64_t bytes() const noexcept { return bytes_; }
+
+  /// Reports the skipped files, then prints the top words, most frequent first (ties in
+  /// alphabetical order) as `uniq -c` does, and a summary on stderr.
+  void report(std::size_t top_n, double seconds) {
+    flush();
+    for (const auto& s : skipped_) std::fprintf(stderr, "wordfreq: skipped %s\n", s.c_str());
+    std::vector<std::pair<std::string_view, std::uint64_t>> top(total_.begin(), total_.end());
+    std::uint64_t words = 0;
+    for (const auto& w : top) words += w.second;
+    auto n = top_n == 0 ? top.size() : std::min(top_n, top.size());
+    std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(n), top.end(),
+                      [](const auto& a, const auto& b) {
+                        return a.second != b.second ? a.second > b.second : a.first < b.first;
+                      });
+    for (std::size_t i = 0; i < n; ++i)
+      std::printf("%7llu %.*s\n", static_cast<unsigned long long>(top[i].second),
+                  static_cast<int>(top[i].first.size()), top[i].first.data());
+    std::fflush(stdout);  // the result before the summary, where both go to one terminal
+    std::fprintf(stderr,
+                 "wordfreq: %zu files (%zu skipped), %.2f MB, %llu words, %zu distinct, %.2f s\n",
+                 files_, skipped_.size(), static_cast<double>(bytes_) / 1e6,
+                 static_cast<unsigned long long>(words), total_.size(), seconds);
+  }
+
+ private:
+  static constexpr std::size_t batch = 256;
+
+  void flush() {
+    total_ = spindle::map_reduce(
+        pool_, pending_, [](tally& t) { return std::move(t.words); }, std::move(total_), merge);
+    pending_.clear();
+  }
+
+  spindle::thread_pool pool_;
+  std::vector<tally> pending_;
+  counts total_;
+  std::vector<std::string> skipped_;
+  std::size_t files_ = 0;
+  std::uint64_t bytes_ = 0;
+};
 
 /// In one process: a rate-limited reader feeding the pipeline read -> tokenize -> count.
 int run_local(const config& cfg) {
   auto files = list_files(cfg.dir);
   progress bar(files.size());
-  std::vector<tally> tallies;
-  std::uint64_t bytes = 0;
+  merger totals(cfg.threads);
   // Small queues: each item is a whole file, and a few per worker keep every stage busy.
   auto p = spindle::pipeline<std::string>({.capacity = std::max<std::size_t>(8, 4 * cfg.threads)})
                .stage(read)  // I/O: one reader
                .stage(tokenize, {.workers = cfg.threads})
                .stage(count, {.workers = cfg.threads})  // the heavy stage
                .sink([&](tally t) {                     // one sink thread: no lock
-                 bytes += t.bytes;
-                 tallies.push_back(std::move(t));
-                 bar.update(tallies.size(), bytes);
+                 totals.add(std::move(t));
+                 bar.update(totals.files(), totals.bytes());
                });
   std::optional<spindle::token_bucket<>> bucket;
   if (cfg.rate > 0) bucket.emplace(cfg.rate, 1);
@@ -281,7 +304,7 @@ int run_local(const config& cfg) {
   p.close();
   p.wait();
   bar.finish();
-  report(tallies, cfg, bar.seconds());
+  totals.report(cfg.top, bar.seconds());
   return 0;
 }
 
@@ -336,8 +359,7 @@ int run_producer(const config& cfg, const redis::options& o) {
 
   progress bar(files.size());
   std::unordered_set<std::string> pending(files.begin(), files.end());
-  std::vector<tally> tallies;
-  std::uint64_t bytes = 0;
+  merger totals(cfg.threads);
   auto last = clock_type::now();
   while (!pending.empty()) {
     tally_stream::delivery d;
@@ -350,15 +372,14 @@ int run_producer(const config& cfg, const redis::options& o) {
     }
     last = clock_type::now();
     if (pending.erase(d.value.path) == 1) {  // a redelivered file's second tally is dropped
-      bytes += d.value.bytes;
-      tallies.push_back(std::move(d.value));
-      bar.update(tallies.size(), bytes);
+      totals.add(std::move(d.value));
+      bar.update(totals.files(), totals.bytes());
     }
     results.ack(d);
   }
   results.destroy();
   bar.finish();
-  report(tallies, cfg, bar.seconds());
+  totals.report(cfg.top, bar.seconds());
   return 0;
 }
 
