@@ -152,6 +152,8 @@ class queue {
     consumer_ = detail::consumer_name();
     proc_ = proc_prefix_ + consumer_;
     max_arg_ = std::to_string(qo_.max_deliveries);
+    length_arg_ = std::to_string(qo_.max_length);
+    prefetch_arg_ = std::to_string(qo_.prefetch);
   }
 
   queue(const queue&) = delete;
@@ -214,7 +216,7 @@ class queue {
   requires std::convertible_to<std::ranges::range_reference_t<R>, const T&>
   status push_all(R&& items, std::size_t& pushed) {
     pushed = 0;
-    std::vector<std::string> args{std::to_string(qo_.max_length)};
+    std::vector<std::string> args{length_arg_};
     args.reserve(push_batch + 1);
     auto it = std::ranges::begin(items);
     auto end = std::ranges::end(items);
@@ -384,12 +386,12 @@ class queue {
   }
 
   status push_once(std::string payload) {
-    std::int64_t n = push_script({std::to_string(qo_.max_length), std::move(payload)});
+    std::int64_t n = push_script({length_arg_, std::move(payload)});
     return n > 0 ? status::ok : n < 0 ? status::closed : status::full;
   }
 
   status push_until(std::string payload, std::optional<time_point> deadline) {
-    std::int64_t n = push_wait({std::to_string(qo_.max_length), std::move(payload)}, deadline);
+    std::int64_t n = push_wait({length_arg_, std::move(payload)}, deadline);
     return n > 0 ? status::ok : n < 0 ? status::closed : status::timeout;
   }
 
@@ -487,7 +489,7 @@ class queue {
   // kept for the next call (a repeated ack finds nothing and is harmless); then rethrows (the
   // caller marks the object stranded: the script may have moved envelopes we never saw).
   status fetch(connection& c, std::size_t n, delivery* out) {
-    std::vector<std::string> args{consumer_, std::to_string(n)};
+    std::vector<std::string> args{consumer_, n == qo_.prefetch ? prefetch_arg_ : std::to_string(n)};
     {
       std::lock_guard lock(buf_mu_);
       args.insert(args.end(), std::make_move_iterator(acks_.begin()),
@@ -628,7 +630,8 @@ class queue {
   queue_options qo_;
   mutable pool pool_;  // thread-safe itself; closed() const reads through it
   detail::closed_flag closed_;
-  std::string ready_, consumers_, dead_, seq_, pending_, proc_prefix_, consumer_, proc_, max_arg_;
+  std::string ready_, consumers_, dead_, seq_, pending_, proc_prefix_, consumer_, proc_;
+  std::string max_arg_, length_arg_, prefetch_arg_;  // option values as script arguments
   std::atomic<bool> stranded_{false};  // relaxed: a fetch failed in flight; see pop_until_raw
   detail::script push_{detail::lua_queue_push};
   detail::script fetch_{detail::lua_queue_fetch};
