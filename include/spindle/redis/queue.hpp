@@ -580,10 +580,7 @@ class queue {
         return status::cancelled;
       }
       if (take_buffered(out)) return status::ok;
-      auto block = qo_.poll_interval;
-      if (deadline) block = std::min(block, std::max(ceil_ms(*deadline - clock::now()),
-                                                     std::chrono::milliseconds(0)));
-      if (!may_block) block = std::chrono::milliseconds(0);
+      auto block = detail::block_time(qo_.poll_interval, deadline, may_block);
       try {
         auto c = pool_.acquire();
         // relaxed: a hint between this object's threads; return_stranded reads the server

@@ -300,12 +300,7 @@ class stream {
     detail::retry_window retry(so_.retry_window, so_.poll_interval);
     for (;;) {
       if (st.stop_requested()) return status::cancelled;
-      auto block = so_.poll_interval;
-      if (deadline) {
-        auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock::now());
-        block = std::min(block, std::max(left, std::chrono::milliseconds(0)));
-      }
-      if (!may_block) block = std::chrono::milliseconds(0);
+      auto block = detail::block_time(so_.poll_interval, deadline, may_block);
       try {
         ensure_group();
         start_heartbeat();

@@ -101,6 +101,18 @@ class heartbeat_thread {
   bool stop_ = false;  // guarded by mu_
 };
 
+/// How long one blocking server call of a pop may block: poll_interval, less if the deadline is
+/// nearer, 0 for a pop that must not block.
+inline std::chrono::milliseconds block_time(
+    std::chrono::milliseconds poll,
+    std::optional<std::chrono::steady_clock::time_point> deadline, bool may_block) {
+  if (!may_block) return std::chrono::milliseconds(0);
+  if (!deadline) return poll;
+  auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline -
+                                                           std::chrono::steady_clock::now());
+  return std::min(poll, std::max(left, std::chrono::milliseconds(0)));
+}
+
 /// The retry policy of blocking calls: I/O failures and transient server errors (LOADING after a
 /// restart) are retried for `window`, sleeping `pause` between attempts; anything else, or a
 /// failure that outlasts the window, is rethrown.
