@@ -85,6 +85,7 @@
 #include <vector>
 
 #include "spindle/redis/codec.hpp"
+#include "spindle/redis/detail/channel_pops.hpp"
 #include "spindle/redis/detail/lease.hpp"
 #include "spindle/redis/detail/scripts.hpp"
 #include "spindle/redis/error.hpp"
@@ -117,7 +118,9 @@ struct queue_options {
 /// A reliable Redis list queue. See the header comment.
 template <class T, class Codec = codec<T>>
 requires codec_for<Codec, T>
-class queue {
+class queue : public detail::channel_pops<queue<T, Codec>, T> {
+  friend detail::channel_pops<queue<T, Codec>, T>;
+
  public:
   using value_type = T;
 
@@ -271,32 +274,7 @@ class queue {
 
   // ---- consumers: the channel interface -----------------------------------------------------
 
-  /// Pops a value, blocking while empty (acks this thread's previous pop first).
-  /// Returns ok | closed. Thread-safe.
-  status pop(T& out) { return pop_value(out, std::nullopt, {}, true); }
-  /// Returns ok | closed | cancelled; st is checked every poll_interval. Thread-safe.
-  status pop(T& out, std::stop_token st) { return pop_value(out, std::nullopt, st, true); }
-  /// Never blocks. Returns ok | empty | closed. Thread-safe.
-  status try_pop(T& out) { return pop_value(out, clock::now(), {}, false); }
-  /// Returns ok | timeout | closed. Thread-safe.
-  template <class Rep, class Period>
-  status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    return pop_value(out, clock::now() + ceil_ms(d), {}, true);
-  }
-  /// The value, or nullopt once closed and nothing is pending. Thread-safe.
-  std::optional<T> pop() {
-    T v{};
-    if (pop(v) == status::ok) return v;
-    return std::nullopt;
-  }
-  /// Acknowledges this thread's last value from pop(T&). Returns false if none or it failed.
-  bool ack_last() {
-    return last_.settle([&](const std::string& e) { return settle(e, "ack") > 0; });
-  }
-  /// Gives back this thread's last value from pop(T&). Returns false if none or it failed.
-  bool nack_last() {
-    return last_.settle([&](const std::string& e) { return settle(e, "nack") > 0; });
-  }
+  // pop(T&), pop(T&, st), try_pop, pop_for, pop(), ack_last, nack_last: detail::channel_pops
 
   // ---- state --------------------------------------------------------------------------------
 
@@ -610,6 +588,10 @@ class queue {
     out = std::move(d.value);
     last_.set(std::move(d.envelope));
     return s;
+  }
+
+  bool settle_last(const char* mode) {
+    return last_.settle([&](const std::string& e) { return settle(e, mode) > 0; });
   }
 
   std::int64_t settle(const std::string& envelope, const char* mode) {

@@ -56,6 +56,7 @@
 #include <utility>
 
 #include "spindle/redis/codec.hpp"
+#include "spindle/redis/detail/channel_pops.hpp"
 #include "spindle/redis/detail/lease.hpp"
 #include "spindle/redis/detail/scripts.hpp"
 #include "spindle/redis/error.hpp"
@@ -79,7 +80,9 @@ struct stream_options {
 /// A reliable channel on a Redis Stream consumer group. See the header comment.
 template <class T, class Codec = codec<T>>
 requires codec_for<Codec, T>
-class stream {
+class stream : public detail::channel_pops<stream<T, Codec>, T> {
+  friend detail::channel_pops<stream<T, Codec>, T>;
+
  public:
   using value_type = T;
 
@@ -156,33 +159,7 @@ class stream {
 
   // ---- consumers: the channel interface -----------------------------------------------------
 
-  /// Pops a value, blocking while none (acks this thread's previous pop first).
-  /// Returns ok | closed. Thread-safe.
-  status pop(T& out) { return pop_value(out, std::nullopt, {}, true); }
-  /// Returns ok | closed | cancelled. Thread-safe.
-  status pop(T& out, std::stop_token st) { return pop_value(out, std::nullopt, st, true); }
-  /// Never blocks. Returns ok | empty | closed. Thread-safe.
-  status try_pop(T& out) { return pop_value(out, clock::now(), {}, false); }
-  /// Returns ok | timeout | closed. Thread-safe.
-  template <class Rep, class Period>
-  status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    return pop_value(out, clock::now() + std::chrono::ceil<std::chrono::milliseconds>(d), {}, true);
-  }
-  /// The value, or nullopt once closed and drained. Thread-safe.
-  std::optional<T> pop() {
-    T v{};
-    if (pop(v) == status::ok) return v;
-    return std::nullopt;
-  }
-  /// Acknowledges this thread's last value from pop(T&). Returns false if none or it failed.
-  bool ack_last() { return settle_last("ack"); }
-  /// Requeues this thread's last value from pop(T&). Returns false if none or it failed.
-  bool nack_last() { return settle_last("nack"); }
-  /// Entries delivered to some consumer of the group and not yet acked (XPENDING). Thread-safe.
-  std::size_t pending() {
-    ensure_group();
-    return static_cast<std::size_t>(pool_.command("XPENDING", stream_, so_.group)[0].integer());
-  }
+  // pop(T&), pop(T&, st), try_pop, pop_for, pop(), ack_last, nack_last: detail::channel_pops
 
   // ---- state --------------------------------------------------------------------------------
 
@@ -197,6 +174,11 @@ class stream {
     ensure_group();
     auto r = pool_.command("XPENDING", stream_, so_.group, "-", "+", 1000000, consumer_);
     return r.size();
+  }
+  /// Entries delivered to some consumer of the group and not yet acked (XPENDING). Thread-safe.
+  std::size_t pending() {
+    ensure_group();
+    return static_cast<std::size_t>(pool_.command("XPENDING", stream_, so_.group)[0].integer());
   }
   /// Entries in the dead-letter stream. Thread-safe.
   std::size_t dead_letter_size() {
