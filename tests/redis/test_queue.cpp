@@ -439,6 +439,38 @@ TEST_CASE("with prefetch, pop(T&) acks are sent with the next fetch and closed c
   CHECK(q.pending() == 0);
 }
 
+TEST_CASE("a consumer whose lease was recovered by another drops its prefetched envelopes") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<int> c("pflost", o,
+                      {.visibility_timeout = 300ms, .poll_interval = 20ms, .prefetch = 4});
+  redis::queue<int> other("pflost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  std::vector<int> items{0, 1, 2, 3};
+  REQUIRE(other.push_all(items) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(c.try_pop_delivery(d) == status::ok);  // 0 handed out, 1-3 buffered
+  // c stalls: its lease is expired by hand, and `other` recovers its four deliveries.
+  redis::connection r(o);
+  r.command("ZADD", "{pflost}:consumers", 0, c.consumer_id());
+  CHECK(other.recover() == 4);
+  // c's next heartbeat (every 100 ms) finds its lease gone and registers again.
+  CHECK(eventually([&] { return !r.command("ZSCORE", "{pflost}:consumers", c.consumer_id())
+                                     .is_nil(); }));
+  // The stale 1-3 (delivery count 1) were dropped; c's pop fetches the requeued items afresh.
+  REQUIRE(c.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 0);
+  CHECK(d.deliveries == 2);
+  for (int i = 1; i <= 3; ++i) {
+    CHECK(c.ack(d));
+    REQUIRE(c.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == i);
+    CHECK(d.deliveries == 2);
+  }
+  CHECK(c.ack(d));
+  CHECK(c.pending() == 0);
+}
+
 TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {
   if (!redis_server::available()) return;
   redis_server srv;

@@ -22,8 +22,9 @@
 //     out by the next pops of any thread. Buffered envelopes never handed out go back to the pop
 //     end of the ready list, delivery count unchanged, when the object is destroyed. If this
 //     object's lease expires they are requeued by recovery like any held delivery; the buffer
-//     is dropped once a fetch or heartbeat reports the lost lease, and until then may still
-//     hand them out (duplicates, whose acks fail).
+//     is dropped once a fetch or the next heartbeat finds the lease lost (expired, or taken by
+//     another consumer's recovery), and until then may still hand them out (duplicates, whose
+//     acks fail).
 //   - A consumer that dies (or stalls past its lease) loses its deliveries: any live object
 //     (in pop() and in its heartbeat) requeues the processing lists of expired leases, at the
 //     pop end of the ready list, with the delivery count incremented. An ack after the lease
@@ -388,11 +389,11 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   void maintain(connection& c) {
     if (!registered_.load(std::memory_order_acquire)) {  // pairs with the release below
       std::call_once(start_once_, [&] {
-        heartbeat(c);
+        heartbeat(c, false);
         registered_.store(true, std::memory_order_release);  // publishes the lease to ~queue
         hb_.start(qo_.visibility_timeout / 3, [this] {
           auto hc = pool_.acquire();
-          heartbeat(*hc);
+          heartbeat(*hc, true);
           recover_expired(*hc);
           flush_acks(*hc);
         });
@@ -407,12 +408,15 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     }
   }
 
-  void heartbeat(connection& c) {
+  // Takes (renewal false) or renews the lease. Drops the local buffer when the lease had been
+  // lost: the buffered envelopes were requeued, here or by the consumer that recovered them.
+  void heartbeat(connection& c, bool renewal) {
     auto lost = heartbeat_
                     .run(c, {consumers_, proc_, ready_, dead_, pending_},
-                         {consumer_, std::to_string(qo_.visibility_timeout.count()), max_arg_})
+                         {consumer_, std::to_string(qo_.visibility_timeout.count()), max_arg_,
+                          renewal ? "1" : "0"})
                     .integer();
-    if (lost > 0) drop_buffer();  // requeued: the buffered envelopes are no longer ours
+    if (lost != 0) drop_buffer();
   }
 
   // Recovery in two steps, so that every key is declared: which leases expired, then their

@@ -103,15 +103,19 @@ end
 return {0, acked}
 )lua";
 
-// KEYS: consumers, proc, ready, dead, pending. ARGV: consumer, visibility ms, max deliveries.
+// KEYS: consumers, proc, ready, dead, pending.
+// ARGV: consumer, visibility ms, max deliveries, renewal (1: the lease was taken before).
 // Renews the lease; if it had expired, the consumer's deliveries are requeued first (they are
-// forfeit: its acks now fail). Returns how many were requeued.
+// forfeit: its acks now fail). Returns how many were requeued, or -1 if a renewal found the
+// lease gone (another consumer recovered it: its deliveries were requeued there).
 inline constexpr std::string_view lua_queue_heartbeat = R"lua(
 local now = now_ms()
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local lost = 0
 if s and tonumber(s) < now then
   lost = requeue_all(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[3]), KEYS[5])
+elseif not s and ARGV[4] == '1' then
+  lost = -1
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return lost
