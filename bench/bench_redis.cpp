@@ -6,11 +6,12 @@
 //   2. pipelined 64 deep: LPUSH, 64 commands per write (10x --items, default 1M)
 //   redis-benchmark runs the same LPUSH with -c 1 (-P 1 and -P 64) as a subprocess.
 //   3. reliable queue end to end (--items / 5 jobs, default 20k): one producer thread pushes,
-//      1 or 2 consumer threads pop, process and ack. spindle::redis::queue (pop_delivery + ack,
-//      and the channel interface pop(T&), which acks a thread's previous value on its next pop)
-//      against hiredis doing the classic pattern: LPUSH; BLMOVE to a per-consumer processing
-//      list; LREM to ack. Validated: job count, checksum of the payloads, nothing left ready or
-//      in flight.
+//      1 or 2 consumer threads pop, process and ack. spindle::redis::queue (pop_delivery + ack;
+//      ack_and_pop_delivery, worker_pool's loop; the channel interface pop(T&), which acks a
+//      thread's previous value on its next pop; and push_all in batches of 64 with consumers
+//      prefetching 16) against hiredis doing the classic pattern: LPUSH (one per round trip, or
+//      64 pipelined); BLMOVE to a per-consumer processing list; LREM to ack. Validated: job
+//      count, checksum of the payloads, nothing left ready, in flight or pending.
 //   4. limiter try_acquire (--items / 5 calls per run, in 10 alternating rounds):
 //      spindle::redis::token_bucket against hiredis calling EVALSHA of the same token-bucket Lua
 //      script; every call must be granted.
@@ -128,26 +129,42 @@ struct job_tally {
   }
 };
 
-enum class consume { delivery, channel };
+enum class consume { delivery, fused, channel };
+
+// How a spindle queue run pushes and pops.
+struct queue_mode {
+  consume how = consume::delivery;
+  std::size_t push_batch = 1;  // > 1: push_all of this many per call
+  std::size_t prefetch = 1;    // queue_options::prefetch
+};
 
 // One producer pushes n jobs while `consumers` threads pop and ack them; returns jobs/s.
-double spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, consume how, int run) {
+double spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, queue_mode m, int run) {
   using namespace std::chrono_literals;
   using q_t = redis::queue<std::uint64_t>;
   std::string name = "bench:q:" + std::to_string(consumers) + ":" +
-                     std::to_string(static_cast<int>(how)) + ":" + std::to_string(run);
-  q_t q(name, {.port = port}, {.poll_interval = 20ms});
+                     std::to_string(static_cast<int>(m.how)) + ":" +
+                     std::to_string(m.push_batch) + ":" + std::to_string(m.prefetch) + ":" +
+                     std::to_string(run);
+  q_t q(name, {.port = port}, {.poll_interval = 20ms, .prefetch = m.prefetch});
   q.destroy();
   job_tally t;
   auto t0 = bench::clock::now();
   std::vector<std::thread> ts;
   for (int c = 0; c < consumers; ++c)
     ts.emplace_back([&] {
-      if (how == consume::delivery) {
+      if (m.how == consume::delivery) {
         q_t::delivery d;
         while (q.pop_delivery(d) == spindle::status::ok) {
           bench::validate(q.ack(d), "spindle queue ack");
           if (t.record(d.value, n)) q.close();
+        }
+      } else if (m.how == consume::fused) {  // worker_pool's loop: the ack rides on the next pop
+        q_t::delivery d;
+        spindle::status s = q.pop_delivery(d);
+        while (s == spindle::status::ok) {
+          if (t.record(d.value, n)) q.close();
+          s = q.ack_and_pop_delivery(d);
         }
       } else {
         std::uint64_t v = 0;
@@ -155,19 +172,32 @@ double spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, consume
           if (t.record(v, n)) q.close();  // the next pop acks v, then sees closed
       }
     });
-  for (std::uint64_t i = 0; i < n; ++i)
-    bench::validate(q.push(i) == spindle::status::ok, "spindle queue push");
+  if (m.push_batch <= 1) {
+    for (std::uint64_t i = 0; i < n; ++i)
+      bench::validate(q.push(i) == spindle::status::ok, "spindle queue push");
+  } else {
+    std::vector<std::uint64_t> batch;
+    batch.reserve(m.push_batch);
+    for (std::uint64_t i = 0; i < n; i += m.push_batch) {
+      batch.clear();
+      for (std::uint64_t j = i; j < std::min<std::uint64_t>(n, i + m.push_batch); ++j)
+        batch.push_back(j);
+      bench::validate(q.push_all(batch) == spindle::status::ok, "spindle queue push_all");
+    }
+  }
   for (auto& th : ts) th.join();
   double rate = t.rate(t0, n);
   t.check(n, "spindle queue");
-  bench::validate(q.size() == 0 && q.in_flight() == 0, "spindle queue: left ready or in flight");
+  bench::validate(q.size() == 0 && q.in_flight() == 0 && q.pending() == 0,
+                  "spindle queue: left ready, in flight or pending");
   q.destroy();
   return rate;
 }
 
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
 // The classic reliable queue: LPUSH; BLMOVE ready -> processing list of this consumer; LREM.
-double hiredis_queue(std::uint16_t port, redis::connection& c, std::uint64_t n, int consumers) {
+double hiredis_queue(std::uint16_t port, redis::connection& c, std::uint64_t n, int consumers,
+                     std::uint64_t push_depth = 1) {
   const std::string ready = "bench:hq:ready";
   const std::string proc = "bench:hq:proc:";
   c.command("DEL", ready, proc + "0", proc + "1");
@@ -199,9 +229,17 @@ double hiredis_queue(std::uint16_t port, redis::connection& c, std::uint64_t n, 
       redisFree(h);
     });
   redisContext* p = hiredis_connect(port);
-  for (std::uint64_t i = 0; i < n; ++i) {
-    std::string v = std::to_string(i);
-    hiredis_check(redisCommand(p, "LPUSH %s %b", ready.c_str(), v.data(), v.size()));
+  for (std::uint64_t i = 0; i < n; i += push_depth) {  // push_depth LPUSH per write
+    std::uint64_t k = std::min<std::uint64_t>(push_depth, n - i);
+    for (std::uint64_t j = 0; j < k; ++j) {
+      std::string v = std::to_string(i + j);
+      redisAppendCommand(p, "LPUSH %s %b", ready.c_str(), v.data(), v.size());
+    }
+    for (std::uint64_t j = 0; j < k; ++j) {
+      void* r = nullptr;
+      bench::validate(redisGetReply(p, &r) == REDIS_OK, "hiredis getReply");
+      hiredis_check(r);
+    }
   }
   redisFree(p);
   for (auto& th : ts) th.join();
@@ -314,13 +352,21 @@ int main(int argc, char** argv) {
   std::uint64_t n_jobs = a.smoke ? 1'000 : std::max<std::uint64_t>(a.items / 5, 1);
   std::printf("reliable queue: %llu jobs per run; token bucket: %llu calls per run\n",
               static_cast<unsigned long long>(n_jobs), static_cast<unsigned long long>(n_jobs));
-  std::vector<double> sq[2], sc[2], hq[2], s_tb, h_tb;
+  // Rows: per-item push with three ways to consume; batched push with prefetching consumers;
+  // hiredis with per-item and pipelined LPUSH.
+  const queue_mode modes[] = {{consume::delivery},        {consume::fused},
+                              {consume::channel},         {consume::channel, 1, 16},
+                              {consume::channel, 64, 1},  {consume::fused, 64, 16},
+                              {consume::channel, 64, 16}};
+  constexpr int n_modes = sizeof modes / sizeof modes[0];
+  std::vector<double> sq[2][n_modes], hq[2], hp[2], s_tb, h_tb;
   for (int r = 0; r < a.runs; ++r) {
     for (int k = 0; k < 2; ++k) {
-      sq[k].push_back(spindle_queue(srv.port(), n_jobs, k + 1, consume::delivery, r) / 1e3);
-      sc[k].push_back(spindle_queue(srv.port(), n_jobs, k + 1, consume::channel, r) / 1e3);
+      for (int m = 0; m < n_modes; ++m)
+        sq[k][m].push_back(spindle_queue(srv.port(), n_jobs, k + 1, modes[m], r) / 1e3);
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
       hq[k].push_back(hiredis_queue(srv.port(), c, n_jobs, k + 1) / 1e3);
+      hp[k].push_back(hiredis_queue(srv.port(), c, n_jobs, k + 1, 64) / 1e3);
 #endif
     }
     // The limiter pair alternates in 10 rounds of n/10 calls, in both orders, so that load
@@ -353,9 +399,15 @@ int main(int argc, char** argv) {
     bench::table q("reliable queue push/pop/ack end to end, 1 producer, " + std::to_string(k + 1) +
                        (k == 0 ? " consumer" : " consumers"),
                    "k jobs/s");
-    q.add("spindle::redis::queue pop_delivery + ack", bench::median(sq[k]), true);
-    q.add("spindle queue pop(T&), acked by next pop", bench::median(sc[k]));
+    q.add("spindle queue push, pop_delivery + ack", bench::median(sq[k][0]));
+    q.add("spindle push, ack_and_pop_delivery (fused)", bench::median(sq[k][1]));
+    q.add("spindle push, pop(T&) acked by next pop", bench::median(sq[k][2]), true);
+    q.add("spindle push, pop(T&), prefetch 16", bench::median(sq[k][3]));
+    q.add("spindle push_all 64, pop(T&)", bench::median(sq[k][4]));
+    q.add("spindle push_all 64, fused ack, prefetch 16", bench::median(sq[k][5]));
+    q.add("spindle push_all 64, pop(T&), prefetch 16", bench::median(sq[k][6]));
     if (!hq[k].empty()) q.add("hiredis LPUSH / BLMOVE / LREM", bench::median(hq[k]));
+    if (!hp[k].empty()) q.add("hiredis LPUSH x64 pipelined / BLMOVE / LREM", bench::median(hp[k]));
     q.print();
   }
   bench::table tb("limiter try_acquire, 1 thread, always granted", "k calls/s");

@@ -4,6 +4,7 @@
 #include <spindle/bounded_queue.hpp>
 #include <spindle/worker_pool.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -208,4 +209,77 @@ TEST_CASE("a worker_pool consumes any channel, not only bounded_queue") {
   pool.join();
   CHECK(sum.load() == 500500);
   CHECK(pool.stats().processed == 1000);
+}
+
+namespace {
+// An acknowledging channel that also offers the fused ack_and_pop_delivery (as redis::queue
+// does); it records which path acknowledged each delivery.
+class fused_channel : public locked_channel<int> {
+ public:
+  struct delivery {
+    int value = 0;
+    int id = 0;
+  };
+  std::mutex mu;
+  std::vector<int> fused, separate, nacked;  // guarded by mu: ids per path
+
+  status pop_delivery(delivery& d, std::stop_token st) {
+    status s = pop(d.value, st);
+    d.id = d.value;
+    return s;
+  }
+  status ack_and_pop_delivery(delivery& d, std::stop_token st) {
+    {
+      std::lock_guard lock(mu);
+      fused.push_back(d.id);
+    }
+    return pop_delivery(d, st);
+  }
+  bool ack(const delivery& d) {
+    std::lock_guard lock(mu);
+    separate.push_back(d.id);
+    return true;
+  }
+  bool nack(const delivery& d) {
+    std::lock_guard lock(mu);
+    nacked.push_back(d.id);
+    return true;
+  }
+};
+static_assert(spindle::channel<fused_channel>);
+static_assert(spindle::detail::fused_ack_channel<fused_channel>);
+}  // namespace
+
+TEST_CASE("over a fused-ack channel, acks ride on the next pop and a throwing handler nacks") {
+  fused_channel ch;
+  worker_pool pool(ch, 2, [&](int x) {
+    if (x == 7) throw std::runtime_error("poison");
+  });
+  for (int i = 1; i <= 100; ++i) REQUIRE(ch.push(i) == status::ok);
+  ch.close();
+  pool.join();
+  std::lock_guard lock(ch.mu);
+  CHECK(ch.separate.empty());  // every ack went with a pop (the last ones with the closed pop)
+  CHECK(ch.fused.size() == 99);
+  CHECK(ch.nacked == std::vector<int>{7});
+  std::vector<int> acked = ch.fused;
+  std::sort(acked.begin(), acked.end());
+  CHECK(std::adjacent_find(acked.begin(), acked.end()) == acked.end());  // each once
+  CHECK(std::find(acked.begin(), acked.end(), 7) == acked.end());
+}
+
+TEST_CASE("over a fused-ack channel, a worker that stops acks its last delivery at once") {
+  fused_channel ch;
+  std::atomic<worker_pool<fused_channel>*> self{nullptr};
+  worker_pool pool(ch, 1, [&](int) {
+    self.load(std::memory_order_acquire)->stop();  // pairs with the release store below
+  });
+  self.store(&pool, std::memory_order_release);
+  REQUIRE(ch.push(1) == status::ok);
+  REQUIRE(ch.push(2) == status::ok);
+  pool.join();
+  std::lock_guard lock(ch.mu);
+  CHECK(ch.separate == std::vector<int>{1});
+  CHECK(ch.fused.empty());
+  CHECK(pool.stats().processed == 1);
 }

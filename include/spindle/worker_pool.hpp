@@ -17,7 +17,9 @@
 //   - A channel with acknowledgements (detail::acknowledging_channel: pop_delivery(d, st),
 //     ack(d), nack(d), d.value - redis::queue, redis::stream) is consumed through them: a
 //     delivery is acked only after the handler returns normally and nacked (redelivered, then
-//     dead-lettered by the channel) when it throws.
+//     dead-lettered by the channel) when it throws. Where the channel offers
+//     ack_and_pop_delivery(d, st) (detail::fused_ack_channel: redis::queue), the ack of a
+//     handled delivery travels with the worker's next pop; a worker that stops acks at once.
 //
 // Shutdown: close the source, then join(): every item pushed before close() is handled. stop()
 // ends early: each worker finishes the item in hand and exits; items left in the source stay
@@ -57,6 +59,14 @@ concept acknowledging_channel =
       { std::move(d.value) } -> std::convertible_to<typename C::value_type>;
       { c.ack(d) } -> std::convertible_to<bool>;
       { c.nack(d) } -> std::convertible_to<bool>;
+    };
+
+/// An acknowledging channel that can ack a delivery and pop the next one in one step
+/// (redis::queue: one round trip); worker_pool then uses it after a handler returns.
+template <class C>
+concept fused_ack_channel =
+    acknowledging_channel<C> && requires(C& c, typename C::delivery& d, std::stop_token st) {
+      { c.ack_and_pop_delivery(d, st) } -> std::same_as<status>;
     };
 }  // namespace detail
 
@@ -179,11 +189,17 @@ class worker_pool {
   void run_acknowledged(counter& c) {
     std::stop_token st = stop_.get_token();
     typename C::delivery d{};
+    bool ack_due = false;  // d was handled; fused channels ack it with the next pop
     for (;;) {
       std::exception_ptr error;
       status s = status::closed;
       try {
-        s = source_.pop_delivery(d, st);
+        if constexpr (detail::fused_ack_channel<C>) {
+          s = ack_due ? source_.ack_and_pop_delivery(d, st) : source_.pop_delivery(d, st);
+        } else {
+          s = source_.pop_delivery(d, st);
+        }
+        ack_due = false;
       } catch (...) {
         error = std::current_exception();
       }
@@ -197,7 +213,11 @@ class worker_pool {
       try {
         handler_(std::move(d.value));
         handled = true;
-        source_.ack(d);
+        if constexpr (detail::fused_ack_channel<C>) {
+          ack_due = true;  // sent with the next pop, or below when stopping
+        } else {
+          source_.ack(d);
+        }
       } catch (...) {
         error = std::current_exception();
       }
@@ -213,7 +233,20 @@ class worker_pool {
       } else {
         c.processed.fetch_add(1, std::memory_order_relaxed);
       }
-      if (st.stop_requested()) return;
+      if (st.stop_requested()) {
+        if (ack_due) {
+          try {
+            source_.ack(d);  // no next pop to carry it
+          } catch (...) {
+            error = std::current_exception();
+          }
+          if (error) {
+            c.failed.fetch_add(1, std::memory_order_relaxed);
+            fail(std::move(error));
+          }
+        }
+        return;
+      }
     }
   }
 

@@ -14,6 +14,7 @@
 #include <spindle/channel.hpp>
 #include <spindle/redis/queue.hpp>
 #include <spindle/worker_pool.hpp>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -109,20 +110,21 @@ TEST_CASE("close by one object wakes a blocked pop of another object on the same
   redis::queue<int> a("shared", local(srv.port()), {.poll_interval = 20ms});
   redis::queue<int> b("shared", local(srv.port()), {.poll_interval = 20ms});
   std::atomic<int> result{-1};
+  redis::queue<int>::delivery got;
   test_support::thread_group g;
-  g.spawn([&] {
-    int v = 0;
-    result.store(static_cast<int>(b.pop(v)), std::memory_order_release);
-  });
+  g.spawn([&] { result.store(static_cast<int>(b.pop_delivery(got)), std::memory_order_release); });
   CHECK(a.push(7) == status::ok);
   CHECK(eventually([&] { return a.size() == 0; }));
   a.close();
   REQUIRE(g.join_within(10s));
-  // The blocked pop got 7 first or returned closed after draining; either way it ended.
+  // The blocked pop got 7 and ended; b still holds 7, so a sees the queue closed but not
+  // finished until b acks.
   int v = 0;
   CHECK(b.closed());
-  CHECK(a.try_pop(v) == status::closed);
   CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::ok));
+  CHECK(a.try_pop(v) == status::empty);
+  CHECK(b.ack(got));
+  CHECK(a.try_pop(v) == status::closed);
 }
 
 TEST_CASE("a pop with a stop token returns cancelled promptly") {
@@ -239,6 +241,234 @@ TEST_CASE("an ack after the lease expired fails and leaves the redelivery alone"
   CHECK_FALSE(q.nack(d));
   CHECK(other.in_flight() == 1);
   CHECK(other.ack(e));
+}
+
+TEST_CASE("after close, a pop waits while another consumer holds a delivery; an ack ends it") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> a("held", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> b("held", local(srv.port()), {.poll_interval = 20ms});
+  REQUIRE(a.push(1) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(a.try_pop_delivery(d) == status::ok);
+  a.close();
+  int v = 0;
+  CHECK(b.try_pop(v) == status::empty);  // not closed: a holds 1, which a nack would requeue
+  CHECK(b.pop_for(v, 100ms) == status::timeout);
+  CHECK(b.pending() == 1);
+  std::atomic<int> result{-1};
+  test_support::thread_group g;
+  g.spawn([&] {
+    int x = 0;
+    result.store(static_cast<int>(b.pop(x)), std::memory_order_release);
+  });
+  CHECK(a.ack(d));
+  REQUIRE(g.join_within(10s));  // within poll_interval of the ack
+  CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::closed));
+  CHECK(b.try_pop(v) == status::closed);
+  CHECK(b.pending() == 0);
+}
+
+TEST_CASE("after close, an item nacked by its holder reaches the consumer waiting for it") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> a("renack", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> b("renack", local(srv.port()), {.poll_interval = 20ms});
+  REQUIRE(a.push(8) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(a.try_pop_delivery(d) == status::ok);
+  a.close();
+  redis::queue<int>::delivery e;
+  CHECK(b.pop_delivery_for(e, 100ms) == status::timeout);  // waiting, not closed
+  std::atomic<int> result{-1};
+  test_support::thread_group g;
+  g.spawn([&] { result.store(static_cast<int>(b.pop_delivery(e)), std::memory_order_release); });
+  CHECK(a.nack(d));
+  REQUIRE(g.join_within(10s));
+  REQUIRE(result.load(std::memory_order_acquire) == static_cast<int>(status::ok));
+  CHECK(e.value == 8);
+  CHECK(e.deliveries == 2);
+  CHECK(b.ack(e));
+  CHECK(b.try_pop_delivery(e) == status::closed);
+  CHECK(a.try_pop_delivery(d) == status::closed);
+}
+
+TEST_CASE("after close, a dead holder's item is recovered by the consumer waiting for it") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> b("redead", local(srv.port()),
+                      {.visibility_timeout = 150ms, .poll_interval = 20ms});
+  {
+    redis::queue<int> a("redead", local(srv.port()),
+                        {.visibility_timeout = 150ms, .poll_interval = 20ms});
+    REQUIRE(a.push(9) == status::ok);
+    redis::queue<int>::delivery d;
+    REQUIRE(a.try_pop_delivery(d) == status::ok);
+    a.close();
+  }  // destroyed holding 9: its lease expires
+  redis::queue<int>::delivery e;
+  REQUIRE(b.pop_delivery_for(e, 5s) == status::ok);
+  CHECK(e.value == 9);
+  CHECK(e.deliveries == 2);
+  CHECK(b.ack(e));
+  CHECK(b.try_pop_delivery(e) == status::closed);
+}
+
+TEST_CASE("ack_and_pop_delivery acks and pops in one call, and acks before closed or cancelled") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("fused", local(srv.port()), {.poll_interval = 20ms});
+  for (int i = 0; i < 3; ++i) REQUIRE(q.push(i) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(q.pop_delivery(d) == status::ok);
+  CHECK(d.value == 0);
+  REQUIRE(q.ack_and_pop_delivery(d) == status::ok);
+  CHECK(d.value == 1);
+  CHECK(q.in_flight() == 1);  // 0 acked
+  CHECK(q.pending() == 2);
+  std::stop_source stop;
+  stop.request_stop();
+  CHECK(q.ack_and_pop_delivery(d, stop.get_token()) == status::cancelled);
+  CHECK(q.in_flight() == 0);  // 1 acked although the pop was cancelled
+  REQUIRE(q.pop_delivery(d) == status::ok);
+  CHECK(d.value == 2);
+  q.close();
+  CHECK(q.ack_and_pop_delivery(d) == status::closed);
+  CHECK(q.in_flight() == 0);
+  CHECK(q.pending() == 0);
+}
+
+TEST_CASE("push_all pushes in order, in batches, waits while full and stops at close") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("many", local(srv.port()), {.poll_interval = 20ms, .prefetch = 16});
+  std::vector<int> items(200);
+  for (int i = 0; i < 200; ++i) items[static_cast<std::size_t>(i)] = i;
+  std::size_t n = 0;
+  CHECK(q.push_all(items, n) == status::ok);  // more than push_batch: four scripts
+  CHECK(n == 200);
+  CHECK(q.size() == 200);
+  CHECK(q.pending() == 200);
+  redis::queue<int>::delivery d;
+  std::set<std::uint64_t> ids;
+  for (int i = 0; i < 200; ++i) {
+    REQUIRE(q.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == i);
+    ids.insert(d.id);
+    CHECK(q.ack(d));
+  }
+  CHECK(ids.size() == 200);
+
+  redis::queue<int> bounded("many-bounded", local(srv.port()),
+                            {.max_length = 10, .poll_interval = 20ms});
+  std::atomic<int> result{-1};
+  std::atomic<std::size_t> pushed{0};
+  test_support::thread_group g;
+  g.spawn([&] {
+    std::size_t k = 0;
+    result.store(static_cast<int>(bounded.push_all(items, k)), std::memory_order_release);
+    pushed.store(k, std::memory_order_release);
+  });
+  int v = 0;
+  for (int i = 0; i < 200; ++i) {
+    REQUIRE(bounded.pop_for(v, 5s) == status::ok);
+    CHECK(v == i);
+    CHECK(bounded.size() <= 10);
+  }
+  REQUIRE(g.join_within(10s));
+  CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::ok));
+  CHECK(pushed.load(std::memory_order_acquire) == 200);
+  bounded.close();
+  CHECK(bounded.push_all(items, n) == status::closed);
+  CHECK(n == 0);
+  CHECK(bounded.push_all(std::vector<int>{}) == status::ok);
+}
+
+TEST_CASE("prefetch takes several envelopes per fetch, hands them out in order, gives back the "
+          "rest on destruction") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("pf", local(srv.port()), {.poll_interval = 20ms});
+  std::vector<int> items{0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  REQUIRE(q.push_all(items) == status::ok);
+  {
+    redis::queue<int> c("pf", local(srv.port()), {.poll_interval = 20ms, .prefetch = 4});
+    redis::queue<int>::delivery d;
+    REQUIRE(c.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == 0);
+    CHECK(c.in_flight() == 4);  // 1 handed out, 3 buffered, all under c's lease
+    CHECK(q.size() == 6);
+    for (int i = 1; i <= 2; ++i) {
+      REQUIRE(c.ack_and_pop_delivery(d) == status::ok);  // from the buffer: the ack waits
+      CHECK(d.value == i);
+      CHECK(q.size() == 6);
+    }
+    CHECK(q.pending() == 10);  // the two fused acks are deferred to the next fetch
+    CHECK(c.ack(d));
+    CHECK(q.pending() == 9);
+  }  // destroyed: deferred acks sent, buffered 3 given back uncounted
+  CHECK(q.pending() == 7);
+  CHECK(q.size() == 7);
+  redis::queue<int>::delivery e;
+  REQUIRE(q.try_pop_delivery(e) == status::ok);
+  CHECK(e.value == 3);
+  CHECK(e.deliveries == 1);
+  CHECK(q.ack(e));
+}
+
+TEST_CASE("with prefetch, pop(T&) acks are sent with the next fetch and closed comes last") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<int> q("pfc", local(srv.port()), {.poll_interval = 20ms, .prefetch = 3});
+  std::vector<int> items{0, 1, 2, 3, 4};
+  REQUIRE(q.push_all(items) == status::ok);
+  q.close();
+  int v = -1;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(q.pop(v) == status::ok);
+    CHECK(v == i);
+  }
+  CHECK(q.in_flight() == 3);  // 0 and 1 acked locally, 2 pending: nothing sent yet
+  REQUIRE(q.pop(v) == status::ok);  // a fetch: carries the acks of 0, 1, 2
+  CHECK(v == 3);
+  CHECK(q.in_flight() == 2);
+  REQUIRE(q.pop(v) == status::ok);
+  CHECK(v == 4);
+  CHECK(q.pop(v) == status::closed);
+  CHECK(q.in_flight() == 0);
+  CHECK(q.pending() == 0);
+}
+
+TEST_CASE("a consumer whose lease was recovered by another drops its prefetched envelopes") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<int> c("pflost", o,
+                      {.visibility_timeout = 300ms, .poll_interval = 20ms, .prefetch = 4});
+  redis::queue<int> other("pflost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  std::vector<int> items{0, 1, 2, 3};
+  REQUIRE(other.push_all(items) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(c.try_pop_delivery(d) == status::ok);  // 0 handed out, 1-3 buffered
+  // c stalls: its lease is expired by hand, and `other` recovers its four deliveries.
+  redis::connection r(o);
+  r.command("ZADD", "{pflost}:consumers", 0, c.consumer_id());
+  CHECK(other.recover() == 4);
+  // c's next heartbeat (every 100 ms) finds its lease gone and registers again.
+  CHECK(eventually([&] { return !r.command("ZSCORE", "{pflost}:consumers", c.consumer_id())
+                                     .is_nil(); }));
+  // The stale 1-3 (delivery count 1) were dropped; c's pop fetches the requeued items afresh.
+  REQUIRE(c.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 0);
+  CHECK(d.deliveries == 2);
+  for (int i = 1; i <= 3; ++i) {
+    CHECK(c.ack(d));
+    REQUIRE(c.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == i);
+    CHECK(d.deliveries == 2);
+  }
+  CHECK(c.ack(d));
+  CHECK(c.pending() == 0);
 }
 
 TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {

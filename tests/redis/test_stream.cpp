@@ -100,6 +100,44 @@ TEST_CASE("close by one stream object ends a blocked pop of another") {
   CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::closed));
 }
 
+TEST_CASE("after close, a stream pop waits while another consumer holds an entry") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> a("sheld", local(srv.port()), {.poll_interval = 20ms});
+  redis::stream<int> b("sheld", local(srv.port()), {.poll_interval = 20ms});
+  REQUIRE(a.push(1) == status::ok);
+  REQUIRE(a.push(2) == status::ok);
+  redis::stream<int>::delivery d1, d2;
+  REQUIRE(a.try_pop_delivery(d1) == status::ok);
+  REQUIRE(a.try_pop_delivery(d2) == status::ok);
+  a.close();
+  redis::stream<int>::delivery e;
+  CHECK(b.try_pop_delivery(e) == status::empty);  // not closed: a holds 1 and 2
+  CHECK(b.pop_delivery_for(e, 100ms) == status::timeout);
+  CHECK(b.pending() == 2);
+  // a nack brings 2 back: the waiting consumer gets it
+  std::atomic<int> result{-1};
+  test_support::thread_group g;
+  g.spawn([&] { result.store(static_cast<int>(b.pop_delivery(e)), std::memory_order_release); });
+  CHECK(a.nack(d2));
+  REQUIRE(g.join_within(10s));
+  REQUIRE(result.load(std::memory_order_acquire) == static_cast<int>(status::ok));
+  CHECK(e.value == 2);
+  CHECK(e.deliveries == 2);
+  CHECK(b.ack(e));
+  // an ack of the last held entry ends the wait with closed
+  test_support::thread_group h;
+  result.store(-1);
+  h.spawn([&] {
+    redis::stream<int>::delivery f;
+    result.store(static_cast<int>(b.pop_delivery(f)), std::memory_order_release);
+  });
+  CHECK(a.ack(d1));
+  REQUIRE(h.join_within(10s));
+  CHECK(result.load(std::memory_order_acquire) == static_cast<int>(status::closed));
+  CHECK(b.pending() == 0);
+}
+
 TEST_CASE("a dead consumer's pending entry is claimed by another and the old ack fails") {
   if (!redis_server::available()) return;
   redis_server srv;

@@ -21,8 +21,11 @@
 //   - After max_deliveries deliveries without an ack an entry moves to the dead-letter stream.
 //   - max_length > 0 trims the stream (XADD MAXLEN): the oldest entries are dropped, as Redis
 //     streams do; there is no backpressure, so try_push never returns full.
-//   - close() sets a key seen by every process within poll_interval; pops then drain new and
-//     stale entries and return closed; pushes fail with closed.
+//   - close() sets a key seen by every process within poll_interval; pushes then fail with
+//     closed; pops drain new and stale entries and return closed once nothing is pending in
+//     the group: no new entry AND no entry held by any consumer (XPENDING), since a held entry
+//     may still be nacked or claimed after its lease. While some are held, pops wait (polling
+//     every poll_interval) and get the entry if it comes back.
 //   - Thread-safe: threads share one object (one consumer name) through its connection pool; a
 //     blocked pop holds only its own connection.
 //
@@ -41,25 +44,20 @@
 // for retry_window first).
 #pragma once
 
-#include <unistd.h>  // getpid
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
-#include <thread>
-#include <unordered_map>
 #include <utility>
-#include <vector>
 
 #include "spindle/redis/codec.hpp"
+#include "spindle/redis/detail/channel_pops.hpp"
+#include "spindle/redis/detail/lease.hpp"
 #include "spindle/redis/detail/scripts.hpp"
 #include "spindle/redis/error.hpp"
 #include "spindle/redis/options.hpp"
@@ -82,7 +80,9 @@ struct stream_options {
 /// A reliable channel on a Redis Stream consumer group. See the header comment.
 template <class T, class Codec = codec<T>>
 requires codec_for<Codec, T>
-class stream {
+class stream : public detail::channel_pops<stream<T, Codec>, T> {
+  friend detail::channel_pops<stream<T, Codec>, T>;
+
  public:
   using value_type = T;
 
@@ -98,29 +98,20 @@ class stream {
   stream(std::string name, options o, stream_options so = {})
       : name_(std::move(name)),
         so_(std::move(so)),
-        pool_(std::move(o), {.max_connections = check(so_)}) {
+        pool_(std::move(o), {.max_connections = check(so_)}),
+        closed_("{" + name_ + "}:closed") {
     if (name_.empty()) throw std::invalid_argument("redis::stream: empty name");
     std::string tag = "{" + name_ + "}";
     stream_ = tag + ":stream";
     dead_ = tag + ":dead";
-    closed_key_ = tag + ":closed";
-    std::random_device rd;
-    std::uint64_t r = (std::uint64_t{rd()} << 32) ^ rd();
-    consumer_ = std::to_string(::getpid()) + "-" + std::to_string(r);
+        consumer_ = detail::consumer_name();
   }
 
   stream(const stream&) = delete;
   stream& operator=(const stream&) = delete;
 
   /// Stops the heartbeat. Never throws.
-  ~stream() {
-    {
-      std::lock_guard lock(hb_mu_);
-      hb_stop_ = true;
-    }
-    hb_cv_.notify_all();
-    if (hb_.joinable()) hb_.join();
-  }
+  ~stream() { hb_.stop(); }
 
   const std::string& name() const noexcept { return name_; }
   /// This object's consumer name in the group.
@@ -168,43 +159,14 @@ class stream {
 
   // ---- consumers: the channel interface -----------------------------------------------------
 
-  /// Pops a value, blocking while none (acks this thread's previous pop first).
-  /// Returns ok | closed. Thread-safe.
-  status pop(T& out) { return pop_value(out, std::nullopt, {}, true); }
-  /// Returns ok | closed | cancelled. Thread-safe.
-  status pop(T& out, std::stop_token st) { return pop_value(out, std::nullopt, st, true); }
-  /// Never blocks. Returns ok | empty | closed. Thread-safe.
-  status try_pop(T& out) { return pop_value(out, clock::now(), {}, false); }
-  /// Returns ok | timeout | closed. Thread-safe.
-  template <class Rep, class Period>
-  status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    return pop_value(out, clock::now() + std::chrono::ceil<std::chrono::milliseconds>(d), {}, true);
-  }
-  /// The value, or nullopt once closed and drained. Thread-safe.
-  std::optional<T> pop() {
-    T v{};
-    if (pop(v) == status::ok) return v;
-    return std::nullopt;
-  }
-  /// Acknowledges this thread's last value from pop(T&). Returns false if none or it failed.
-  bool ack_last() { return settle_last("ack"); }
-  /// Requeues this thread's last value from pop(T&). Returns false if none or it failed.
-  bool nack_last() { return settle_last("nack"); }
+  // pop(T&), pop(T&, st), try_pop, pop_for, pop(), ack_last, nack_last: detail::channel_pops
 
   // ---- state --------------------------------------------------------------------------------
 
   /// Marks the stream closed for every process. Idempotent. Thread-safe.
-  void close() {
-    pool_.command("SET", closed_key_, "1");
-    closed_seen_.store(true, std::memory_order_relaxed);
-  }
+  void close() { closed_.close(pool_); }
   /// True once any process closed the stream. Thread-safe.
-  bool closed() const {
-    if (closed_seen_.load(std::memory_order_relaxed)) return true;
-    bool c = pool_.command("EXISTS", closed_key_).integer() == 1;
-    if (c) closed_seen_.store(true, std::memory_order_relaxed);
-    return c;
-  }
+  bool closed() const { return closed_.closed(pool_); }
   /// Entries in the stream (delivered or not, until acked). Thread-safe.
   std::size_t size() { return static_cast<std::size_t>(pool_.command("XLEN", stream_).integer()); }
   /// Deliveries held by this consumer. Thread-safe.
@@ -213,14 +175,19 @@ class stream {
     auto r = pool_.command("XPENDING", stream_, so_.group, "-", "+", 1000000, consumer_);
     return r.size();
   }
+  /// Entries delivered to some consumer of the group and not yet acked (XPENDING). Thread-safe.
+  std::size_t pending() {
+    ensure_group();
+    return static_cast<std::size_t>(pool_.command("XPENDING", stream_, so_.group)[0].integer());
+  }
   /// Entries in the dead-letter stream. Thread-safe.
   std::size_t dead_letter_size() {
     return static_cast<std::size_t>(pool_.command("XLEN", dead_).integer());
   }
   /// Deletes every key of the stream. For tests and tear-down.
   void destroy() {
-    pool_.command("DEL", stream_, dead_, closed_key_);
-    closed_seen_.store(false, std::memory_order_relaxed);
+    pool_.command("DEL", stream_, dead_, closed_.key());
+    closed_.reset();
     group_ready_.store(false, std::memory_order_relaxed);
   }
 
@@ -230,22 +197,16 @@ class stream {
 
   static std::size_t check(const stream_options& so) {
     if (so.group.empty()) throw std::invalid_argument("redis::stream: empty group name");
-    if (so.visibility_timeout.count() <= 0)
-      throw std::invalid_argument("redis::stream: visibility_timeout must be > 0, got " +
-                                  std::to_string(so.visibility_timeout.count()) + " ms");
-    if (so.poll_interval.count() <= 0)
-      throw std::invalid_argument("redis::stream: poll_interval must be > 0, got " +
-                                  std::to_string(so.poll_interval.count()) + " ms");
-    if (so.max_connections == 0) throw std::invalid_argument("redis::stream: max_connections is 0");
-    return so.max_connections;
+    return detail::check_consumer_options("redis::stream", so.visibility_timeout,
+                                          so.poll_interval, so.max_connections);
   }
 
   status push_once(const std::string& payload) {
     auto c = pool_.acquire();
     auto r =
-        push_.run(*c, {stream_, closed_key_}, {payload, std::to_string(so_.max_length)}).integer();
+        push_.run(*c, {stream_, closed_.key()}, {payload, std::to_string(so_.max_length)}).integer();
     if (r == -1) {
-      closed_seen_.store(true, std::memory_order_relaxed);
+      closed_.seen();
       return status::closed;
     }
     return status::ok;
@@ -262,22 +223,10 @@ class stream {
   }
 
   void start_heartbeat() {
-    std::call_once(hb_once_, [&] { hb_ = std::thread([this] { heartbeat_loop(); }); });
-  }
-
-  void heartbeat_loop() {
-    auto period = std::max(so_.visibility_timeout / 3, std::chrono::milliseconds(1));
-    std::unique_lock lock(hb_mu_);
-    for (;;) {
-      if (hb_cv_.wait_for(lock, period, [&] { return hb_stop_; })) return;
-      lock.unlock();
-      try {
-        auto c = pool_.acquire();
-        heartbeat_.run(*c, {stream_}, {so_.group, consumer_});
-      } catch (const error&) {  // server away: retried next period
-      }
-      lock.lock();
-    }
+    hb_.start(so_.visibility_timeout / 3, [this] {
+      auto c = pool_.acquire();
+      heartbeat_.run(*c, {stream_}, {so_.group, consumer_});
+    });
   }
 
   static void fill(delivery& out, const reply& id, const reply& payload, std::int64_t n) {
@@ -293,7 +242,7 @@ class stream {
       std::lock_guard lock(cursor_mu_);
       cursor = cursor_;
     }
-    reply r = pop_.run(c, {stream_, dead_, closed_key_},
+    reply r = pop_.run(c, {stream_, dead_, closed_.key()},
                        {so_.group, consumer_, std::to_string(so_.visibility_timeout.count()),
                         std::to_string(so_.max_deliveries), cursor});
     auto code = r[0].integer();
@@ -306,7 +255,7 @@ class stream {
       return status::ok;
     }
     if (code == -1) {
-      closed_seen_.store(true, std::memory_order_relaxed);
+      closed_.seen();
       return status::closed;
     }
     if (block.count() <= 0) return status::empty;
@@ -330,22 +279,16 @@ class stream {
 
   status pop_until(delivery& out, std::optional<time_point> deadline, std::stop_token st,
                    bool may_block) {
-    bool failing = false;  // since failing_since (not an optional: g++ -O2 warns falsely)
-    time_point failing_since{};
+    detail::retry_window retry(so_.retry_window, so_.poll_interval);
     for (;;) {
       if (st.stop_requested()) return status::cancelled;
-      auto block = so_.poll_interval;
-      if (deadline) {
-        auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock::now());
-        block = std::min(block, std::max(left, std::chrono::milliseconds(0)));
-      }
-      if (!may_block) block = std::chrono::milliseconds(0);
+      auto block = detail::block_time(so_.poll_interval, deadline, may_block);
       try {
         ensure_group();
         start_heartbeat();
         auto c = pool_.acquire();
         status s = pop_once(*c, out, block);
-        failing = false;
+        retry.success();
         if (s != status::empty) return s;
       } catch (const error& e) {
         auto* se = dynamic_cast<const server_error*>(&e);
@@ -353,15 +296,8 @@ class stream {
           group_ready_.store(false, std::memory_order_relaxed);
           continue;
         }
-        if (se != nullptr && !detail::transient(*se)) throw;
         if (!may_block) throw;
-        auto now = clock::now();
-        if (!failing) {
-          failing = true;
-          failing_since = now;
-        }
-        if (now - failing_since > so_.retry_window) throw;
-        std::this_thread::sleep_for(std::min(so_.poll_interval, std::chrono::milliseconds(50)));
+        retry.failure(e);
       }
       if (!may_block) return status::empty;
       if (deadline && clock::now() >= *deadline) return status::timeout;
@@ -374,42 +310,19 @@ class stream {
     status s = pop_until(d, deadline, st, may_block);
     if (s != status::ok) return s;
     out = std::move(d.value);
-    std::lock_guard lock(last_mu_);
-    last_[std::this_thread::get_id()] = std::move(d.id);
+    last_.set(std::move(d.id));
     return s;
   }
 
   // Acks this thread's previous pop(T&), retrying I/O failures for retry_window (a server
   // restart) so that a finished item is not redelivered.
   void ack_previous() {
-    auto start = clock::now();
-    for (;;) {
-      try {
-        settle_last("ack");
-        return;
-      } catch (const server_error& e) {
-        if (!detail::transient(e)) throw;
-        if (clock::now() - start > so_.retry_window) throw;
-        std::this_thread::sleep_for(std::min(so_.poll_interval, std::chrono::milliseconds(50)));
-      } catch (const error&) {
-        if (clock::now() - start > so_.retry_window) throw;
-        std::this_thread::sleep_for(std::min(so_.poll_interval, std::chrono::milliseconds(50)));
-      }
-    }
+    detail::retry_window retry(so_.retry_window, so_.poll_interval);
+    retry.run([&] { return settle_last("ack"); });
   }
 
   bool settle_last(const char* mode) {
-    std::string id;
-    {
-      std::lock_guard lock(last_mu_);
-      auto it = last_.find(std::this_thread::get_id());
-      if (it == last_.end()) return false;
-      id = it->second;  // erased only once settled, so a failed attempt can be retried
-    }
-    bool ok = settle(id, mode) > 0;
-    std::lock_guard lock(last_mu_);
-    last_.erase(std::this_thread::get_id());
-    return ok;
+    return last_.settle([&](const std::string& id) { return settle(id, mode) > 0; });
   }
 
   std::int64_t settle(const std::string& id, const char* mode) {
@@ -423,9 +336,9 @@ class stream {
   std::string name_;
   stream_options so_;
   mutable pool pool_;  // thread-safe itself; closed() const reads through it
-  std::string stream_, dead_, closed_key_, consumer_;
-  mutable std::atomic<bool> closed_seen_{false};  // relaxed: a cache of a Redis key
-  std::atomic<bool> group_ready_{false};          // relaxed: XGROUP CREATE is idempotent
+  detail::closed_flag closed_;
+  std::string stream_, dead_, consumer_;
+  std::atomic<bool> group_ready_{false};  // relaxed: XGROUP CREATE is idempotent
   detail::script push_{detail::lua_stream_push, detail::lua_stream_prelude};
   detail::script pop_{detail::lua_stream_pop, detail::lua_stream_prelude};
   detail::script settle_{detail::lua_stream_settle, detail::lua_stream_prelude};
@@ -434,14 +347,8 @@ class stream {
   std::mutex cursor_mu_;
   std::string cursor_ = "0-0";  // guarded by cursor_mu_: XAUTOCLAIM scan position
 
-  std::once_flag hb_once_;
-  std::thread hb_;
-  std::mutex hb_mu_;
-  std::condition_variable hb_cv_;
-  bool hb_stop_ = false;  // guarded by hb_mu_
-
-  std::mutex last_mu_;
-  std::unordered_map<std::thread::id, std::string> last_;  // guarded by last_mu_
+  detail::last_taken last_;
+  detail::heartbeat_thread hb_;  // last member: stopped (joined) first in destruction order
 };
 
 }  // namespace spindle::redis

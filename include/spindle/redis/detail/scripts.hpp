@@ -16,109 +16,166 @@
 namespace spindle::redis::detail {
 
 // Shared Lua prelude: server time in ms, and requeue of one processing list (oldest first to
-// the pop end of the ready list, or to the dead-letter list once max deliveries are reached).
+// the pop end of the ready list, or to the dead-letter list once max deliveries are reached; a
+// dead letter leaves the queue's count of outstanding items, `pending`).
 inline constexpr std::string_view lua_prelude = R"lua(
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function requeue_one(e, ready, dead, max)
+local function requeue_one(e, ready, dead, max, pending)
   local a = string.find(e, ':', 1, true)
   local b = string.find(e, ':', a + 1, true)
   local d = tonumber(string.sub(e, a + 1, b - 1)) + 1
   local ne = string.sub(e, 1, a) .. d .. string.sub(e, b)
   if max > 0 and d >= max then
     redis.call('LPUSH', dead, ne)
+    redis.call('DECR', pending)
     return 2
   end
   redis.call('RPUSH', ready, ne)
   return 1
 end
-local function requeue_all(proc, ready, dead, max)
+local function requeue_all(proc, ready, dead, max, pending)
   local n = 0
   while true do
     local e = redis.call('LPOP', proc)
     if not e then break end
-    requeue_one(e, ready, dead, max)
+    requeue_one(e, ready, dead, max, pending)
     n = n + 1
   end
   return n
 end
 )lua";
 
-// KEYS: ready, closed, seq. ARGV: payload, max_length (0: none).
-// Returns 1 pushed, 0 full, -1 closed.
+// redis::queue keeps `pending` = items in the ready list + items in every processing list (pushed,
+// not yet acked or dead-lettered). Every script that adds or removes an item keeps it; moves
+// between the lists (pop, BLMOVE, requeue) leave it alone. Pops return closed only once the queue
+// is closed and pending is 0: nothing ready and nothing held that could still be requeued.
+
+// KEYS: ready, closed, seq, pending. ARGV: max_length (0: none), payload...
+// Pushes as many payloads as there is room for, in order (the first is popped first).
+// Returns how many were pushed (0: full), or -1 closed.
 inline constexpr std::string_view lua_queue_push = R"lua(
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-local max = tonumber(ARGV[2])
-if max > 0 and redis.call('LLEN', KEYS[1]) >= max then return 0 end
-local id = redis.call('INCR', KEYS[3])
-redis.call('LPUSH', KEYS[1], id .. ':0:' .. ARGV[1])
-return 1
+local n = #ARGV - 1
+local max = tonumber(ARGV[1])
+if max > 0 then
+  local room = max - redis.call('LLEN', KEYS[1])
+  if room < n then n = math.max(room, 0) end
+end
+if n == 0 then return 0 end
+local last = redis.call('INCRBY', KEYS[3], n)
+local es = {}
+for i = 1, n do es[i] = (last - n + i) .. ':0:' .. ARGV[i + 1] end
+redis.call('LPUSH', KEYS[1], unpack(es))
+redis.call('INCRBY', KEYS[4], n)
+return n
 )lua";
 
-// KEYS: ready, proc, closed. Returns {1, envelope}, {0} empty, {-1} closed and drained.
-inline constexpr std::string_view lua_queue_pop = R"lua(
-local e = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-if e then return {1, e} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {-1} end
-return {0}
+// KEYS: consumers, proc, ready, closed, pending. ARGV: consumer, n, envelope to ack...
+// Acks the envelopes (only while the lease holds, like settle), then moves up to n envelopes
+// from the ready list to the processing list: one round trip for a consumer that acks what it
+// finished and takes more. Returns {code, acked, envelope...}: code 1 (the envelopes follow, the
+// first popped first), 0 nothing ready, -1 closed and nothing pending anywhere; acked: how many
+// of the envelopes were removed, -1 if the lease had expired (nothing removed).
+inline constexpr std::string_view lua_queue_fetch = R"lua(
+local acked = 0
+if #ARGV > 2 then
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if s and tonumber(s) >= now_ms() then
+    for i = 3, #ARGV do acked = acked + redis.call('LREM', KEYS[2], -1, ARGV[i]) end
+    if acked > 0 then redis.call('DECRBY', KEYS[5], acked) end
+  else
+    acked = -1
+  end
+end
+local out = {1, acked}
+for i = 1, tonumber(ARGV[2]) do
+  local e = redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT')
+  if not e then break end
+  out[#out + 1] = e
+end
+if #out > 2 then return out end
+if redis.call('EXISTS', KEYS[4]) == 1 and tonumber(redis.call('GET', KEYS[5]) or '0') <= 0 then
+  return {-1, acked}
+end
+return {0, acked}
 )lua";
 
-// KEYS: consumers, proc, ready, dead. ARGV: consumer, visibility ms, max deliveries.
+// KEYS: consumers, proc, ready, dead, pending.
+// ARGV: consumer, visibility ms, max deliveries, renewal (1: the lease was taken before).
 // Renews the lease; if it had expired, the consumer's deliveries are requeued first (they are
-// forfeit: its acks now fail). Returns how many were requeued.
+// forfeit: its acks now fail). Returns how many were requeued, or -1 if a renewal found the
+// lease gone (another consumer recovered it: its deliveries were requeued there).
 inline constexpr std::string_view lua_queue_heartbeat = R"lua(
 local now = now_ms()
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local lost = 0
 if s and tonumber(s) < now then
-  lost = requeue_all(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[3]))
+  lost = requeue_all(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[3]), KEYS[5])
+elseif not s and ARGV[4] == '1' then
+  lost = -1
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return lost
 )lua";
 
-// KEYS: consumers, ready, dead. ARGV: processing-list key prefix, max deliveries.
-// Requeues the processing lists of up to 64 consumers whose lease expired. Returns the count of
-// requeued items. (The processing-list keys are built from the prefix: they share the hash tag.)
+// KEYS: consumers. Returns up to 64 consumers whose lease expired (the first half of recovery;
+// the second, lua_queue_recover, is given their processing lists as KEYS).
+inline constexpr std::string_view lua_queue_expired = R"lua(
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms(), 'LIMIT', 0, 64)
+)lua";
+
+// KEYS: consumers, ready, dead, pending, proc of consumer 1, proc of consumer 2, ...
+// ARGV: max deliveries, consumer 1, consumer 2, ...
+// Requeues the processing list of each consumer whose lease is (still) expired and drops its
+// lease; a consumer renewed or recovered since lua_queue_expired is left alone. Returns the
+// count of requeued items.
 inline constexpr std::string_view lua_queue_recover = R"lua(
 local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 64)
 local n = 0
-for _, c in ipairs(expired) do
-  n = n + requeue_all(ARGV[1] .. c, KEYS[2], KEYS[3], tonumber(ARGV[2]))
-  redis.call('ZREM', KEYS[1], c)
+for i = 2, #ARGV do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) < now then
+    n = n + requeue_all(KEYS[3 + i], KEYS[2], KEYS[3], tonumber(ARGV[1]), KEYS[4])
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
 end
 return n
 )lua";
 
-// KEYS: consumers, proc, ready, dead. ARGV: consumer, envelope, mode (ack | nack), max.
+// KEYS: consumers, proc, ready, dead, pending. ARGV: consumer, envelope, mode (ack | nack), max.
 // Returns 1 acked / requeued, 2 dead-lettered (nack), 0 not in the processing list,
 // -1 lease expired (nothing changed).
 inline constexpr std::string_view lua_queue_settle = R"lua(
 local now = now_ms()
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) < now then return -1 end
-local removed = redis.call('LREM', KEYS[2], 1, ARGV[2])
+local removed = redis.call('LREM', KEYS[2], -1, ARGV[2])
 if removed == 0 then return 0 end
-if ARGV[3] == 'ack' then return 1 end
-return requeue_one(ARGV[2], KEYS[3], KEYS[4], tonumber(ARGV[4]))
+if ARGV[3] == 'ack' then
+  redis.call('DECR', KEYS[5])
+  return 1
+end
+return requeue_one(ARGV[2], KEYS[3], KEYS[4], tonumber(ARGV[4]), KEYS[5])
 )lua";
 
-// KEYS: consumers, proc, ready, closed. ARGV: consumer, envelope of the previous delivery.
-// Acks the previous delivery like settle (only while the lease holds), then pops like
-// lua_queue_pop: one round trip for a consumer that pops again right after acking.
-// Returns {code, acked}: code as lua_queue_pop (1: the envelope is the third element), acked as
-// settle (1 acked, 0 not in the processing list, -1 lease expired: nothing removed).
-inline constexpr std::string_view lua_queue_ack_pop = R"lua(
-local acked = -1
+// KEYS: consumers, proc, ready. ARGV: consumer, envelope... (in the order they would have been
+// handed out). Gives back prefetched envelopes never handed out: moved to the pop end of the
+// ready list in that order, delivery count unchanged (they were never delivered to user code).
+// Only while the lease holds (else they are, or will be, requeued by recovery). Returns how many.
+inline constexpr std::string_view lua_queue_give_back = R"lua(
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) >= now_ms() then acked = redis.call('LREM', KEYS[2], 1, ARGV[2]) end
-local e = redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT')
-if e then return {1, acked, e} end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {-1, acked} end
-return {0, acked}
+if not s or tonumber(s) < now_ms() then return -1 end
+local n = 0
+for i = #ARGV, 2, -1 do
+  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[3], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 )lua";
 
 // KEYS: consumers, proc. ARGV: consumer. Leaves: drops the lease if nothing is held.
@@ -204,7 +261,9 @@ return 1
 
 // KEYS: stream, dead, closed. ARGV: group, consumer, min idle ms, max deliveries, cursor.
 // Claims a stale delivery (dead-lettering those past max deliveries), else reads a new one.
-// Returns {1, id, payload, deliveries, cursor}, {0, cursor} none, {-1, cursor} closed, drained.
+// Returns {1, id, payload, deliveries, cursor}, {0, cursor} none, {-1, cursor} closed and
+// drained: nothing new and no entry pending in the group (held by any consumer, live or dead,
+// and so possibly requeued by a nack or claimed after its lease).
 inline constexpr std::string_view lua_stream_pop = R"lua(
 local s, g, me = KEYS[1], ARGV[1], ARGV[2]
 local max = tonumber(ARGV[4])
@@ -234,7 +293,9 @@ if r and #r[1][2] > 0 then
   local e = r[1][2][1]
   return {1, e[1], field(e[2], 'v') or '', tonumber(field(e[2], 'd') or 0) + 1, cursor}
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, cursor} end
+if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('XPENDING', s, g)[1] == 0 then
+  return {-1, cursor}
+end
 return {0, cursor}
 )lua";
 
