@@ -64,8 +64,9 @@
 // counters are only consistent if the keys are changed through this class (or destroy()).
 //
 // Lifetime: the destructor stops the heartbeat, sends deferred acks, gives back buffered
-// prefetched envelopes and drops the lease if nothing is held; held deliveries are then recovered by others after the visibility timeout. Redis I/O failures
-// throw redis::error (a blocking pop retries for a while first, to ride over a server restart).
+// prefetched envelopes and drops the lease if nothing is held; held deliveries are then
+// recovered by others after the visibility timeout. Redis I/O failures throw redis::error (a
+// blocking pop retries for a while first, to ride over a server restart).
 #pragma once
 
 #include <algorithm>
