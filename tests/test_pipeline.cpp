@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <spindle/bounded_queue.hpp>
@@ -237,4 +238,33 @@ TEST_CASE("bad options throw std::invalid_argument naming the function and the v
                        doctest::Contains("spindle::pipeline::stage"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(spindle::pipeline<int>().sink([](int) {}, {.workers = 0}),
                        doctest::Contains("spindle::pipeline::sink"), std::invalid_argument);
+}
+
+TEST_CASE("a stage queue fed more slowly than its consumer spins stops spinning before it sleeps") {
+  using queue = spindle::detail::batch_queue<int>;
+  queue q(16, 4);
+  CHECK(q.spin_budget() == queue::max_spin);
+  std::atomic<int> popped{0};
+  std::thread consumer([&] {
+    std::vector<int> out;
+    std::uint64_t seq = 0;
+    while (q.pop_batch(out, seq)) popped.fetch_add(static_cast<int>(out.size()));
+  });
+  // Each item comes only once the consumer sleeps: every spin was in vain, so each halves the
+  // budget, down to the floor.
+  auto wait_for = [](auto pred) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!pred() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+    return pred();
+  };
+  for (int i = 0; i < 12; ++i) {
+    REQUIRE(wait_for([&] { return q.sleeping_consumers() == 1; }));
+    int v = i;
+    REQUIRE(q.push(v, true) == spindle::status::ok);
+    REQUIRE(wait_for([&] { return popped.load() == i + 1; }));
+  }
+  CHECK(q.spin_budget() == queue::min_spin);  // 2000 halved 12 times, held at the floor
+  q.close();
+  consumer.join();
+  CHECK(popped.load() == 12);
 }

@@ -20,8 +20,9 @@
 // - Hand-offs are batched: an idle stage takes what is queued, up to `batch` items, in one lock;
 //   a busy stage lets items accumulate, so the per-item cost of a hand-off shrinks under load,
 //   while a lone item is never held back waiting for a batch to fill. No allocation per item:
-//   batch buffers are recycled between the stages. An idle stage polls its queue briefly
-//   (detail::batch_queue::spin_limit pauses) before it sleeps on a condition variable.
+//   batch buffers are recycled between the stages. An idle stage polls its queue briefly (up to
+//   detail::batch_queue::max_spin pauses, fewer while polling keeps failing) before it sleeps
+//   on a condition variable, so a slowly fed stage does not burn a core.
 // - End of stream: close() (or the end of run()'s source) closes the first queue; each stage,
 //   when its last worker has drained its input, closes the next queue.
 // - Errors: the first exception a stage throws is kept; the pipeline then stops taking input
@@ -34,6 +35,7 @@
 // - User code (stage functions) never runs under an internal lock.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <concepts>
 #include <condition_variable>
@@ -140,15 +142,30 @@ class batch_queue {
   /// position in pop order (0, 1, 2, ...).
   bool pop_batch(std::vector<T>& out, std::uint64_t& seq) {
     out.clear();
-    // Spin briefly before taking the lock to sleep: the next batch is often microseconds away.
-    for (int i = 0; i < spin_limit && !has_items_.load(std::memory_order_relaxed); ++i)
+    // Spin briefly before taking the lock to sleep, the next batch is often microseconds away,
+    // but only as long as spinning pays: the budget doubles (up to max_spin) when a batch
+    // arrives during the spin and halves (down to min_spin) when the consumer sleeps anyway,
+    // so a stage fed more slowly than its spin stops burning a core on it.
+    // relaxed: a heuristic shared by this queue's consumers; a lost update only misjudges once.
+    const int budget = spin_budget_.load(std::memory_order_relaxed);
+    int spun = 0;
+    while (spun < budget && !has_items_.load(std::memory_order_relaxed)) {
       cpu_relax();
+      ++spun;
+    }
     std::unique_lock lock(mu_);
+    bool slept = false;
     while (count_ == 0) {
       if (closed_) return false;
       ++pop_waiters_;
       not_empty_.wait(lock);
       --pop_waiters_;
+      slept = true;
+    }
+    if (slept) {
+      spin_budget_.store(std::max(min_spin, budget / 2), std::memory_order_relaxed);
+    } else if (spun > 0) {
+      spin_budget_.store(std::min(max_spin, budget * 2), std::memory_order_relaxed);
     }
     out.swap(ring_[head_]);
     head_ = (head_ + 1) % ring_.size();
@@ -163,6 +180,15 @@ class batch_queue {
     return true;
   }
 
+  /// Consumers asleep in pop_batch() now, and the pauses the next one spins first (for tests).
+  std::size_t sleeping_consumers() {
+    std::lock_guard lock(mu_);
+    return pop_waiters_;
+  }
+  int spin_budget() const noexcept { return spin_budget_.load(std::memory_order_relaxed); }
+  static constexpr int max_spin = 2000;  // pauses: tens of microseconds
+  static constexpr int min_spin = 16;    // a short probe, so that a faster feed is noticed
+
   /// Closes the queue: pushes fail, pops drain then fail. Idempotent.
   void close() {
     {
@@ -175,7 +201,6 @@ class batch_queue {
   }
 
  private:
-  static constexpr int spin_limit = 2000;
 
   std::size_t slot(std::size_t i) const { return (head_ + i) % ring_.size(); }
   void wake_pop(std::unique_lock<std::mutex>& lock) {
@@ -201,6 +226,7 @@ class batch_queue {
   // A relaxed hint, written under mu_, read without it by a consumer deciding whether to keep
   // spinning; the handover itself happens under mu_.
   std::atomic<bool> has_items_{false};
+  std::atomic<int> spin_budget_{max_spin};  // see pop_batch()
 };
 
 /// What every stage and queue of a pipeline shares: the error, the cancellation, the threads.
