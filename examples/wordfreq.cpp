@@ -362,8 +362,8 @@ int run_producer(const config& cfg, const redis::options& o) {
   merger totals(cfg.threads);
   auto last = clock_type::now();
   while (!pending.empty()) {
-    tally_stream::delivery d;
-    if (results.pop_delivery_for(d, std::chrono::seconds(1)) != spindle::status::ok) {
+    tally t;  // each pop acks the previous tally in the same round trip
+    if (results.pop_for(t, std::chrono::seconds(1)) != spindle::status::ok) {
       if (clock_type::now() - last > cfg.wait)
         throw std::runtime_error("no result for " + std::to_string(cfg.wait.count()) + " s with " +
                                  std::to_string(pending.size()) +
@@ -371,12 +371,12 @@ int run_producer(const config& cfg, const redis::options& o) {
       continue;
     }
     last = clock_type::now();
-    if (pending.erase(d.value.path) == 1) {  // a redelivered file's second tally is dropped
-      totals.add(std::move(d.value));
+    if (pending.erase(t.path) == 1) {  // a redelivered file's second tally is dropped
+      totals.add(std::move(t));
       bar.update(totals.files(), totals.bytes());
     }
-    results.ack(d);
   }
+  results.ack_last();
   results.destroy();
   bar.finish();
   totals.report(cfg.top, bar.seconds());

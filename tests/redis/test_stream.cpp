@@ -28,6 +28,7 @@ using test_support::redis_server;
 
 static_assert(spindle::channel<redis::stream<std::string>>);
 static_assert(spindle::detail::acknowledging_channel<redis::stream<int>>);
+static_assert(spindle::detail::fused_ack_channel<redis::stream<int>>);  // worker_pool fuses acks
 
 extern char** environ;
 
@@ -82,6 +83,51 @@ TEST_CASE("stream push and pop deliver in order with ok, empty, timeout, closed,
   CHECK_FALSE(s.pop().has_value());
   CHECK(s.in_flight() == 0);
   CHECK(s.size() == 0);  // acked entries are deleted
+}
+
+namespace {
+// Scripts the server has run (EVALSHA calls), from INFO commandstats.
+long evalsha_calls(redis::connection& c) {
+  std::string info = c.command("INFO", "commandstats").str();
+  auto at = info.find("cmdstat_evalsha:calls=");
+  if (at == std::string::npos) return 0;
+  return std::stol(info.substr(at + 22));
+}
+}  // namespace
+
+TEST_CASE("pop(T&) and ack_and_pop_delivery ack the previous entry in the next pop's script") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::connection c(local(srv.port()));
+  redis::stream<std::string> s("fused", local(srv.port()), {.poll_interval = 20ms});
+  for (int i = 0; i < 6; ++i) REQUIRE(s.push("e" + std::to_string(i)) == status::ok);
+  std::string v;
+  REQUIRE(s.pop(v) == status::ok);  // loads the script
+  CHECK(v == "e0");
+  const long before = evalsha_calls(c);
+  REQUIRE(s.pop(v) == status::ok);  // acks e0 in the same script
+  CHECK(v == "e1");
+  CHECK(s.in_flight() == 1);
+  CHECK(s.ack_last());  // a separate settle script
+  CHECK(s.in_flight() == 0);
+  redis::stream<std::string>::delivery d;
+  REQUIRE(s.pop_delivery(d) == status::ok);
+  CHECK(d.value == "e2");
+  REQUIRE(s.ack_and_pop_delivery(d) == status::ok);  // acks e2, pops e3
+  CHECK(d.value == "e3");
+  CHECK(s.in_flight() == 1);
+  CHECK(evalsha_calls(c) - before == 4);  // pop, settle, pop, pop: no settle before a pop
+  CHECK(s.size() == 3);                   // e0..e2 acked and deleted; e3 held, e4, e5 new
+  // An entry no longer held (another consumer claimed it) is skipped, never acked for them.
+  redis::stream<std::string> other("fused", local(srv.port()),
+                                   {.visibility_timeout = 1ms, .poll_interval = 20ms});
+  redis::stream<std::string>::delivery taken;
+  REQUIRE(eventually([&] {
+    return other.try_pop_delivery(taken) == status::ok && taken.value == "e3";
+  }));
+  REQUIRE(s.ack_and_pop_delivery(d) == status::ok);  // the fused ack of e3 is skipped
+  CHECK(d.value != "e3");
+  CHECK(other.ack(taken));  // still held by `other`: its own ack succeeds
 }
 
 TEST_CASE("close by one stream object ends a blocked pop of another") {

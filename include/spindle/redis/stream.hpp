@@ -30,8 +30,11 @@
 //     blocked pop holds only its own connection.
 //
 // Acknowledging through the channel interface: as redis::queue - pop(T&) keeps the delivery
-// pending until this thread's next pop, ack_last() or nack_last(). worker_pool acks after the
-// handler returns and nacks when it throws.
+// pending until this thread's next pop, ack_last() or nack_last(); that ack travels in the next
+// pop's script (one round trip for both). ack_and_pop_delivery() does the same for explicit
+// deliveries: worker_pool uses it after a handler returns, and nacks when the handler throws.
+// A fused ack of an entry this consumer no longer holds (claimed by another after the lease
+// expired) is skipped silently, as ack() would fail; ack() and nack() report the outcome.
 //
 // Key layout (hash tag {name}):
 //   {name}:stream     the stream; entries {v: payload, d: deliveries before (re)adding}
@@ -52,8 +55,10 @@
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
+#include <iterator>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/detail/channel_pops.hpp"
@@ -111,7 +116,16 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   stream& operator=(const stream&) = delete;
 
   /// Stops the heartbeat. Never throws.
-  ~stream() { hb_.stop(); }
+  /// Stops the heartbeat; acks still waiting for a pop are sent (best effort). Never throws.
+  ~stream() {
+    hb_.stop();
+    for (const auto& id : take_acks()) {
+      try {
+        settle(id, "ack");
+      } catch (...) {  // the entry is then claimed by another consumer after its lease
+      }
+    }
+  }
 
   const std::string& name() const noexcept { return name_; }
   /// This object's consumer name in the group.
@@ -149,6 +163,15 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   }
   /// Never blocks. Returns ok | empty | closed. Thread-safe.
   status try_pop_delivery(delivery& out) { return pop_until(out, clock::now(), {}, false); }
+
+  /// Acknowledges `d` and pops the next delivery into it, the ack travelling in the pop's first
+  /// script (one round trip instead of two). Like pop_delivery() otherwise; the ack's outcome
+  /// is not reported (an entry no longer held is skipped). Returns ok | closed | cancelled.
+  /// Thread-safe.
+  status ack_and_pop_delivery(delivery& d, std::stop_token st = {}) {
+    defer_ack(std::move(d.id));
+    return pop_until(d, std::nullopt, st, true);
+  }
 
   /// Acknowledges d (XACK, XDEL). Returns false if this consumer no longer holds it.
   /// Thread-safe.
@@ -242,9 +265,21 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
       std::lock_guard lock(cursor_mu_);
       cursor = cursor_;
     }
-    reply r = pop_.run(c, {stream_, dead_, closed_.key()},
-                       {so_.group, consumer_, std::to_string(so_.visibility_timeout.count()),
-                        std::to_string(so_.max_deliveries), cursor});
+    std::vector<std::string> args{so_.group, consumer_,
+                                  std::to_string(so_.visibility_timeout.count()),
+                                  std::to_string(so_.max_deliveries), std::move(cursor)};
+    auto acks = take_acks();
+    args.insert(args.end(), std::make_move_iterator(acks.begin()),
+                std::make_move_iterator(acks.end()));
+    reply r;
+    try {
+      r = pop_.run(c, {stream_, dead_, closed_.key()}, args);
+    } catch (...) {  // sent again with the retry (acking an entry twice skips the second)
+      std::lock_guard lock(acks_mu_);
+      acks_.insert(acks_.end(), std::make_move_iterator(args.begin() + 5),
+                   std::make_move_iterator(args.end()));
+      throw;
+    }
     auto code = r[0].integer();
     {
       std::lock_guard lock(cursor_mu_);
@@ -305,7 +340,10 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   }
 
   status pop_value(T& out, std::optional<time_point> deadline, std::stop_token st, bool may_block) {
-    ack_previous();
+    if (auto prev = last_.peek()) {  // this thread's previous pop(T&): acked with this pop
+      last_.erase();
+      defer_ack(std::move(*prev));
+    }
     delivery d;
     status s = pop_until(d, deadline, st, may_block);
     if (s != status::ok) return s;
@@ -314,11 +352,13 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     return s;
   }
 
-  // Acks this thread's previous pop(T&), retrying I/O failures for retry_window (a server
-  // restart) so that a finished item is not redelivered.
-  void ack_previous() {
-    detail::retry_window retry(so_.retry_window, so_.poll_interval);
-    retry.run([&] { return settle_last("ack"); });
+  void defer_ack(std::string id) {
+    std::lock_guard lock(acks_mu_);
+    acks_.push_back(std::move(id));
+  }
+  std::vector<std::string> take_acks() {
+    std::lock_guard lock(acks_mu_);
+    return std::exchange(acks_, {});
   }
 
   bool settle_last(const char* mode) {
@@ -343,6 +383,9 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   detail::script pop_{detail::lua_stream_pop, detail::lua_stream_prelude};
   detail::script settle_{detail::lua_stream_settle, detail::lua_stream_prelude};
   detail::script heartbeat_{detail::lua_stream_heartbeat, detail::lua_stream_prelude};
+
+  std::mutex acks_mu_;
+  std::vector<std::string> acks_;  // guarded by acks_mu_: handled ids for the next pop's script
 
   std::mutex cursor_mu_;
   std::string cursor_ = "0-0";  // guarded by cursor_mu_: XAUTOCLAIM scan position

@@ -259,7 +259,9 @@ end
 return 1
 )lua";
 
-// KEYS: stream, dead, closed. ARGV: group, consumer, min idle ms, max deliveries, cursor.
+// KEYS: stream, dead, closed. ARGV: group, consumer, min idle ms, max deliveries, cursor, then
+// the ids of this consumer's handled deliveries to ack first (XACK + XDEL of each one it still
+// holds; one it no longer holds is skipped, as an ack of it would fail).
 // Claims a stale delivery (dead-lettering those past max deliveries), else reads a new one.
 // Returns {1, id, payload, deliveries, cursor}, {0, cursor} none, {-1, cursor} closed and
 // drained: nothing new and no entry pending in the group (held by any consumer, live or dead,
@@ -268,6 +270,12 @@ inline constexpr std::string_view lua_stream_pop = R"lua(
 local s, g, me = KEYS[1], ARGV[1], ARGV[2]
 local max = tonumber(ARGV[4])
 local cursor = ARGV[5]
+for i = 6, #ARGV do
+  if pending_count(s, g, ARGV[i]) == me then
+    redis.call('XACK', s, g, ARGV[i])
+    redis.call('XDEL', s, ARGV[i])
+  end
+end
 for i = 1, 16 do
   local r = redis.call('XAUTOCLAIM', s, g, me, ARGV[3], cursor, 'COUNT', 1)
   cursor = r[1]
