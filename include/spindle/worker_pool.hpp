@@ -174,8 +174,7 @@ class worker_pool {
         error = std::current_exception();
       }
       if (error) {
-        c.failed.fetch_add(1, std::memory_order_relaxed);
-        fail(std::move(error));  // outside the catch block, so on_error may hand it off freely
+        fail(c, std::move(error));  // outside the catch block, so on_error may hand it off freely
       } else {
         c.processed.fetch_add(1, std::memory_order_relaxed);
       }
@@ -204,8 +203,7 @@ class worker_pool {
         error = std::current_exception();
       }
       if (error) {
-        c.failed.fetch_add(1, std::memory_order_relaxed);
-        fail(std::move(error));
+        fail(c, std::move(error));
         return;
       }
       if (s != status::ok) return;  // closed and drained, or cancelled by stop()
@@ -222,14 +220,13 @@ class worker_pool {
         error = std::current_exception();
       }
       if (error) {
-        c.failed.fetch_add(1, std::memory_order_relaxed);
         if (!handled) {
           try {
             source_.nack(d);
           } catch (...) {  // the lease then expires and the item is redelivered anyway
           }
         }
-        fail(std::move(error));
+        fail(c, std::move(error));
       } else {
         c.processed.fetch_add(1, std::memory_order_relaxed);
       }
@@ -240,17 +237,16 @@ class worker_pool {
           } catch (...) {
             error = std::current_exception();
           }
-          if (error) {
-            c.failed.fetch_add(1, std::memory_order_relaxed);
-            fail(std::move(error));
-          }
+          if (error) fail(c, std::move(error));
         }
         return;
       }
     }
   }
 
-  void fail(std::exception_ptr e) noexcept {
+  // Counts a failure of worker `c` and reports it: last_error(), then on_error.
+  void fail(counter& c, std::exception_ptr e) noexcept {
+    c.failed.fetch_add(1, std::memory_order_relaxed);
     {
       std::lock_guard lock(error_mu_);
       last_error_ = e;
