@@ -170,7 +170,9 @@ struct usage_error : std::runtime_error {
 /// directory; reports and skips the subdirectories it cannot list.
 std::vector<std::string> list_files(const fs::path& dir) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw usage_error("no such directory: " + dir.string());
+  if (!fs::is_directory(dir, ec))
+    throw usage_error((fs::exists(dir, ec) ? "not a directory: " : "no such directory: ") +
+                      dir.string());
   std::vector<std::string> files;
   fs::recursive_directory_iterator it(fs::absolute(dir), ec), end;
   for (; !ec && it != end; it.increment(ec)) {

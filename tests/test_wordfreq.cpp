@@ -186,6 +186,10 @@ TEST_CASE("wordfreq reports bad input with a clear message and exit code 2") {
   CHECK(missing.exited(2));
   CHECK(missing.err.find("no such directory: " + (t.path / "nope").string()) != std::string::npos);
   CHECK(missing.out.empty());
+  write(t.path / "file.txt", "words\n");
+  auto file = run({wordfreq, (t.path / "file.txt").string()});
+  CHECK(file.exited(2));
+  CHECK(file.err.find("not a directory: " + (t.path / "file.txt").string()) != std::string::npos);
   const std::vector<std::vector<std::string>> bad = {
       {"--top", "ten"},     {"--threads", "0"},
       {"--rate", "-1"},     {"--top"},
