@@ -153,7 +153,7 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     dead_ = tag + ":dead";
     seq_ = tag + ":seq";
     pending_ = tag + ":pending";
-        proc_prefix_ = tag + ":proc:";
+    proc_prefix_ = tag + ":proc:";
     consumer_ = detail::consumer_name();
     proc_ = proc_prefix_ + consumer_;
     max_arg_ = std::to_string(qo_.max_deliveries);

@@ -109,13 +109,12 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     std::string tag = "{" + name_ + "}";
     stream_ = tag + ":stream";
     dead_ = tag + ":dead";
-        consumer_ = detail::consumer_name();
+    consumer_ = detail::consumer_name();
   }
 
   stream(const stream&) = delete;
   stream& operator=(const stream&) = delete;
 
-  /// Stops the heartbeat. Never throws.
   /// Stops the heartbeat; acks still waiting for a pop are sent (best effort). Never throws.
   ~stream() {
     hb_.stop();
