@@ -12,6 +12,11 @@
 //      prefetching 16) against hiredis doing the classic pattern: LPUSH (one per round trip, or
 //      64 pipelined); BLMOVE to a per-consumer processing list; LREM to ack. Validated: job
 //      count, checksum of the payloads, nothing left ready, in flight or pending.
+//   5. stream end to end (--items / 5 entries): one producer thread pushes, one consumer pops
+//      and acks. spindle::redis::stream through pop_delivery + ack, and through pop(T&), whose
+//      ack travels in the next pop's script, against hiredis doing XADD; XREADGROUP (COUNT 1,
+//      BLOCK 20 ms); XACK + XDEL pipelined (spindle's ack deletes the entry too). Validated:
+//      count, checksum, nothing left in the stream or pending.
 //   4. limiter try_acquire (--items / 5 calls per run, in 10 alternating rounds):
 //      spindle::redis::token_bucket against hiredis calling EVALSHA of the same token-bucket Lua
 //      script; every call must be granted.
@@ -253,6 +258,91 @@ double hiredis_queue(std::uint16_t port, redis::connection& c, std::uint64_t n, 
 }
 #endif
 
+// ---- stream --------------------------------------------------------------------------------
+
+// One producer pushes n entries while one consumer pops and acks them; returns entries/s.
+double spindle_stream(std::uint16_t port, std::uint64_t n, bool fused, int run) {
+  using namespace std::chrono_literals;
+  using s_t = redis::stream<std::uint64_t>;
+  s_t s("bench:s:" + std::to_string(fused) + ":" + std::to_string(run), {.port = port},
+        {.poll_interval = 20ms});
+  s.destroy();
+  job_tally t;
+  auto t0 = bench::clock::now();
+  std::thread consumer([&] {
+    if (fused) {
+      std::uint64_t v = 0;
+      while (s.pop(v) == spindle::status::ok)
+        if (t.record(v, n)) s.close();  // the next pop acks v, then sees closed
+    } else {
+      s_t::delivery d;
+      while (s.pop_delivery(d) == spindle::status::ok) {
+        bench::validate(s.ack(d), "spindle stream ack");
+        if (t.record(d.value, n)) s.close();
+      }
+    }
+  });
+  for (std::uint64_t i = 0; i < n; ++i)
+    bench::validate(s.push(i) == spindle::status::ok, "spindle stream push");
+  consumer.join();
+  double rate = t.rate(t0, n);
+  t.check(n, "spindle stream");
+  bench::validate(s.size() == 0 && s.pending() == 0, "spindle stream: left entries or pending");
+  s.destroy();
+  return rate;
+}
+
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+// XADD; XREADGROUP COUNT 1 BLOCK 20; XACK + XDEL pipelined.
+double hiredis_stream(std::uint16_t port, redis::connection& c, std::uint64_t n) {
+  const std::string key = "bench:hs";
+  c.command("DEL", key);
+  c.command("XGROUP", "CREATE", key, "g", "0", "MKSTREAM");
+  job_tally t;
+  auto t0 = bench::clock::now();
+  std::thread consumer([&] {
+    redisContext* h = hiredis_connect(port);
+    while (t.done.load(std::memory_order_acquire) < n) {
+      auto* r = static_cast<redisReply*>(
+          redisCommand(h, "XREADGROUP GROUP g c COUNT 1 BLOCK 20 STREAMS %s >", key.c_str()));
+      bench::validate(r != nullptr && r->type != REDIS_REPLY_ERROR, "hiredis XREADGROUP");
+      if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {  // nil on timeout
+        freeReplyObject(r);
+        continue;
+      }
+      const redisReply* entry = r->element[0]->element[1]->element[0];
+      std::string id(entry->element[0]->str, entry->element[0]->len);
+      const redisReply* fields = entry->element[1];
+      std::uint64_t v = std::stoull(std::string(fields->element[1]->str, fields->element[1]->len));
+      freeReplyObject(r);
+      redisAppendCommand(h, "XACK %s g %b", key.c_str(), id.data(), id.size());
+      redisAppendCommand(h, "XDEL %s %b", key.c_str(), id.data(), id.size());
+      for (int k = 0; k < 2; ++k) {
+        void* a = nullptr;
+        bench::validate(redisGetReply(h, &a) == REDIS_OK, "hiredis XACK/XDEL");
+        hiredis_check(a);
+      }
+      t.record(v, n);
+    }
+    redisFree(h);
+  });
+  redisContext* p = hiredis_connect(port);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    std::string v = std::to_string(i);
+    hiredis_check(redisCommand(p, "XADD %s * v %b", key.c_str(), v.data(), v.size()));
+  }
+  redisFree(p);
+  consumer.join();
+  double rate = t.rate(t0, n);
+  t.check(n, "hiredis stream");
+  bench::validate(c.command("XLEN", key).integer() == 0 &&
+                      c.command("XPENDING", key, "g")[0].integer() == 0,
+                  "hiredis stream: left entries or pending");
+  c.command("DEL", key);
+  return rate;
+}
+#endif
+
 // ---- token bucket --------------------------------------------------------------------------
 
 // A bucket that never runs dry during the run, so every call must be granted.
@@ -359,7 +449,7 @@ int main(int argc, char** argv) {
                               {consume::channel, 64, 1},  {consume::fused, 64, 16},
                               {consume::channel, 64, 16}};
   constexpr int n_modes = sizeof modes / sizeof modes[0];
-  std::vector<double> sq[2][n_modes], hq[2], hp[2], s_tb, h_tb;
+  std::vector<double> sq[2][n_modes], hq[2], hp[2], s_tb, h_tb, ss_plain, ss_fused, hs;
   for (int r = 0; r < a.runs; ++r) {
     for (int k = 0; k < 2; ++k) {
       for (int m = 0; m < n_modes; ++m)
@@ -369,6 +459,11 @@ int main(int argc, char** argv) {
       hp[k].push_back(hiredis_queue(srv.port(), c, n_jobs, k + 1, 64) / 1e3);
 #endif
     }
+    ss_plain.push_back(spindle_stream(srv.port(), n_jobs, false, r) / 1e3);
+    ss_fused.push_back(spindle_stream(srv.port(), n_jobs, true, r) / 1e3);
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+    hs.push_back(hiredis_stream(srv.port(), c, n_jobs) / 1e3);
+#endif
     // The limiter pair alternates in 10 rounds of n/10 calls, in both orders, so that load
     // from other processes falls on both alike; the figure is the median round.
     std::uint64_t per_round = std::max<std::uint64_t>(n_jobs / 10, 1);
@@ -410,6 +505,11 @@ int main(int argc, char** argv) {
     if (!hp[k].empty()) q.add("hiredis LPUSH x64 pipelined / BLMOVE / LREM", bench::median(hp[k]));
     q.print();
   }
+  bench::table st("stream push/pop/ack end to end, 1 producer, 1 consumer", "k entries/s");
+  st.add("spindle stream push, pop_delivery + ack", bench::median(ss_plain));
+  st.add("spindle stream push, pop(T&), fused ack", bench::median(ss_fused), true);
+  if (!hs.empty()) st.add("hiredis XADD / XREADGROUP / XACK+XDEL", bench::median(hs));
+  st.print();
   bench::table tb("limiter try_acquire, 1 thread, always granted", "k calls/s");
   tb.add("spindle::redis::token_bucket", bench::median(s_tb), true);
   if (!h_tb.empty()) tb.add("hiredis EVALSHA, same Lua script", bench::median(h_tb));
