@@ -321,9 +321,9 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     for (const auto& m : members.elements()) keys.push_back(proc_prefix_ + m.str());
     pool_.command("DEL", keys);
     closed_.reset();
+    acks_.take();  // dropped: the envelopes they name are gone
     std::lock_guard lock(buf_mu_);
     buffer_.clear();
-    acks_.clear();
   }
 
  private:
@@ -440,19 +440,11 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   }
 
   // Queues an ack for the next fetch (or heartbeat, or destructor).
-  void defer_ack(std::string envelope) {
-    std::lock_guard lock(buf_mu_);
-    acks_.push_back(std::move(envelope));
-  }
+  void defer_ack(std::string envelope) { acks_.add(std::move(envelope)); }
 
   // Sends the deferred acks now (one fetch script that pops nothing).
   void flush_acks(connection& c) {
-    bool any = false;
-    {
-      std::lock_guard lock(buf_mu_);
-      any = !acks_.empty();
-    }
-    if (any) fetch(c, 0, nullptr);
+    if (!acks_.empty()) fetch(c, 0, nullptr);
   }
 
   bool take_buffered(delivery& out) {
@@ -473,19 +465,12 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   // caller marks the object stranded: the script may have moved envelopes we never saw).
   status fetch(connection& c, std::size_t n, delivery* out) {
     std::vector<std::string> args{consumer_, n == qo_.prefetch ? prefetch_arg_ : std::to_string(n)};
-    {
-      std::lock_guard lock(buf_mu_);
-      args.insert(args.end(), std::make_move_iterator(acks_.begin()),
-                  std::make_move_iterator(acks_.end()));
-      acks_.clear();
-    }
+    acks_.append_to(args);
     reply r;
     try {
       r = fetch_.run(c, {consumers_, proc_, ready_, closed_.key(), pending_}, args);
     } catch (...) {
-      std::lock_guard lock(buf_mu_);
-      acks_.insert(acks_.end(), std::make_move_iterator(args.begin() + 2),
-                   std::make_move_iterator(args.end()));
+      acks_.restore(args, 2);
       throw;
     }
     if (args.size() > 2) {
@@ -533,8 +518,8 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
       {
         std::lock_guard lock(buf_mu_);
         if (std::find(buffer_.begin(), buffer_.end(), e.str()) != buffer_.end()) continue;
-        if (std::find(acks_.begin(), acks_.end(), e.str()) != acks_.end()) continue;
       }
+      if (acks_.contains(e.str())) continue;
       settle_.run(c, {consumers_, proc_, ready_, dead_, pending_},
                   {consumer_, e.str(), "nack", max_arg_});
     }
@@ -637,7 +622,7 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
 
   std::mutex buf_mu_;
   std::deque<std::string> buffer_;  // guarded by buf_mu_: prefetched, not yet handed out
-  std::vector<std::string> acks_;   // guarded by buf_mu_: acks for the next fetch
+  detail::deferred_acks acks_;      // for the next fetch (its own lock, never held with others)
 
   detail::last_taken last_;
   detail::heartbeat_thread hb_;  // last member: stopped (joined) first in destruction order

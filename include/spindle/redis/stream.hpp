@@ -55,7 +55,6 @@
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
-#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -118,7 +117,7 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   /// Stops the heartbeat; acks still waiting for a pop are sent (best effort). Never throws.
   ~stream() {
     hb_.stop();
-    for (const auto& id : take_acks()) {
+    for (const auto& id : acks_.take()) {
       try {
         settle(id, "ack");
       } catch (...) {  // the entry is then claimed by another consumer after its lease
@@ -168,7 +167,7 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   /// is not reported (an entry no longer held is skipped). Returns ok | closed | cancelled.
   /// Thread-safe.
   status ack_and_pop_delivery(delivery& d, std::stop_token st = {}) {
-    defer_ack(std::move(d.id));
+    acks_.add(std::move(d.id));
     return pop_until(d, std::nullopt, st, true);
   }
 
@@ -267,16 +266,12 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     std::vector<std::string> args{so_.group, consumer_,
                                   std::to_string(so_.visibility_timeout.count()),
                                   std::to_string(so_.max_deliveries), std::move(cursor)};
-    auto acks = take_acks();
-    args.insert(args.end(), std::make_move_iterator(acks.begin()),
-                std::make_move_iterator(acks.end()));
+    acks_.append_to(args);
     reply r;
     try {
       r = pop_.run(c, {stream_, dead_, closed_.key()}, args);
     } catch (...) {  // sent again with the retry (acking an entry twice skips the second)
-      std::lock_guard lock(acks_mu_);
-      acks_.insert(acks_.end(), std::make_move_iterator(args.begin() + 5),
-                   std::make_move_iterator(args.end()));
+      acks_.restore(args, 5);
       throw;
     }
     auto code = r[0].integer();
@@ -341,7 +336,7 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   status pop_value(T& out, std::optional<time_point> deadline, std::stop_token st, bool may_block) {
     if (auto prev = last_.peek()) {  // this thread's previous pop(T&): acked with this pop
       last_.erase();
-      defer_ack(std::move(*prev));
+      acks_.add(std::move(*prev));
     }
     delivery d;
     status s = pop_until(d, deadline, st, may_block);
@@ -349,15 +344,6 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     out = std::move(d.value);
     last_.set(std::move(d.id));
     return s;
-  }
-
-  void defer_ack(std::string id) {
-    std::lock_guard lock(acks_mu_);
-    acks_.push_back(std::move(id));
-  }
-  std::vector<std::string> take_acks() {
-    std::lock_guard lock(acks_mu_);
-    return std::exchange(acks_, {});
   }
 
   bool settle_last(const char* mode) {
@@ -383,8 +369,7 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   detail::script settle_{detail::lua_stream_settle, detail::lua_stream_prelude};
   detail::script heartbeat_{detail::lua_stream_heartbeat, detail::lua_stream_prelude};
 
-  std::mutex acks_mu_;
-  std::vector<std::string> acks_;  // guarded by acks_mu_: handled ids for the next pop's script
+  detail::deferred_acks acks_;  // handled entry ids for the next pop's script
 
   std::mutex cursor_mu_;
   std::string cursor_ = "0-0";  // guarded by cursor_mu_: XAUTOCLAIM scan position

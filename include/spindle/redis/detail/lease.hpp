@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>  // std::function: the heartbeat's body, built once per object
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -19,6 +20,7 @@
 #include <thread>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "spindle/redis/detail/scripts.hpp"
 #include "spindle/redis/error.hpp"
@@ -160,6 +162,49 @@ class retry_window {
   std::chrono::milliseconds pause_;
   bool failing_ = false;
   clock::time_point since_{};
+};
+
+/// Acks waiting to travel in a channel's next script call (a fused ack): handles (envelopes or
+/// entry ids) of handled deliveries. The script call moves them into its arguments with
+/// append_to(); if the call fails in flight it hands them back with restore(), for the retry
+/// (acking a handle twice finds nothing the second time). Thread-safe.
+class deferred_acks {
+ public:
+  /// Queues h for the next script call.
+  void add(std::string h) {
+    std::lock_guard lock(mu_);
+    acks_.push_back(std::move(h));
+  }
+  /// Moves every queued handle to the end of args.
+  void append_to(std::vector<std::string>& args) {
+    std::lock_guard lock(mu_);
+    args.insert(args.end(), std::make_move_iterator(acks_.begin()),
+                std::make_move_iterator(acks_.end()));
+    acks_.clear();
+  }
+  /// Queues again the handles [first, args.end()) of a call that failed in flight.
+  void restore(std::vector<std::string>& args, std::size_t first) {
+    std::lock_guard lock(mu_);
+    acks_.insert(acks_.end(), std::make_move_iterator(args.begin() + first),
+                 std::make_move_iterator(args.end()));
+  }
+  bool empty() const {
+    std::lock_guard lock(mu_);
+    return acks_.empty();
+  }
+  bool contains(const std::string& h) const {
+    std::lock_guard lock(mu_);
+    return std::find(acks_.begin(), acks_.end(), h) != acks_.end();
+  }
+  /// Takes every queued handle (to settle them some other way, or to drop them).
+  std::vector<std::string> take() {
+    std::lock_guard lock(mu_);
+    return std::exchange(acks_, {});
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> acks_;  // guarded by mu_
 };
 
 /// What each thread last took through pop(T&): the handle (envelope or entry id) its next pop,
