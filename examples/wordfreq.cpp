@@ -345,14 +345,20 @@ struct spindle::redis::codec<wordfreq::tally> {
 
 namespace wordfreq {
 
-using file_queue = redis::queue<std::string>;
-using tally_stream = redis::stream<tally>;
+/// A job's Redis channels, named after --job: the paths to count, and one tally per path.
+struct job_channels {
+  redis::queue<std::string> paths;
+  redis::stream<tally> results;
+  job_channels(const std::string& job, const redis::options& o)
+      : paths(job + ":files", o), results(job + ":tallies", o, {.group = "producer"}) {}
+};
 
 /// Over Redis, the producer: queues every path, then gathers one tally per path.
 int run_producer(const config& cfg, const redis::options& o) {
   auto files = list_files(cfg.dir);
-  file_queue paths(cfg.job + ":files", o);
-  tally_stream results(cfg.job + ":tallies", o, {.group = "producer"});
+  job_channels job(cfg.job, o);
+  auto& paths = job.paths;
+  auto& results = job.results;
   paths.destroy();  // a fresh job: no state left by an earlier run of the same name
   results.destroy();
   paths.push_all(files);  // 64 paths per round trip
@@ -387,8 +393,9 @@ int run_producer(const config& cfg, const redis::options& o) {
 
 /// Over Redis, a worker: read -> tokenize -> count each queued path, with a worker_pool.
 int run_worker(const config& cfg, const redis::options& o) {
-  file_queue paths(cfg.job + ":files", o);
-  tally_stream results(cfg.job + ":tallies", o, {.group = "producer"});
+  job_channels job(cfg.job, o);
+  auto& paths = job.paths;
+  auto& results = job.results;
   std::optional<redis::token_bucket> bucket;  // one rate shared by every worker
   if (cfg.rate > 0) bucket.emplace(cfg.job + ":rate", o, cfg.rate, 1);
   spindle::worker_pool pool(
