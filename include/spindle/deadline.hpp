@@ -23,6 +23,41 @@
 
 namespace spindle {
 
+namespace detail {
+
+/// `d` converted to `To`, rounded up (a wait is never shorter than asked), saturating at
+/// To::max() / To::min() instead of overflowing: `hours::max()` becomes `nanoseconds::max()`.
+/// The one conversion behind every `_for(duration)` call. Never throws.
+template <class To, class Rep, class Period>
+constexpr To saturating_ceil(std::chrono::duration<Rep, Period> d) noexcept {
+  using std::chrono::duration;
+  using wide = duration<long double, typename To::period>;
+  const auto w = std::chrono::duration_cast<wide>(d);
+  if (w >= wide(static_cast<long double>(To::max().count()))) return To::max();
+  if (w <= wide(static_cast<long double>(To::min().count()))) return To::min();
+  return std::chrono::ceil<To>(d);
+}
+
+/// The time point `d` after `now`, saturating at time_point::max() ("never") instead of
+/// overflowing, and at `now` for negative durations. The one deadline computation behind every
+/// `_for(duration)` call: `duration::max()` and `deadline<>::never().remaining()` mean no limit.
+template <class TimePoint, class Rep, class Period>
+constexpr TimePoint saturating_add(TimePoint now, std::chrono::duration<Rep, Period> d) noexcept {
+  using dur = typename TimePoint::duration;
+  if (d <= d.zero()) return now;
+  const dur step = saturating_ceil<dur>(d);
+  if (step >= TimePoint::max() - now) return TimePoint::max();
+  return now + step;
+}
+
+/// `Clock::now() + d`, saturating (see saturating_add).
+template <class Clock, class Rep, class Period>
+typename Clock::time_point time_after(std::chrono::duration<Rep, Period> d) {
+  return saturating_add(Clock::now(), d);
+}
+
+}  // namespace detail
+
 /// An absolute time point of `Clock`, or never. Holds a copy of the clock it is read by (copies
 /// of manual_clock share one time). A value type: copying it copies the time point.
 /// Thread-safe to read from many threads (its members are const after construction).
@@ -41,9 +76,8 @@ class deadline {
 
   /// The deadline `d` from now (saturates at never instead of overflowing).
   static deadline after(duration d, Clock c = {}) {
-    auto now = c.now();
-    if (d > time_point::max() - now) return never(std::move(c));
-    return deadline(std::move(c), now + d);
+    auto t = detail::saturating_add(c.now(), d);
+    return deadline(std::move(c), t);
   }
 
   /// The deadline at time point `t`.
@@ -91,9 +125,7 @@ status sleep_until(const deadline<Clock>& dl, typename Clock::time_point t,
 /// Sleeps for `d` on the deadline's clock, but no later than the deadline (see above).
 template <clock Clock>
 status sleep_for(const deadline<Clock>& dl, typename Clock::duration d, std::stop_token st = {}) {
-  auto now = dl.clock().now();
-  auto t = d > Clock::time_point::max() - now ? Clock::time_point::max() : now + d;
-  return sleep_until(dl, t, std::move(st));
+  return sleep_until(dl, detail::saturating_add(dl.clock().now(), d), std::move(st));
 }
 
 }  // namespace spindle
