@@ -80,6 +80,9 @@ TEST_CASE("a command's future holds its reply; an error reply fails only that co
   CHECK_THROWS_AS(bad.get(), redis::server_error);
   CHECK(good.get().integer() == 43);
   CHECK(c.command("GET", "missing").get().is_nil());
+  CHECK(c.call("GET", "k").integer() == 43);  // the blocking form
+  CHECK_THROWS_AS(c.call("LPUSH", "k", "x"), redis::server_error);
+  CHECK_THROWS_AS(c.call("BLPOP", "k", 0), std::invalid_argument);
   CHECK(c.connects() == 1);
 }
 
@@ -95,8 +98,11 @@ TEST_CASE("many threads on one client each get their own replies") {
     g.spawn([&, t] {
       gate.wait();
       for (int i = 0; i < per_thread; ++i) {
-        // Half the calls wait at once, half are gathered: both interleave with other threads.
-        if (i % 2 == 0) {
+        // A third wait at once, a third are gathered, a third use call(): all interleave.
+        if (i % 3 == 2) {
+          c.call("SET", key(t, i), value(t, i));
+          (c.call("GET", key(t, i)).str() == value(t, i) ? ok : wrong).fetch_add(1);
+        } else if (i % 3 == 0) {
           c.command("SET", key(t, i), value(t, i)).get();
           auto r = c.command("GET", key(t, i)).get();
           (r.str() == value(t, i) ? ok : wrong).fetch_add(1);
@@ -399,9 +405,16 @@ TEST_CASE("a continuation may issue the next command from the I/O thread") {
   c.command("SET", "b", "c").get();
   spindle::promise<std::string> done;
   auto out = done.get_future();
+  std::atomic<bool> call_refused{false};
   c.command("GET", "a").then([&](redis::reply r) {
+    try {
+      c.call("PING");  // would wait for the I/O thread, which is this thread
+    } catch (const std::logic_error&) {
+      call_refused = true;
+    }
     c.command("GET", r.str()).then([&](redis::reply r2) { done.set_value(r2.str()); });
   });
   REQUIRE(out.wait_for(10s) == spindle::status::ok);
   CHECK(out.get() == "c");
+  CHECK(call_refused.load());
 }

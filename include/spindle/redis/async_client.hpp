@@ -7,6 +7,7 @@
 //   auto all = spindle::when_all(std::move(fs)).get();    // asyncio.gather
 //   auto g = c.command_for(std::chrono::milliseconds(50), "INCR", "n");   // per-call timeout
 //   auto h = c.command(stop_source.get_token(), "GET", "k");              // cancellable
+//   auto v = c.call("GET", "k");                          // blocking: waits without spinning
 //
 // How it works: callers encode their command and append it to one buffer (a short lock); one
 // I/O thread writes whatever has queued since its previous write in a single send (automatic
@@ -75,6 +76,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <semaphore>  // binary_semaphore: call() sleeps without spinning
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -164,14 +166,14 @@ class async_client {
   /// close(). Allocates (the future's state, the reply). Thread-safe.
   template <command_arg... A>
   future<reply> command(const A&... args) {
-    return submit(call_options{}, args...);
+    return command(call_options{}, args...);
   }
 
   /// As command(args...), but a stop request fails the future with cancelled_error at once
   /// (while waiting for room too). Thread-safe.
   template <command_arg... A>
   future<reply> command(std::stop_token stop, const A&... args) {
-    return submit(call_options{.stop = std::move(stop)}, args...);
+    return command(call_options{.stop = std::move(stop)}, args...);
   }
 
   /// As command(args...), but the future fails with spindle::timeout_error once `timeout` has
@@ -180,20 +182,64 @@ class async_client {
   template <class Rep, class Period, command_arg... A>
   future<reply> command_for(std::chrono::duration<Rep, Period> timeout, const A&... args) {
     using ns = std::chrono::nanoseconds;
-    return submit(call_options{.timeout = spindle::detail::saturating_ceil<ns>(timeout)}, args...);
+    return command(call_options{.timeout = spindle::detail::saturating_ceil<ns>(timeout)}, args...);
   }
 
   /// As command(args...) with both a timeout and a stop token. Thread-safe.
   template <command_arg... A>
   future<reply> command(const call_options& how, const A&... args) {
-    return submit(how, args...);
+    const std::string& buf = encode(args...);
+    const auto at = deadline_of(how.timeout);
+    if (how.stop.stop_requested()) return failed(cancelled_error());
+    promise<reply> p;
+    future<reply> f = p.get_future();
+    switch (admit(buf, at, how.stop, false, target{std::move(p), nullptr})) {
+      case admitted::ok:
+        return f;
+      case admitted::timeout:
+        return failed(timeout_error(
+            "redis::async_client::command: no room within the call's timeout; not sent"));
+      case admitted::cancelled:
+        return failed(cancelled_error());
+      case admitted::full:
+        break;
+    }
+    return failed(error("redis::async_client::command: the client is full (" +
+                        std::to_string(aopts_.max_in_flight) +
+                        " in flight) and the caller is its own I/O thread, which cannot wait "
+                        "for room"));
   }
 
   /// As command(args...), but returns nullopt at once instead of waiting for room. Throws like
   /// command(). Thread-safe.
   template <command_arg... A>
   std::optional<future<reply>> try_command(const A&... args) {
-    return submit(call_options{}, args..., try_tag{});
+    const std::string& buf = encode(args...);
+    const auto at = deadline_of(std::chrono::nanoseconds::max());
+    promise<reply> p;
+    future<reply> f = p.get_future();
+    if (admit(buf, at, {}, true, target{std::move(p), nullptr}) != admitted::ok)
+      return std::nullopt;
+    return f;
+  }
+
+  /// Sends one command and waits for its reply, sleeping without spinning: the blocking form
+  /// for callers that wait at once (many threads each awaiting one command). Returns the reply;
+  /// throws redis::server_error for an error reply, redis::error if the connection broke, and
+  /// like command() otherwise; std::logic_error on the I/O thread (it would wait for itself).
+  /// async_options::default_timeout does not apply (io_timeout bounds the wait). Never allocates
+  /// beyond the reply. Thread-safe.
+  template <command_arg... A>
+  reply call(const A&... args) {
+    if (std::this_thread::get_id() == io_id_)
+      throw std::logic_error("redis::async_client::call: called on the client's I/O thread, "
+                             "which would wait for itself (use command().then())");
+    const std::string& buf = encode(args...);
+    waiter w;
+    admit(buf, clock::time_point::max(), {}, false, target{std::nullopt, &w});
+    w.ready.acquire();
+    if (w.error) std::rethrow_exception(w.error);
+    return std::move(w.value);
   }
 
   /// Refuses new commands (they throw spindle::closed_error; callers waiting for room wake and
@@ -229,7 +275,42 @@ class async_client {
   const options& get_options() const noexcept { return opts_; }
 
  private:
-  struct try_tag {};
+  // A blocked call(): the I/O thread stores the result and releases `ready`.
+  struct waiter {
+    std::binary_semaphore ready{0};
+    reply value;
+    std::exception_ptr error;
+  };
+
+  // Where one command's result goes: its promise, or a waiting call().
+  struct target {
+    std::optional<promise<reply>> p;
+    waiter* w = nullptr;
+    void set(reply r) {
+      if (w == nullptr) {
+        if (r.is_error())
+          p->set_exception(std::make_exception_ptr(server_error(r.str())));
+        else
+          p->set_value(std::move(r));
+        return;
+      }
+      if (r.is_error())
+        w->error = std::make_exception_ptr(server_error(r.str()));
+      else
+        w->value = std::move(r);
+      w->ready.release();
+    }
+    void fail(std::exception_ptr e) {
+      if (w == nullptr) {
+        p->set_exception(std::move(e));
+        return;
+      }
+      w->error = std::move(e);
+      w->ready.release();
+    }
+  };
+
+  enum class admitted { ok, full, timeout, cancelled };
 
   // Sets the cancel flag of one slot and wakes the I/O thread; runs in the thread that
   // requests stop (or inline in the stop_callback constructor, under mu_: it takes no lock).
@@ -246,14 +327,14 @@ class async_client {
   // One admitted command. Written by its caller under mu_ before the I/O thread takes it (the
   // take is under mu_ too); afterwards only the I/O thread touches it, except `cancel`.
   struct slot {
-    std::optional<promise<reply>> result;
+    target result;
     std::atomic<bool> cancel{false};
     bool done = false;  // a result was given (reply, timeout, cancel); I/O thread only
     std::optional<std::stop_callback<canceller>> on_stop;
   };
 
   struct finished {
-    promise<reply> p;
+    target t;
     reply r;
   };
 
@@ -263,17 +344,26 @@ class async_client {
     bool operator>(const timer& o) const noexcept { return at > o.at; }
   };
 
-  static std::string& scratch() {
-    static thread_local std::string s;
-    return s;
+  // Encodes into this thread's scratch buffer and checks the command. Throws
+  // std::invalid_argument for a refused command.
+  template <class... A>
+  static const std::string& encode(const A&... args) {
+    static thread_local std::string buf;
+    buf.clear();
+    encode_command(buf, args...);
+    std::string_view name;
+    if (const char* why = detail::async_refusal(buf, name))
+      throw std::invalid_argument("redis::async_client::command: " + std::string(name) + " " +
+                                  why);
+    return buf;
   }
 
-  template <class... A>
-  static constexpr bool is_try() {
-    if constexpr (sizeof...(A) == 0)
-      return false;
-    else
-      return std::is_same_v<std::tuple_element_t<sizeof...(A) - 1, std::tuple<A...>>, try_tag>;
+  clock::time_point deadline_of(std::chrono::nanoseconds timeout) const {
+    if (timeout == std::chrono::nanoseconds::max() && aopts_.default_timeout.count() > 0)
+      timeout = aopts_.default_timeout;
+    return timeout == std::chrono::nanoseconds::max()
+               ? clock::time_point::max()
+               : spindle::detail::saturating_add(clock::now(), timeout);
   }
 
   template <class T>
@@ -284,79 +374,32 @@ class async_client {
     return f;
   }
 
-  // Encodes, checks, waits for room, and queues one command. The last argument may be try_tag.
-  template <class... A>
-  auto submit(const call_options& how, const A&... args)
-      -> std::conditional_t<is_try<A...>(), std::optional<future<reply>>, future<reply>> {
-    constexpr bool trying = is_try<A...>();
-    std::string& buf = scratch();
-    buf.clear();
-    encode_args(buf, args...);
-    std::string_view name;
-    if (const char* why = detail::async_refusal(buf, name))
-      throw std::invalid_argument("redis::async_client::command: " + std::string(name) + " " +
-                                  why);
-    auto timeout = how.timeout;
-    if (timeout == std::chrono::nanoseconds::max() && aopts_.default_timeout.count() > 0)
-      timeout = aopts_.default_timeout;
-    const auto at = timeout == std::chrono::nanoseconds::max()
-                        ? clock::time_point::max()
-                        : spindle::detail::saturating_add(clock::now(), timeout);
-    if (how.stop.stop_requested()) return failed(cancelled_error());
-    promise<reply> p;
-    future<reply> f = p.get_future();
+  // Waits for room (unless `trying`, or on the I/O thread: then `full`), then queues the
+  // encoded command with its result target. Throws spindle::closed_error once closed.
+  admitted admit(const std::string& buf, clock::time_point at, const std::stop_token& stop,
+                 bool trying, target&& t) {
     std::unique_lock lk(mu_);
     if (closed_) throw closed_error("redis::async_client::command: the client is closed");
     if (!has_room(buf.size())) {
-      if constexpr (trying) {
-        return std::nullopt;
-      } else {
-        if (std::this_thread::get_id() == io_id_)
-          return failed(error("redis::async_client::command: the client is full (" +
-                              std::to_string(aopts_.max_in_flight) +
-                              " in flight) and the caller is its own I/O thread, which cannot "
-                              "wait for room"));
-        ++waiters_;
-        auto ready = [&] { return closed_ || has_room(buf.size()); };
-        bool ok = at == clock::time_point::max()
-                      ? space_cv_.wait(lk, how.stop, ready)
-                      : space_cv_.wait_until(lk, how.stop, at, ready);
-        --waiters_;
-        if (closed_) throw closed_error("redis::async_client::command: the client is closed");
-        if (!ok) {
-          lk.unlock();
-          if (how.stop.stop_requested()) return failed(cancelled_error());
-          return failed(timeout_error("redis::async_client::command: no room within the "
-                                      "call's timeout; the command was not sent"));
-        }
-      }
+      if (trying || std::this_thread::get_id() == io_id_) return admitted::full;
+      ++waiters_;
+      auto ready = [&] { return closed_ || has_room(buf.size()); };
+      bool ok = at == clock::time_point::max() ? space_cv_.wait(lk, stop, ready)
+                                               : space_cv_.wait_until(lk, stop, at, ready);
+      --waiters_;
+      if (closed_) throw closed_error("redis::async_client::command: the client is closed");
+      if (!ok) return stop.stop_requested() ? admitted::cancelled : admitted::timeout;
     }
     const std::uint64_t seq = tail_++;
     slot& s = slots_[seq % aopts_.max_in_flight];
-    s.result.emplace(std::move(p));
+    s.result = std::move(t);
     out_.append(buf);
     if (at != clock::time_point::max()) new_timers_.push_back(timer{at, seq});
-    if (how.stop.stop_possible()) s.on_stop.emplace(how.stop, canceller{this, &s.cancel});
+    if (stop.stop_possible()) s.on_stop.emplace(stop, canceller{this, &s.cancel});
     const bool sleeping = std::exchange(sleeping_, false);
     lk.unlock();
     if (sleeping) wake();
-    return f;
-  }
-
-  template <class... A>
-  static void encode_args(std::string& out, const A&... args) {
-    if constexpr (is_try<A...>())
-      encode_without_last(out, std::index_sequence_for<A...>{}, std::forward_as_tuple(args...));
-    else
-      encode_command(out, args...);
-  }
-  template <std::size_t... I, class Tuple>
-  static void encode_without_last(std::string& out, std::index_sequence<I...>, const Tuple& t) {
-    encode_prefix(out, t, std::make_index_sequence<sizeof...(I) - 1>{});
-  }
-  template <class Tuple, std::size_t... I>
-  static void encode_prefix(std::string& out, const Tuple& t, std::index_sequence<I...>) {
-    encode_command(out, std::get<I>(t)...);
+    return admitted::ok;
   }
 
   // Requires mu_.
@@ -567,7 +610,7 @@ class async_client {
   // Moves the oldest owed command's promise, with its reply, to done_, and frees its slot.
   void take_result(reply r) {
     slot& s = slots_[io_head_ % aopts_.max_in_flight];
-    if (!s.done) done_.push_back(finished{std::move(*s.result), std::move(r)});
+    if (!s.done) done_.push_back(finished{std::move(s.result), std::move(r)});
     free_slot(s);
     ++io_head_;
   }
@@ -578,12 +621,7 @@ class async_client {
   // deadline and its late reply goes to no one" (in_flight() == 0 afterwards).
   void finish_results() {
     publish_head();
-    for (auto& d : done_) {
-      if (d.r.is_error())
-        d.p.set_exception(std::make_exception_ptr(server_error(d.r.str())));
-      else
-        d.p.set_value(std::move(d.r));
-    }
+    for (auto& d : done_) d.t.set(std::move(d.r));
     done_.clear();
   }
 
@@ -598,7 +636,7 @@ class async_client {
 
   void free_slot(slot& s) {
     s.on_stop.reset();  // waits for a stop callback running right now (it takes no lock)
-    s.result.reset();
+    s.result = target{};
     s.done = false;
     s.cancel.store(false, std::memory_order_relaxed);  // published by mu_ in publish_head()
   }
@@ -622,15 +660,15 @@ class async_client {
   void fail_taken(const std::string& message) {
     wbuf_.clear();
     wpos_ = 0;
-    std::vector<promise<reply>> owed;  // fulfilled after the slots are published (see above)
+    std::vector<target> owed;  // fulfilled after the slots are published (see above)
     while (io_head_ != taken_) {
       slot& s = slots_[io_head_ % aopts_.max_in_flight];
-      if (!s.done) owed.push_back(std::move(*s.result));
+      if (!s.done) owed.push_back(std::move(s.result));
       free_slot(s);
       ++io_head_;
     }
     publish_head();
-    for (auto& p : owed) p.set_exception(std::make_exception_ptr(error(message)));
+    for (auto& t : owed) t.fail(std::make_exception_ptr(error(message)));
   }
 
   void scan_cancels() {
@@ -638,7 +676,7 @@ class async_client {
       slot& s = slots_[q % aopts_.max_in_flight];
       if (!s.done && s.cancel.load(std::memory_order_acquire)) {
         s.done = true;
-        s.result->set_exception(std::make_exception_ptr(cancelled_error(
+        s.result.fail(std::make_exception_ptr(cancelled_error(
             "redis::async_client: cancelled; the reply will be read and discarded")));
       }
     }
@@ -653,7 +691,7 @@ class async_client {
       slot& s = slots_[t.seq % aopts_.max_in_flight];
       if (!s.done) {
         s.done = true;
-        s.result->set_exception(std::make_exception_ptr(timeout_error(
+        s.result.fail(std::make_exception_ptr(timeout_error(
             "redis::async_client: no reply within the call's timeout; the reply will be read "
             "and discarded")));
       }
