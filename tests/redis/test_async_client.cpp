@@ -418,3 +418,19 @@ TEST_CASE("a continuation may issue the next command from the I/O thread") {
   CHECK(out.get() == "c");
   CHECK(call_refused.load());
 }
+
+#ifdef SPINDLE_REDIS_ASYNC_EXAMPLE
+#include "support/process.hpp"
+
+TEST_CASE("the example fetches 1,000 keys sequentially and concurrently and prints both times") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  test_support::child ex(
+      {SPINDLE_REDIS_ASYNC_EXAMPLE, "redis://127.0.0.1:" + std::to_string(srv.port())});
+  auto r = ex.finish(60s);
+  CHECK(r.exited(0));
+  CHECK(r.out.find("sequential: 1000 GETs in") != std::string::npos);
+  CHECK(r.out.find("concurrent: 1000 GETs in") != std::string::npos);
+  CHECK(r.out.find("2000 of 2000 replies right") != std::string::npos);
+}
+#endif
