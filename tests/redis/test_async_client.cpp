@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/fault_proxy.hpp"
 #include "support/redis_server.hpp"
 #include "support/threads.hpp"
 
@@ -417,6 +418,88 @@ TEST_CASE("a continuation may issue the next command from the I/O thread") {
   REQUIRE(out.wait_for(10s) == spindle::status::ok);
   CHECK(out.get() == "c");
   CHECK(call_refused.load());
+}
+
+TEST_CASE("a lost reply fails its command and those behind it; none is re-sent") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  redis::async_client c(local(proxy.port()));
+  redis::connection direct(local(srv.port()));
+  for (int round = 1; round <= 5; ++round) {
+    proxy.drop_reply_of("INCR");
+    auto before = c.command("PING");
+    auto lost = c.command("INCR", "n");
+    std::vector<spindle::future<redis::reply>> behind;
+    for (int i = 0; i < 50; ++i) behind.push_back(c.command("ECHO", value(round, i)));
+    CHECK(before.get().str() == "PONG");
+    CHECK(failure(lost).find("may or may not have run") != std::string::npos);
+    for (int i = 0; i < 50; ++i) {
+      auto& f = behind[static_cast<std::size_t>(i)];
+      std::string why = failure(f);  // answered before the drop never happens: all fail
+      CHECK(why.find("may or may not have run") != std::string::npos);
+    }
+    CHECK(direct.command("GET", "n").integer() == round);  // it ran once, never again
+    CHECK(c.command("GET", "n").get().integer() == round);  // the next command reconnects
+  }
+  CHECK(c.connects() == 6);
+}
+
+TEST_CASE("a reply cut in the middle fails its command with a connection error") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  redis::async_client c(local(proxy.port()));
+  c.command("SET", "big", std::string(100000, 'x')).get();
+  proxy.cut_mid_reply("GET");
+  auto cut = c.command("GET", "big");
+  CHECK_THROWS_AS(cut.get(), redis::error);
+  CHECK(c.command("STRLEN", "big").get().integer() == 100000);
+}
+
+TEST_CASE("a blackholed path fails what is in flight after io_timeout, then recovers") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  auto o = local(proxy.port());
+  o.io_timeout = 200ms;
+  o.connect_timeout = 200ms;
+  redis::async_client c(o);
+  c.command("SET", "k", "mine").get();
+  proxy.blackhole(true);
+  auto stuck = c.command("GET", "k");
+  CHECK(failure(stuck).find("io_timeout") != std::string::npos);
+  proxy.disconnect_all();  // the path never recovers for that connection
+  proxy.blackhole(false);
+  CHECK(c.command("GET", "k").get().str() == "mine");
+}
+
+TEST_CASE("a slow path: a timed-out command's late reply goes to no one") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  redis::async_client c(local(proxy.port()));
+  c.command("SET", "k", "mine").get();
+  proxy.delay(100ms);
+  auto late = c.command_for(10ms, "ECHO", "late");
+  auto next = c.command("GET", "k");
+  CHECK_THROWS_AS(late.get(), spindle::timeout_error);
+  CHECK(next.get().str() == "mine");
+  proxy.delay(0ms);
+  CHECK(c.command("ECHO", "now").get().str() == "now");
+  CHECK(c.connects() == 1);
+}
+
+TEST_CASE("every connection dropped while idle: the next command reconnects and succeeds") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  redis::async_client c(local(proxy.port()));
+  for (int round = 0; round < 10; ++round) {
+    CHECK(c.command("PING").get().str() == "PONG");
+    proxy.disconnect_all();
+  }
+  CHECK(c.command("PING").get().str() == "PONG");
 }
 
 #ifdef SPINDLE_REDIS_ASYNC_EXAMPLE
