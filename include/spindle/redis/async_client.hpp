@@ -177,7 +177,8 @@ class async_client {
   }
 
   /// As command(args...), but the future fails with spindle::timeout_error once `timeout` has
-  /// passed without a reply (the wait for room counts). duration::max() means no limit.
+  /// passed without a reply (the wait for room counts). duration::max() means no limit; a
+  /// timeout <= 0 fails at once and sends nothing.
   /// Thread-safe.
   template <class Rep, class Period, command_arg... A>
   future<reply> command_for(std::chrono::duration<Rep, Period> timeout, const A&... args) {
@@ -191,6 +192,9 @@ class async_client {
     const std::string& buf = encode(args...);
     const auto at = deadline_of(how.timeout);
     if (how.stop.stop_requested()) return failed(cancelled_error());
+    if (how.timeout <= std::chrono::nanoseconds::zero())
+      return failed(timeout_error("redis::async_client::command: timeout " +
+                                  std::to_string(how.timeout.count()) + " ns; not sent"));
     promise<reply> p;
     future<reply> f = p.get_future();
     switch (admit(buf, at, how.stop, false, target{std::move(p), nullptr})) {
