@@ -400,6 +400,18 @@ TEST_CASE("close answers every command already issued; later commands throw clos
   CHECK_THROWS_AS(c.command("PING"), spindle::closed_error);
 }
 
+TEST_CASE("close waits for a slow reply asleep, not spinning") {
+  if (!redis_server::available()) return;
+  redis_server srv(debug_server());
+  redis::async_client c(local(srv.port()));
+  auto slow = c.command("DEBUG", "SLEEP", "0.5");
+  auto before = process_cpu();
+  c.close();  // drains: waits for the reply
+  auto used = process_cpu() - before;
+  CHECK(slow.get().str() == "OK");
+  CHECK(used < 30ms);  // about 1 ms when asleep; 100-500 ms when spinning
+}
+
 TEST_CASE("a continuation may issue the next command from the I/O thread") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());

@@ -394,10 +394,13 @@ class async_client {
       if (closed_) throw closed_error("redis::async_client::command: the client is closed");
       if (!ok) return stop.stop_requested() ? admitted::cancelled : admitted::timeout;
     }
+    // What may throw (allocation) comes first, so a throw leaves the queue as it was.
+    if (at != clock::time_point::max() && new_timers_.size() == new_timers_.capacity())
+      new_timers_.reserve(2 * new_timers_.size() + 16);
+    out_.append(buf);
     const std::uint64_t seq = tail_++;
     slot& s = slots_[seq % aopts_.max_in_flight];
     s.result = std::move(t);
-    out_.append(buf);
     if (at != clock::time_point::max()) new_timers_.push_back(timer{at, seq});
     if (stop.stop_possible()) s.on_stop.emplace(stop, canceller{this, &s.cancel});
     const bool sleeping = std::exchange(sleeping_, false);
@@ -494,7 +497,7 @@ class async_client {
       until = std::min(until, last_progress_ + opts_.io_timeout);
     {
       std::lock_guard lk(mu_);
-      if (!out_.empty() || closed_) return;  // work arrived; closed_ is rechecked by run()
+      if (!out_.empty()) return;  // work arrived (close() wakes the poll below)
       sleeping_ = true;
     }
     // Invariant: a caller that queues after the check above sees sleeping_ and writes the
