@@ -48,7 +48,9 @@
 // thread: then() continuations run there, so they must be short and must never wait for
 // another future of this client (the I/O thread would wait for itself: use
 // then(executor, f) for such work). A command issued from the I/O thread never blocks for
-// room: when the client is full it returns a future holding redis::error.
+// room: when the client is full it returns a future holding redis::error; call() there
+// throws std::logic_error. A caller that waits at once for each reply should use call(): it
+// sleeps on a semaphore, where future::get() spins first (costly with many such threads).
 //
 // Lifetime: close() (and the destructor) refuses new commands, lets the I/O thread write what
 // is queued and read every reply owed (bounded by io_timeout when it is set), then joins it.
