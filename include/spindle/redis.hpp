@@ -2,10 +2,11 @@
 //
 // spindle::redis: options and from_url, redis::error / server_error, the RESP encoder and
 // incremental parser, connection (commands, pipelining, AUTH/SELECT, reconnect), pool (connections
-// shared by threads), codec<T>.
+// shared by threads), codec<T>, cluster (Redis Cluster routing).
 // Needs only POSIX sockets and a Redis server (6 or later for ACL users and RESP3).
 #pragma once
 
+#include "spindle/redis/cluster.hpp"  // Redis Cluster routing: slots, MOVED/ASK, failover
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/connection.hpp"
 #include "spindle/redis/error.hpp"
