@@ -235,6 +235,26 @@ TEST_CASE("a pipeline on one slot runs on its primary in order, transactions and
   CHECK(c.pipeline(redis::batch()).empty());
 }
 
+TEST_CASE("sharded pub/sub: SPUBLISH is routed by the channel's slot to its SSUBSCRIBErs") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  for (const auto& p : c.primaries()) {
+    std::string channel = key_on(c, p, "news");
+    auto sub = c.connect_for_key(channel);
+    CHECK(sub.get_options().port == p.port);
+    auto ack = sub.command("SSUBSCRIBE", channel);
+    CHECK(ack[0].str() == "ssubscribe");
+    CHECK(c.command("SPUBLISH", channel, "hello " + p.str()).integer() == 1);
+    auto msg = sub.read();
+    REQUIRE(msg.size() == 3);
+    CHECK(msg[0].str() == "smessage");
+    CHECK(msg[1].str() == channel);
+    CHECK(msg[2].str() == "hello " + p.str());
+  }
+  CHECK(c.command("SPUBLISH", "{nobody}", "x").integer() == 0);
+}
+
 TEST_CASE("eval_script loads the script on each node that answers NOSCRIPT, then runs it there") {
   auto* cl = shared_cluster();
   if (cl == nullptr) return;
@@ -318,6 +338,93 @@ TEST_CASE("a slot migrated during a run: ASK, then TRYAGAIN within the budget, t
   // A client made now reads the new map at once.
   redis::cluster fresh(cl->url());
   CHECK(fresh.primary_for_slot(slot) == dst);
+}
+
+TEST_CASE("threads sharing one cluster lose and repeat no INCR while its slot moves to another "
+          "primary (ASK, then MOVED)") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  const std::string hot = "{hot}:n", cold = "{hot}:cold";
+  const auto slot = redis::key_slot(hot);
+  auto src = c.primary_for_slot(slot);
+  redis::node_address dst;
+  for (const auto& p : c.primaries())
+    if (!(p == src)) dst = p;
+  c.command("DEL", hot);
+  c.command("SET", cold, 1);  // stays on src until moved: the slot is half-migrated meanwhile
+
+  constexpr int threads = 4;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::int64_t> results;  // every INCR's reply; guarded by mu
+  std::vector<std::string> errors;    // guarded by mu
+  bool moved_all = false;             // guarded by mu
+  int after_move = 0;                 // INCRs since the slot was handed over; guarded by mu
+  test_support::start_gate gate;
+  test_support::thread_group g;
+  for (int t = 0; t < threads; ++t)
+    g.spawn([&] {
+      gate.wait();
+      for (int i = 0; i < 100000; ++i) {
+        try {
+          auto v = c.command("INCR", hot).integer();
+          std::lock_guard lock(mu);
+          results.push_back(v);
+          if (moved_all && ++after_move >= 200) break;
+        } catch (const std::exception& e) {
+          std::lock_guard lock(mu);
+          errors.push_back(e.what());
+          break;
+        }
+        cv.notify_all();
+      }
+      cv.notify_all();
+    });
+  gate.open();
+  auto wait_for = [&](auto pred) {
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, 20s, [&] { return pred() || !errors.empty(); });
+  };
+  REQUIRE(wait_for([&] { return results.size() >= 200; }));
+  auto src_id = node_id(src), dst_id = node_id(dst);
+  auto s = direct(src), d = direct(dst);
+  CHECK(d.command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id).str() == "OK");
+  CHECK(s.command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id).str() == "OK");
+  CHECK(s.command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", hot).str() == "OK");
+  auto asks = c.stats().ask;
+  std::size_t mark = 0;
+  {
+    std::lock_guard lock(mu);
+    mark = results.size();
+  }
+  // Hold the half-migrated state until the threads have gone through ASK a while.
+  REQUIRE(wait_for([&] { return results.size() >= mark + 200; }));
+  CHECK(c.stats().ask > asks);
+  CHECK(s.command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", cold).str() == "OK");
+  CHECK(d.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  CHECK(s.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  for (const auto& p : c.primaries())
+    if (!(p == src) && !(p == dst))
+      CHECK(direct(p).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  {
+    std::lock_guard lock(mu);
+    moved_all = true;
+  }
+  REQUIRE(g.join_within(60s));
+  CHECK(errors.empty());
+  if (!errors.empty()) MESSAGE("first error: " << errors.front());
+  // Conservation: the replies are exactly 1..N, each once, and the counter is N.
+  std::sort(results.begin(), results.end());
+  bool exact = true;
+  for (std::size_t i = 0; i < results.size(); ++i)
+    exact = exact && results[i] == static_cast<std::int64_t>(i + 1);
+  CHECK(exact);
+  CHECK(c.command("GET", hot).integer() == static_cast<std::int64_t>(results.size()));
+  CHECK(c.primary_for_slot(slot) == dst);
+  MESSAGE(results.size() << " INCRs by " << threads << " threads; ask " << c.stats().ask
+                         << ", moved " << c.stats().moved << ", refreshes "
+                         << c.stats().refreshes);
 }
 
 TEST_CASE("a primary SIGKILLed during a run of writes: the in-flight command fails clearly, "

@@ -40,9 +40,12 @@
 // the others go on with the old one. Lifetime: the destructor closes every connection; replies
 // already returned stay valid.
 //
+// Sharded pub/sub: SPUBLISH goes through command() (routed by the channel's slot); SSUBSCRIBE on
+// the connection that connect_for_key(channel) opens to the channel's primary.
+//
 // Not yet: replicas for reads, MULTI/EXEC across a slot migration (a transaction in a pipeline
-// works while its slot stays put), pub/sub subscriptions, and the structures (queue, stream,
-// limiters) on a cluster.
+// works while its slot stays put), resubscribing when a sharded channel's slot moves, and the
+// structures (queue, stream, topic, limiters) on a cluster.
 #pragma once
 
 #include <poll.h>  // noticing a peer gone from an idle pooled connection
@@ -227,6 +230,19 @@ class cluster {
   reply command_on(const node_address& at, const A&... args) {
     auto l = pool_for(at).acquire();
     return l->command(args...);
+  }
+
+  /// A new connection (not pooled: the caller owns it) to the primary that owns `key`'s slot,
+  /// e.g. for SSUBSCRIBE to a sharded pub/sub channel named `key` (SPUBLISH goes through
+  /// command()). When the slot moves, the server ends the subscription (an sunsubscribe
+  /// message); the caller connects again. Throws like connection's constructor. Thread-safe.
+  connection connect_for_key(std::string_view key) const {
+    auto at = primary_for_key(key);
+    options o = cfg_.node;
+    o.host = at.host;
+    o.port = at.port;
+    o.db = 0;
+    return connection(std::move(o));
   }
 
   /// The primary that owns `slot` in the current map. Throws redis::error if none does.
