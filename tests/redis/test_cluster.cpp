@@ -63,6 +63,40 @@ std::string key_on(redis::cluster& c, const redis::node_address& owner, const st
   return {};
 }
 
+// Starts moving `slot` from src to dst (the specification's order: importing side first).
+void begin_migration(std::uint16_t slot, const redis::node_address& src,
+                     const redis::node_address& dst) {
+  auto src_id = node_id(src), dst_id = node_id(dst);
+  CHECK(direct(dst).command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id).str() == "OK");
+  CHECK(direct(src).command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id).str() == "OK");
+}
+
+// Moves `key` (whose slot is migrating) from src to dst.
+void migrate_key(const std::string& key, const redis::node_address& src,
+                 const redis::node_address& dst) {
+  CHECK(direct(src).command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", key).str() ==
+        "OK");
+}
+
+// Hands `slot` to dst: dst first, then src, then the other primaries.
+void end_migration(redis::cluster& c, std::uint16_t slot, const redis::node_address& src,
+                   const redis::node_address& dst) {
+  auto dst_id = node_id(dst);
+  CHECK(direct(dst).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  CHECK(direct(src).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  for (const auto& p : c.primaries())
+    if (!(p == src) && !(p == dst))
+      CHECK(direct(p).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+}
+
+// A primary other than `p`.
+redis::node_address other_primary(redis::cluster& c, const redis::node_address& p) {
+  for (const auto& q : c.primaries())
+    if (!(q == p)) return q;
+  FAIL("one primary only");
+  return {};
+}
+
 }  // namespace
 
 TEST_CASE("key_slot follows the cluster specification: CRC16 XMODEM and the first {tag}") {
@@ -283,17 +317,12 @@ TEST_CASE("a slot migrated during a run: ASK, then TRYAGAIN within the budget, t
   redis::cluster c(cl->url());
   const std::string a = "{mig}:a", b = "{mig}:b", n = "{mig}:new";
   const auto slot = redis::key_slot(a);
-  auto src = c.primary_for_slot(slot);
-  redis::node_address dst;
-  for (const auto& p : c.primaries())
-    if (!(p == src)) dst = p;
+  auto src = c.primary_for_slot(slot), dst = other_primary(c, src);
   CHECK(c.command("SET", a, "A").str() == "OK");
   CHECK(c.command("SET", b, "B").str() == "OK");
-  auto src_id = node_id(src), dst_id = node_id(dst);
-  auto s = direct(src), d = direct(dst);
-  CHECK(d.command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id).str() == "OK");
-  CHECK(s.command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id).str() == "OK");
-  CHECK(s.command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", a).str() == "OK");
+  begin_migration(slot, src, dst);
+  migrate_key(a, src, dst);
+  auto d = direct(dst);
 
   // a is on dst now: src answers ASK, the client asks dst. b is still on src. A new key goes to
   // dst (src does not have it: ASK).
@@ -319,13 +348,8 @@ TEST_CASE("a slot migrated during a run: ASK, then TRYAGAIN within the budget, t
   CHECK(std::chrono::steady_clock::now() - t0 < 5s);
 
   // Finish the migration: every key to dst, the slot assigned to dst everywhere.
-  CHECK(s.command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", b).str() == "OK");
-  // The importing node first, then the source, then the others (the specification's order).
-  CHECK(d.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
-  CHECK(s.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
-  for (const auto& p : c.primaries())
-    if (!(p == src) && !(p == dst))
-      CHECK(direct(p).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  migrate_key(b, src, dst);
+  end_migration(c, slot, src, dst);
   // The client's map still says src: MOVED, map patched and refreshed, no error.
   CHECK(c.command("GET", b).str() == "B");
   CHECK(c.stats().moved >= 1);
@@ -347,10 +371,7 @@ TEST_CASE("threads sharing one cluster lose and repeat no INCR while its slot mo
   redis::cluster c(cl->url());
   const std::string hot = "{hot}:n", cold = "{hot}:cold";
   const auto slot = redis::key_slot(hot);
-  auto src = c.primary_for_slot(slot);
-  redis::node_address dst;
-  for (const auto& p : c.primaries())
-    if (!(p == src)) dst = p;
+  auto src = c.primary_for_slot(slot), dst = other_primary(c, src);
   c.command("DEL", hot);
   c.command("SET", cold, 1);  // stays on src until moved: the slot is half-migrated meanwhile
 
@@ -387,11 +408,8 @@ TEST_CASE("threads sharing one cluster lose and repeat no INCR while its slot mo
     return cv.wait_for(lock, 20s, [&] { return pred() || !errors.empty(); });
   };
   REQUIRE(wait_for([&] { return results.size() >= 200; }));
-  auto src_id = node_id(src), dst_id = node_id(dst);
-  auto s = direct(src), d = direct(dst);
-  CHECK(d.command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id).str() == "OK");
-  CHECK(s.command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id).str() == "OK");
-  CHECK(s.command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", hot).str() == "OK");
+  begin_migration(slot, src, dst);
+  migrate_key(hot, src, dst);
   auto asks = c.stats().ask;
   std::size_t mark = 0;
   {
@@ -401,12 +419,8 @@ TEST_CASE("threads sharing one cluster lose and repeat no INCR while its slot mo
   // Hold the half-migrated state until the threads have gone through ASK a while.
   REQUIRE(wait_for([&] { return results.size() >= mark + 200; }));
   CHECK(c.stats().ask > asks);
-  CHECK(s.command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", cold).str() == "OK");
-  CHECK(d.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
-  CHECK(s.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
-  for (const auto& p : c.primaries())
-    if (!(p == src) && !(p == dst))
-      CHECK(direct(p).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  migrate_key(cold, src, dst);
+  end_migration(c, slot, src, dst);
   {
     std::lock_guard lock(mu);
     moved_all = true;
