@@ -199,6 +199,11 @@ TEST_CASE("commands reach all three primaries, each key on the node that owns it
     CHECK(d.command("CLUSTER", "KEYSLOT", k).integer() == redis::key_slot(k));
   }
   CHECK(c.command("PING").str() == "PONG");  // no key: any primary
+  // Budgets saturate: the largest durations mean no limit, and nothing overflows.
+  CHECK(c.command_for(std::chrono::hours::max(), "PING").str() == "PONG");
+  CHECK(c.command_for(std::chrono::nanoseconds::max(), "GET", key_on(c, primaries[0], "route"))
+            .str() == primaries[0].str());
+  CHECK(c.pipeline_for(std::chrono::milliseconds::max(), redis::batch().add("PING")).size() == 1);
   CHECK(c.command("ObJeCt", "ENCODING", key_on(c, primaries[1], "route")).str() == "embstr");
   CHECK(c.stats().moved == 0);
   CHECK(c.stats().ask == 0);

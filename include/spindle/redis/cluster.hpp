@@ -166,12 +166,15 @@ class cluster {
     return command_for(cfg_.retry_timeout, args...);
   }
 
-  /// command() with its own retry budget (duration::max(): no limit). Thread-safe.
-  template <command_arg... A>
-  reply command_for(std::chrono::milliseconds budget, const A&... args) {
+  /// command() with its own retry budget (saturating: duration::max() means no limit).
+  /// Thread-safe.
+  template <class Rep, class Period, command_arg... A>
+  reply command_for(std::chrono::duration<Rep, Period> budget, const A&... args) {
     batch b;
     b.add(args...);
-    auto r = run(b, budget, "command", true).replies;
+    auto r = run(b, spindle::detail::saturating_ceil<std::chrono::milliseconds>(budget), "command",
+                 true)
+                 .replies;
     if (r.at(0).is_error()) throw server_error(r[0].str());
     return std::move(r[0]);
   }
@@ -184,10 +187,13 @@ class cluster {
   /// Throws like command(). Allocates. Thread-safe.
   std::vector<reply> pipeline(const batch& b) { return pipeline_for(cfg_.retry_timeout, b); }
 
-  /// pipeline() with its own retry budget. Thread-safe.
-  std::vector<reply> pipeline_for(std::chrono::milliseconds budget, const batch& b) {
+  /// pipeline() with its own retry budget (saturating, as command_for). Thread-safe.
+  template <class Rep, class Period>
+  std::vector<reply> pipeline_for(std::chrono::duration<Rep, Period> budget, const batch& b) {
     if (b.empty()) return {};
-    return run(b, budget, "pipeline", false).replies;
+    return run(b, spindle::detail::saturating_ceil<std::chrono::milliseconds>(budget), "pipeline",
+               false)
+        .replies;
   }
 
   /// Runs the Lua script `source` with `keys` (all in one slot) and `args` by EVALSHA on the
@@ -277,6 +283,7 @@ class cluster {
 
  private:
   static constexpr std::uint16_t no_owner = 0xFFFF;
+  static constexpr std::chrono::milliseconds max_acquire_wait = std::chrono::hours(24);
 
   struct slot_map {
     std::vector<node_address> primaries;
@@ -464,7 +471,8 @@ class cluster {
         }
         bool sent = false;
         try {
-          auto l = pool_for(target).acquire_for(remaining(until));
+          // (a cap: condition_variable::wait_for overflows on the largest durations)
+          auto l = pool_for(target).acquire_for(std::min(remaining(until), max_acquire_wait));
           if (!l) throw error("no connection of the pool free in time");
           if (peer_gone(**l)) {
             // A node being killed may still complete a TCP handshake (the kernel's backlog)
@@ -472,7 +480,11 @@ class cluster {
             // command. Invariant: attacked by "a primary SIGKILLed during a run of writes"
             // (unknown outcomes <= 1; without this PING it saw 2 in 2 runs of 3).
             (*l)->reconnect();
-            (*l)->command("PING");
+            batch ping;
+            ping.add("PING");
+            auto pong = (*l)->pipeline(ping);  // an error reply (LOADING) is returned, not thrown
+            if (pong.at(0).is_error())
+              throw error("it answered PING with " + std::string(code_of(pong[0])));
           }
           sent = true;
           rs = (*l)->pipeline(whole && !ask ? b : again);
