@@ -475,10 +475,13 @@ class cluster {
           auto l = pool_for(target).acquire_for(std::min(remaining(until), max_acquire_wait));
           if (!l) throw error("no connection of the pool free in time");
           if (peer_gone(**l)) {
-            // A node being killed may still complete a TCP handshake (the kernel's backlog)
-            // and reset it just after: a PING here keeps "nothing was sent" true for the
-            // command. Invariant: attacked by "a primary SIGKILLed during a run of writes"
-            // (unknown outcomes <= 1; without this PING it saw 2 in 2 runs of 3).
+            // Invariant: reconnecting here, before the command is written, is what lets a
+            // refused connection count as "nothing sent" (else the connection reconnects inside
+            // pipeline() and a refusal reads as an unknown outcome: 1800+ of 2000 writes in
+            // "a primary SIGKILLed during a run of writes" without it). A node being killed may
+            // still complete a TCP handshake (the kernel's backlog) and reset it just after: the
+            // PING keeps "nothing was sent" true then (without it, 2 unknown outcomes in 2 runs
+            // of 3 of that test, which allows 1).
             (*l)->reconnect();
             batch ping;
             ping.add("PING");
