@@ -183,6 +183,27 @@ TEST_CASE("key_slot agrees with CLUSTER KEYSLOT of the real cluster for 3000 key
   CHECK(wrong == 0);
 }
 
+TEST_CASE("CLUSTER SHARDS (RESP2 and RESP3) and CLUSTER SLOTS give the same slot map") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::node_address at{"127.0.0.1", cl->port(0)};
+  auto c2 = direct(at);
+  redis::connection c3({.port = at.port, .protocol = 3});
+  auto shards = redis::detail::from_shards(c2.command("CLUSTER", "SHARDS"), at);
+  auto shards3 = redis::detail::from_shards(c3.command("CLUSTER", "SHARDS"), at);
+  auto slots = redis::detail::from_slots(c2.command("CLUSTER", "SLOTS"), at);
+  CHECK(shards->covered == 16384);
+  CHECK(shards->primaries.size() == 3);
+  std::size_t differ = 0;
+  for (std::size_t s = 0; s < 16384; ++s) {
+    auto a = shards->primaries[shards->owner[s]], b = shards3->primaries[shards3->owner[s]],
+         d = slots->primaries[slots->owner[s]];
+    differ += (a == b && a == d) ? 0 : 1;
+  }
+  CHECK(differ == 0);
+  CHECK_THROWS_AS(redis::detail::from_slots(c2.command("ECHO", "x"), at), redis::error);
+}
+
 TEST_CASE("commands reach all three primaries, each key on the node that owns its slot") {
   auto* cl = shared_cluster();
   if (cl == nullptr) return;

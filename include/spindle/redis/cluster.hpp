@@ -99,6 +99,108 @@ struct node_address {
   friend bool operator==(const node_address&, const node_address&) = default;
 };
 
+namespace detail {
+
+/// Which primary serves each slot: the map the cluster client routes by. Immutable once built.
+struct slot_map {
+  static constexpr std::uint16_t no_owner = 0xFFFF;
+  std::vector<node_address> primaries;
+  std::array<std::uint16_t, cluster_slots> owner;  // index into primaries, or no_owner
+  std::size_t covered = 0;                         // slots with an owner
+};
+
+inline std::shared_ptr<slot_map> empty_map() {
+  auto m = std::make_shared<slot_map>();
+  m->owner.fill(slot_map::no_owner);
+  return m;
+}
+
+inline void assign(slot_map& m, std::int64_t lo, std::int64_t hi, const node_address& a) {
+  if (lo < 0 || hi >= cluster_slots || lo > hi)
+    throw error("redis::cluster: slot range out of bounds in the map");
+  auto it = std::find(m.primaries.begin(), m.primaries.end(), a);
+  if (it == m.primaries.end()) it = m.primaries.insert(m.primaries.end(), a);
+  auto idx = static_cast<std::uint16_t>(it - m.primaries.begin());
+  for (auto s = lo; s <= hi; ++s) {
+    if (m.owner[static_cast<std::size_t>(s)] == slot_map::no_owner) ++m.covered;
+    m.owner[static_cast<std::size_t>(s)] = idx;
+  }
+}
+
+// A field of a RESP3 map or of a RESP2 flat [name, value, ...] array; nullptr if absent.
+inline const reply* field(const reply& m, std::string_view name) {
+  const auto& e = m.elements();
+  for (std::size_t i = 0; i + 1 < e.size(); i += 2)
+    if (e[i].is_string() && e[i].str() == name) return &e[i + 1];
+  return nullptr;
+}
+
+// CLUSTER SHARDS: [{slots: [lo, hi, ...], nodes: [{ip, endpoint, port, role, health}, ...]}]
+// (RESP3 maps or RESP2 flat arrays). `asked`: the node that answered (its host stands in for an
+// unknown endpoint). Throws redis::error on a malformed reply.
+inline std::shared_ptr<slot_map> from_shards(const reply& r, const node_address& asked) {
+  auto m = empty_map();
+  for (const auto& shard : r.elements()) {
+    const reply* slots = field(shard, "slots");
+    const reply* nodes = field(shard, "nodes");
+    if (slots == nullptr || nodes == nullptr || slots->size() == 0) continue;
+    // The primary: role master, preferring a healthy one (a failed old primary may still be
+    // listed as master next to the replica promoted in its place).
+    const reply* best = nullptr;
+    int best_rank = -1;
+    for (const auto& n : nodes->elements()) {
+      const reply* role = field(n, "role");
+      if (role == nullptr || role->str() != "master") continue;
+      const reply* health = field(n, "health");
+      int rank = health == nullptr ? 1 : health->str() == "online" ? 2 : 0;
+      if (rank > best_rank) best = &n, best_rank = rank;
+    }
+    if (best == nullptr) continue;
+    node_address a;
+    const reply* endpoint = field(*best, "endpoint");
+    const reply* ip = field(*best, "ip");
+    if (endpoint != nullptr && endpoint->is_string() && !endpoint->str().empty() &&
+        endpoint->str() != "?")
+      a.host = endpoint->str();
+    else if (ip != nullptr && ip->is_string() && !ip->str().empty())
+      a.host = ip->str();
+    else
+      a.host = asked.host;
+    const reply* port = field(*best, "port");
+    if (port == nullptr) port = field(*best, "tls-port");
+    if (port == nullptr) continue;
+    auto pn = port->integer();
+    if (pn <= 0 || pn > 65535) throw error("redis::cluster: bad port in CLUSTER SHARDS");
+    a.port = static_cast<std::uint16_t>(pn);
+    const auto& s = slots->elements();
+    for (std::size_t i = 0; i + 1 < s.size(); i += 2)
+      assign(*m, s[i].integer(), s[i + 1].integer(), a);
+  }
+  return m;
+}
+
+// CLUSTER SLOTS (servers before Redis 7): [[lo, hi, [host, port, id, ...], replicas...], ...].
+// Throws redis::error on a malformed reply.
+inline std::shared_ptr<slot_map> from_slots(const reply& r, const node_address& asked) {
+  auto m = empty_map();
+  for (const auto& range : r.elements()) {
+    if (range.size() < 3) continue;
+    const reply& primary = range[2];
+    if (primary.size() < 2) continue;
+    node_address a;
+    a.host = primary[0].is_string() && !primary[0].str().empty() && primary[0].str() != "?"
+                 ? primary[0].str()
+                 : asked.host;
+    auto pn = primary[1].integer();
+    if (pn <= 0 || pn > 65535) throw error("redis::cluster: bad port in CLUSTER SLOTS");
+    a.port = static_cast<std::uint16_t>(pn);
+    assign(*m, range[0].integer(), range[1].integer(), a);
+  }
+  return m;
+}
+
+}  // namespace detail
+
 /// Cluster client settings. Use with designated initializers.
 struct cluster_options {
   std::vector<node_address> seeds{};  ///< any nodes of the cluster; one answering is enough
@@ -282,14 +384,9 @@ class cluster {
   }
 
  private:
-  static constexpr std::uint16_t no_owner = 0xFFFF;
+  using slot_map = detail::slot_map;
+  static constexpr std::uint16_t no_owner = detail::slot_map::no_owner;
   static constexpr std::chrono::milliseconds max_acquire_wait = std::chrono::hours(24);
-
-  struct slot_map {
-    std::vector<node_address> primaries;
-    std::array<std::uint16_t, detail::cluster_slots> owner;  // index into primaries, or no_owner
-    std::size_t covered = 0;                                 // slots with an owner
-  };
 
   // The commands of a batch as argument lists (views into `parsed`), and their common slot.
   struct routing {
@@ -669,9 +766,9 @@ class cluster {
         if (peer_gone(**l)) (*l)->reconnect();
         std::shared_ptr<slot_map> m;
         try {
-          m = from_shards((*l)->command("CLUSTER", "SHARDS"), at);
+          m = detail::from_shards((*l)->command("CLUSTER", "SHARDS"), at);
         } catch (const server_error&) {  // before Redis 7: no SHARDS
-          m = from_slots((*l)->command("CLUSTER", "SLOTS"), at);
+          m = detail::from_slots((*l)->command("CLUSTER", "SLOTS"), at);
         }
         refreshes_.fetch_add(1, std::memory_order_relaxed);
         if (m->covered == 0) {
@@ -684,92 +781,6 @@ class cluster {
       }
     }
     return nullptr;
-  }
-
-  static std::shared_ptr<slot_map> empty_map() {
-    auto m = std::make_shared<slot_map>();
-    m->owner.fill(no_owner);
-    return m;
-  }
-
-  static void assign(slot_map& m, std::int64_t lo, std::int64_t hi, const node_address& a) {
-    if (lo < 0 || hi >= detail::cluster_slots || lo > hi)
-      throw error("redis::cluster: slot range out of bounds in the map");
-    auto it = std::find(m.primaries.begin(), m.primaries.end(), a);
-    if (it == m.primaries.end()) it = m.primaries.insert(m.primaries.end(), a);
-    auto idx = static_cast<std::uint16_t>(it - m.primaries.begin());
-    for (auto s = lo; s <= hi; ++s) {
-      if (m.owner[static_cast<std::size_t>(s)] == no_owner) ++m.covered;
-      m.owner[static_cast<std::size_t>(s)] = idx;
-    }
-  }
-
-  // A field of a RESP3 map or of a RESP2 flat [name, value, ...] array; nullptr if absent.
-  static const reply* field(const reply& m, std::string_view name) {
-    const auto& e = m.elements();
-    for (std::size_t i = 0; i + 1 < e.size(); i += 2)
-      if (e[i].is_string() && e[i].str() == name) return &e[i + 1];
-    return nullptr;
-  }
-
-  // CLUSTER SHARDS: [{slots: [lo, hi, ...], nodes: [{ip, endpoint, port, role, health}, ...]}]
-  static std::shared_ptr<slot_map> from_shards(const reply& r, const node_address& asked) {
-    auto m = empty_map();
-    for (const auto& shard : r.elements()) {
-      const reply* slots = field(shard, "slots");
-      const reply* nodes = field(shard, "nodes");
-      if (slots == nullptr || nodes == nullptr || slots->size() == 0) continue;
-      // The primary: role master, preferring a healthy one (a failed old primary may still be
-      // listed as master next to the replica promoted in its place).
-      const reply* best = nullptr;
-      int best_rank = -1;
-      for (const auto& n : nodes->elements()) {
-        const reply* role = field(n, "role");
-        if (role == nullptr || role->str() != "master") continue;
-        const reply* health = field(n, "health");
-        int rank = health == nullptr ? 1 : health->str() == "online" ? 2 : 0;
-        if (rank > best_rank) best = &n, best_rank = rank;
-      }
-      if (best == nullptr) continue;
-      node_address a;
-      const reply* endpoint = field(*best, "endpoint");
-      const reply* ip = field(*best, "ip");
-      if (endpoint != nullptr && endpoint->is_string() && !endpoint->str().empty() &&
-          endpoint->str() != "?")
-        a.host = endpoint->str();
-      else if (ip != nullptr && ip->is_string() && !ip->str().empty())
-        a.host = ip->str();
-      else
-        a.host = asked.host;
-      const reply* port = field(*best, "port");
-      if (port == nullptr) port = field(*best, "tls-port");
-      if (port == nullptr) continue;
-      auto pn = port->integer();
-      if (pn <= 0 || pn > 65535) throw error("redis::cluster: bad port in CLUSTER SHARDS");
-      a.port = static_cast<std::uint16_t>(pn);
-      const auto& s = slots->elements();
-      for (std::size_t i = 0; i + 1 < s.size(); i += 2) assign(*m, s[i].integer(), s[i + 1].integer(), a);
-    }
-    return m;
-  }
-
-  // CLUSTER SLOTS: [[lo, hi, [host, port, id, ...], replicas...], ...]
-  static std::shared_ptr<slot_map> from_slots(const reply& r, const node_address& asked) {
-    auto m = empty_map();
-    for (const auto& range : r.elements()) {
-      if (range.size() < 3) continue;
-      const reply& primary = range[2];
-      if (primary.size() < 2) continue;
-      node_address a;
-      a.host = primary[0].is_string() && !primary[0].str().empty() && primary[0].str() != "?"
-                   ? primary[0].str()
-                   : asked.host;
-      auto pn = primary[1].integer();
-      if (pn <= 0 || pn > 65535) throw error("redis::cluster: bad port in CLUSTER SLOTS");
-      a.port = static_cast<std::uint16_t>(pn);
-      assign(*m, range[0].integer(), range[1].integer(), a);
-    }
-    return m;
   }
 
   const cluster_options cfg_;
