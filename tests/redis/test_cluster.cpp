@@ -4,8 +4,6 @@
 //
 // One cluster (3 primaries + 3 replicas, tests/support/redis_cluster.hpp) is shared by the
 // cases that need one; it is started on first use. Each case uses its own hash tags.
-#include <spindle/redis/cluster.hpp>
-
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -16,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <spindle/redis/cluster.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,11 +34,10 @@ redis_cluster* shared_cluster() {
     if (!redis_cluster::available()) return nullptr;
     auto t0 = std::chrono::steady_clock::now();
     cl = std::make_unique<redis_cluster>();
-    MESSAGE("cluster of 6 nodes ready in "
-            << std::chrono::duration_cast<std::chrono::milliseconds>(
-                   std::chrono::steady_clock::now() - t0)
-                   .count()
-            << " ms");
+    MESSAGE("cluster of 6 nodes ready in " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                  std::chrono::steady_clock::now() - t0)
+                                                  .count()
+                                           << " ms");
   }
   return cl.get();
 }
@@ -74,8 +72,7 @@ void begin_migration(std::uint16_t slot, const redis::node_address& src,
 // Moves `key` (whose slot is migrating) from src to dst.
 void migrate_key(const std::string& key, const redis::node_address& src,
                  const redis::node_address& dst) {
-  CHECK(direct(src).command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", key).str() ==
-        "OK");
+  CHECK(direct(src).command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", key).str() == "OK");
 }
 
 // Hands `slot` to dst: dst first, then src, then the other primaries.
@@ -113,7 +110,8 @@ TEST_CASE("key_slot follows the cluster specification: CRC16 XMODEM and the firs
 }
 
 TEST_CASE("from_url reads the seeds and credentials; bad URLs throw without the password") {
-  auto o = redis::cluster_options::from_url("redis+cluster://app:s3cret@10.0.0.1:7000,h2:7001,[::1]:7002");
+  auto o = redis::cluster_options::from_url(
+      "redis+cluster://app:s3cret@10.0.0.1:7000,h2:7001,[::1]:7002");
   REQUIRE(o.seeds.size() == 3);
   CHECK(o.seeds[0] == redis::node_address{"10.0.0.1", 7000});
   CHECK(o.seeds[1] == redis::node_address{"h2", 7001});
@@ -336,8 +334,9 @@ TEST_CASE("eval_script loads the script on each node that answers NOSCRIPT, then
   CHECK(c.eval_script(src, {key_on(c, primaries[2], "script")}, {"1"}).integer() == 11);
 }
 
-TEST_CASE("a slot migrated during a run: ASK, then TRYAGAIN within the budget, then MOVED, and "
-          "the caller sees no redirect") {
+TEST_CASE(
+    "a slot migrated during a run: ASK, then TRYAGAIN within the budget, then MOVED, and "
+    "the caller sees no redirect") {
   auto* cl = shared_cluster();
   if (cl == nullptr) return;
   redis::cluster c(cl->url());
@@ -399,8 +398,9 @@ TEST_CASE("a slot migrated during a run: ASK, then TRYAGAIN within the budget, t
   CHECK(watcher.stats().moved == 0);
 }
 
-TEST_CASE("threads sharing one cluster lose and repeat no INCR while its slot moves to another "
-          "primary (ASK, then MOVED)") {
+TEST_CASE(
+    "threads sharing one cluster lose and repeat no INCR while its slot moves to another "
+    "primary (ASK, then MOVED)") {
   auto* cl = shared_cluster();
   if (cl == nullptr) return;
   redis::cluster c(cl->url());
@@ -472,12 +472,12 @@ TEST_CASE("threads sharing one cluster lose and repeat no INCR while its slot mo
   CHECK(c.command("GET", hot).integer() == static_cast<std::int64_t>(results.size()));
   CHECK(c.primary_for_slot(slot) == dst);
   MESSAGE(results.size() << " INCRs by " << threads << " threads; ask " << c.stats().ask
-                         << ", moved " << c.stats().moved << ", refreshes "
-                         << c.stats().refreshes);
+                         << ", moved " << c.stats().moved << ", refreshes " << c.stats().refreshes);
 }
 
-TEST_CASE("a primary SIGKILLed during a run of writes: the in-flight command fails clearly, "
-          "writes go on after the failover, and every replicated write survives") {
+TEST_CASE(
+    "a primary SIGKILLed during a run of writes: the in-flight command fails clearly, "
+    "writes go on after the failover, and every replicated write survives") {
   auto* cl = shared_cluster();
   if (cl == nullptr) return;
   auto o = redis::cluster_options::from_url(cl->url());
@@ -491,10 +491,10 @@ TEST_CASE("a primary SIGKILLed during a run of writes: the in-flight command fai
 
   std::mutex mu;
   std::condition_variable cv;
-  int written = 0;                // guarded by mu
-  std::set<int> acked;            // RPUSH answered; guarded by mu
-  std::set<int> replicated;       // and WAIT said the replica has it; guarded by mu
-  std::set<int> unknown;          // outcome_unknown_error; guarded by mu
+  int written = 0;                        // guarded by mu
+  std::set<int> acked;                    // RPUSH answered; guarded by mu
+  std::set<int> replicated;               // and WAIT said the replica has it; guarded by mu
+  std::set<int> unknown;                  // outcome_unknown_error; guarded by mu
   std::vector<std::string> other_errors;  // guarded by mu
   std::chrono::steady_clock::time_point first_after_kill{};
   std::atomic<bool> killed{false};
@@ -541,7 +541,8 @@ TEST_CASE("a primary SIGKILLed during a run of writes: the in-flight command fai
           replicated.insert(i);
         if (rs.at(0).is_error()) other_errors.push_back(rs[0].str());
         ++written;
-        if (killed.load() && ++ok_after_kill == 1) first_after_kill = std::chrono::steady_clock::now();
+        if (killed.load() && ++ok_after_kill == 1)
+          first_after_kill = std::chrono::steady_clock::now();
       } catch (const redis::outcome_unknown_error&) {
         std::lock_guard lock(mu);
         unknown.insert(i);
@@ -572,9 +573,10 @@ TEST_CASE("a primary SIGKILLed during a run of writes: the in-flight command fai
   cl->kill(victim_index);  // returns once the process is gone (SIGKILL, reaped)
   killed.store(true);
   REQUIRE(g.join_within(60s));
-  auto failover_ms = ok_after_kill == 0 ? std::chrono::milliseconds(-1)
-                                         : std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               first_after_kill - t_kill);
+  auto failover_ms =
+      ok_after_kill == 0
+          ? std::chrono::milliseconds(-1)
+          : std::chrono::duration_cast<std::chrono::milliseconds>(first_after_kill - t_kill);
   MESSAGE("writes resumed " << failover_ms.count() << " ms after the SIGKILL; " << unknown.size()
                             << " write(s) of unknown outcome; client stats: moved "
                             << c.stats().moved << ", retries " << c.stats().retries

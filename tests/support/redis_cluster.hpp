@@ -2,10 +2,10 @@
 // each (default 3 + 3) of redis-server on free 127.0.0.1 ports, each in its own temporary
 // directory, joined by `redis-cli --cluster create ... --cluster-replicas R --cluster-yes`.
 //
-//   if (!test_support::redis_cluster::available()) return;     // like redis_server::available()
-//   test_support::redis_cluster cl;                            // ready: cluster_state:ok everywhere
-//   spindle::redis::cluster c(cl.url());                       // redis+cluster://127.0.0.1:p1,...
-//   cl.kill(i);  cl.wait_ok(10s);  cl.restart(i);              // SIGKILL one node, bring it back
+//   if (!test_support::redis_cluster::available()) return;  // as redis_server::available()
+//   test_support::redis_cluster cl;              // ready: cluster_state:ok everywhere
+//   spindle::redis::cluster c(cl.url());         // redis+cluster://127.0.0.1:p1,...
+//   cl.kill(i);  cl.wait_ok(10s);  cl.restart(i);  // SIGKILL one node, bring it back
 //
 // Every node runs with cluster-node-timeout `node_timeout` (default 1000 ms: a failover takes a
 // few seconds), cluster-replica-validity-factor 0 (a replica always may take over), appendonly
@@ -65,8 +65,8 @@ class redis_cluster {
                     "--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1"}}));
     std::vector<std::string> argv = {cli(), "--cluster", "create"};
     for (auto& s : nodes_) argv.push_back("127.0.0.1:" + std::to_string(s->port()));
-    argv.insert(argv.end(), {"--cluster-replicas", std::to_string(cfg_.replicas_per_primary),
-                             "--cluster-yes"});
+    argv.insert(argv.end(),
+                {"--cluster-replicas", std::to_string(cfg_.replicas_per_primary), "--cluster-yes"});
     auto left = cfg_.start_limit - std::chrono::duration_cast<std::chrono::milliseconds>(
                                        std::chrono::steady_clock::now() - start);
     auto r = run(argv, left);
@@ -117,7 +117,8 @@ class redis_cluster {
 
   /// A connection to node i (plain, no routing).
   spindle::redis::connection connect(std::size_t i) const {
-    return spindle::redis::connection({.port = port(i), .connect_timeout = std::chrono::seconds(2),
+    return spindle::redis::connection({.port = port(i),
+                                       .connect_timeout = std::chrono::seconds(2),
                                        .io_timeout = std::chrono::seconds(5)});
   }
 
@@ -190,8 +191,7 @@ class redis_cluster {
             tok.push_back(line.substr(b, e == std::string::npos ? e : e - b));
             b = e == std::string::npos ? line.size() : e + 1;
           }
-          if (tok.size() == 8 && tok[2].find("fail") == std::string::npos &&
-              tok[7] == "connected")
+          if (tok.size() == 8 && tok[2].find("fail") == std::string::npos && tok[7] == "connected")
             ++healthy;
         }
         if (healthy < up) return false;

@@ -211,8 +211,8 @@ struct cluster_options {
   /// MASTERDOWN replies and unreachable primaries (a failover) before giving up. The _for forms
   /// take the budget per call.
   std::chrono::milliseconds retry_timeout{10000};
-  std::chrono::milliseconds backoff_initial{10};  ///< first pause between attempts
-  std::chrono::milliseconds backoff_max{250};     ///< cap of the doubling pause
+  std::chrono::milliseconds backoff_initial{10};      ///< first pause between attempts
+  std::chrono::milliseconds backoff_max{250};         ///< cap of the doubling pause
   std::chrono::milliseconds refresh_interval{30000};  ///< periodic map refresh; 0: none
   std::size_t max_redirects = 16;  ///< MOVED/ASK in a row for one command before failing
 
@@ -274,9 +274,9 @@ class cluster {
   reply command_for(std::chrono::duration<Rep, Period> budget, const A&... args) {
     batch b;
     b.add(args...);
-    auto r = run(b, spindle::detail::saturating_ceil<std::chrono::milliseconds>(budget), "command",
-                 true)
-                 .replies;
+    auto r =
+        run(b, spindle::detail::saturating_ceil<std::chrono::milliseconds>(budget), "command", true)
+            .replies;
     if (r.at(0).is_error()) throw server_error(r[0].str());
     return std::move(r[0]);
   }
@@ -322,9 +322,9 @@ class cluster {
         batch b;
         b.add("EVALSHA", "0", keys.size(), keys, args);
         auto slot = slot_of(b, "eval_script").slot;
-        sha = command_on(slot >= 0 ? primary_for_slot(static_cast<std::uint16_t>(slot))
-                                   : any_primary(),
-                         "SCRIPT", "LOAD", source)
+        sha = command_on(
+                  slot >= 0 ? primary_for_slot(static_cast<std::uint16_t>(slot)) : any_primary(),
+                  "SCRIPT", "LOAD", source)
                   .str();
       }
       std::lock_guard lock(mu_);
@@ -420,8 +420,8 @@ class cluster {
     for (std::size_t c = 0; c < rt.parsed.size(); ++c) {
       auto& args = rt.cmds.emplace_back();
       for (const auto& a : rt.parsed[c].elements()) args.push_back(a.str());
-      if (args.empty()) throw std::invalid_argument(std::string("redis::cluster::") + what +
-                                                    ": empty command");
+      if (args.empty())
+        throw std::invalid_argument(std::string("redis::cluster::") + what + ": empty command");
       const auto* spec = detail::find_command(args[0]);
       std::vector<std::string> asked;  // keys named by COMMAND GETKEYS
       std::vector<std::string_view> keys;
@@ -429,12 +429,10 @@ class cluster {
       if (spec != nullptr) {
         using scope = detail::command_keys::scope;
         if (spec->where == scope::session || (single && spec->where == scope::transaction))
-          throw std::invalid_argument(std::string("redis::cluster::") + what + ": " +
-                                      std::string(spec->name) +
-                                      " changes the connection; not routable on a cluster" +
-                                      (spec->where == scope::transaction
-                                           ? " (use pipeline() with MULTI ... EXEC)"
-                                           : ""));
+          throw std::invalid_argument(
+              std::string("redis::cluster::") + what + ": " + std::string(spec->name) +
+              " changes the connection; not routable on a cluster" +
+              (spec->where == scope::transaction ? " (use pipeline() with MULTI ... EXEC)" : ""));
         rt.readonly = rt.readonly && spec->readonly;
         detail::find_keys(*spec, args, pos);
         for (auto i : pos) keys.push_back(args[i]);
@@ -484,8 +482,7 @@ class cluster {
   // ---- the routing loop ---------------------------------------------------------------------
 
   static bool retry_later(std::string_view code) noexcept {
-    return code == "TRYAGAIN" || code == "CLUSTERDOWN" || code == "LOADING" ||
-           code == "MASTERDOWN";
+    return code == "TRYAGAIN" || code == "CLUSTERDOWN" || code == "LOADING" || code == "MASTERDOWN";
   }
 
   static std::string_view code_of(const reply& r) {
@@ -785,14 +782,15 @@ class cluster {
 
   const cluster_options cfg_;
   mutable std::mutex mu_;
-  std::shared_ptr<const slot_map> map_;                          // guarded by mu_
-  std::map<std::string, std::unique_ptr<pool>> pools_;           // guarded by mu_; never erased
-  std::map<std::string, std::string, std::less<>> shas_;         // guarded by mu_: source -> SHA1
-  bool stale_ = false;                                           // guarded by mu_
-  bool refreshing_ = false;                                      // guarded by mu_
-  std::chrono::steady_clock::time_point last_refresh_{};         // guarded by mu_
+  std::shared_ptr<const slot_map> map_;                   // guarded by mu_
+  std::map<std::string, std::unique_ptr<pool>> pools_;    // guarded by mu_; never erased
+  std::map<std::string, std::string, std::less<>> shas_;  // guarded by mu_: source -> SHA1
+  bool stale_ = false;                                    // guarded by mu_
+  bool refreshing_ = false;                               // guarded by mu_
+  std::chrono::steady_clock::time_point last_refresh_{};  // guarded by mu_
   std::atomic<std::size_t> rr_{0};  // relaxed: spreads keyless commands, orders nothing
-  std::atomic<std::uint64_t> moved_{0}, ask_{0}, retries_{0}, refreshes_{0}, unknown_{0};  // relaxed counters
+  std::atomic<std::uint64_t> moved_{0}, ask_{0}, retries_{0}, refreshes_{0},
+      unknown_{0};  // relaxed counters
 };
 
 inline cluster_options cluster_options::from_url(std::string_view url) {
@@ -815,7 +813,8 @@ inline cluster_options cluster_options::from_url(std::string_view url) {
   cluster_options out;
   for (std::size_t start = 0; start <= hosts.size();) {
     auto comma = hosts.find(',', start);
-    std::string_view h = hosts.substr(start, comma == std::string_view::npos ? comma : comma - start);
+    std::string_view h =
+        hosts.substr(start, comma == std::string_view::npos ? comma : comma - start);
     if (h.empty()) throw fail("empty host");
     options o;
     try {

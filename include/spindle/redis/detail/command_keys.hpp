@@ -157,7 +157,8 @@ inline bool iequals(std::string_view a, std::string_view b) noexcept {
 
 /// Appends to `out` the argument positions of the keys of `args` (args[0] is the command) as
 /// `spec` places them. Positions past the end are ignored, and a numkeys that is not a number
-/// or exceeds the arguments yields no keys from it (the server refuses such a command itself). Allocates only as `out` grows.
+/// or exceeds the arguments yields no keys from it (the server refuses such a command itself).
+/// Allocates only as `out` grows.
 inline void find_keys(const command_keys& spec, const std::vector<std::string_view>& args,
                       std::vector<std::size_t>& out) {
   const auto n = static_cast<long>(args.size());
