@@ -3,11 +3,12 @@
 // spindle::redis: options and from_url, redis::error / server_error, the RESP encoder and
 // incremental parser, connection (commands, pipelining, AUTH/SELECT, reconnect), pool (connections
 // shared by threads), async_client (many commands in flight on one connection, as futures),
-// codec<T>.
+// codec<T>, cluster (Redis Cluster routing).
 // Needs only POSIX sockets and a Redis server (6 or later for ACL users and RESP3).
 #pragma once
 
 #include "spindle/redis/async_client.hpp"  // automatic pipelining, futures, timeouts, cancel
+#include "spindle/redis/cluster.hpp"  // Redis Cluster routing: slots, MOVED/ASK, failover
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/connection.hpp"
 #include "spindle/redis/error.hpp"
