@@ -271,7 +271,7 @@ class suite {
       double hi = r.values.empty() ? 0 : *std::max_element(r.values.begin(), r.values.end());
       char ratio[32] = "-";
       if (us != nullptr && &r != us && med > 0 && us_med > 0)
-        std::snprintf(ratio, sizeof ratio, "%.2fx", higher_ ? us_med / med : med / us_med);
+        std::snprintf(ratio, sizeof ratio, "%.3gx", higher_ ? us_med / med : med / us_med);
       char cpu[32] = "n/a";
       if (!r.cpu_us.empty()) std::snprintf(cpu, sizeof cpu, "%.4g", median(r.cpu_us));
       std::printf("| %-56s | %10.4g | %10.4g | %10.4g | %10s | %10s |\n", r.name.c_str(), med, lo,
