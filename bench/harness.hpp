@@ -204,6 +204,9 @@ inline void watchdog(double seconds, std::string what) {
 /// One table of one workload. Rows are added with a callable that runs the workload once,
 /// validates it and returns its sample; run() warms up, runs the rounds interleaved and prints.
 ///
+/// The ratio column ("spindle vs") is spindle's median over the peer's median (throughput) or
+/// the peer's over spindle's (latency): above 1, spindle is ahead.
+///
 /// `unit` names the value printed, `scale` converts: for a rate (higher is better) the value is
 /// ops / wall * scale (scale 1e-6 gives M ops/s); for a latency table (higher_is_better false)
 /// it is wall / ops * scale (scale 1e9 gives ns per op).
@@ -216,7 +219,13 @@ class suite {
 
   /// `ours` marks the row the ratio column compares with (the last such row added).
   void add(std::string name, std::function<sample()> once, bool ours = false) {
-    rows_.push_back({std::move(name), std::move(once), ours, {}, {}});
+    rows_.push_back({std::move(name), std::move(once), ours, {}, {}, {}});
+  }
+
+  /// A peer row whose ratio is read against the spindle row named `against` (added before):
+  /// for tables that hold several like-for-like pairs (one at a time, batched, ...).
+  void add_peer(std::string name, std::function<sample()> once, std::string against) {
+    rows_.push_back({std::move(name), std::move(once), false, {}, {}, std::move(against)});
   }
 
   /// A line printed under the table (what a row measures, why a row is missing).
@@ -254,7 +263,6 @@ class suite {
     const row* us = nullptr;
     for (const auto& r : rows_)
       if (r.ours) us = &r;
-    const double us_med = us ? median(us->values) : 0;
     std::printf("\n### %s\n", title_.c_str());
     std::printf("(%s; median of %d rounds after %d warm-up, rows interleaved; CPU = process CPU "
                 "time per op, all threads)\n\n",
@@ -266,12 +274,17 @@ class suite {
                 std::string(12, '-').c_str(), std::string(12, '-').c_str(),
                 std::string(12, '-').c_str());
     for (const auto& r : rows_) {
+      const row* ref = us;
+      if (!r.against.empty())
+        for (const auto& o : rows_)
+          if (o.name == r.against) ref = &o;
+      const double ref_med = ref ? median(ref->values) : 0;
       double med = median(r.values);
       double lo = r.values.empty() ? 0 : *std::min_element(r.values.begin(), r.values.end());
       double hi = r.values.empty() ? 0 : *std::max_element(r.values.begin(), r.values.end());
       char ratio[32] = "-";
-      if (us != nullptr && &r != us && med > 0 && us_med > 0)
-        std::snprintf(ratio, sizeof ratio, "%.3gx", higher_ ? us_med / med : med / us_med);
+      if (ref != nullptr && &r != ref && med > 0 && ref_med > 0)
+        std::snprintf(ratio, sizeof ratio, "%.3gx", higher_ ? ref_med / med : med / ref_med);
       char cpu[32] = "n/a";
       if (!r.cpu_us.empty()) std::snprintf(cpu, sizeof cpu, "%.4g", median(r.cpu_us));
       std::printf("| %-56s | %10.4g | %10.4g | %10.4g | %10s | %10s |\n", r.name.c_str(), med, lo,
@@ -288,6 +301,7 @@ class suite {
     bool ours;
     std::vector<double> values;
     std::vector<double> cpu_us;
+    std::string against;  // the spindle row this peer's ratio is read against; empty: ours
   };
   const args& a_;
   std::string title_;
