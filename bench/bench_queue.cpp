@@ -1,7 +1,7 @@
 // bench_queue: spindle's bounded_queue and spsc_queue against the peers installed here.
 //
 // Workload (the same for every implementation, in one run): uint64 items, capacity 1024,
-// --items items (default 4M) split evenly over P producers and C consumers, 1P1C, 2P2C, 4P4C;
+// --items items (default 2M) split evenly over P producers and C consumers, 1P1C, 2P2C, 4P4C;
 // min / median / max of --runs rounds (default 5) after a warm-up round, rows interleaved
 // (bench::suite, harness.hpp). Round-trip latency: two threads bounce one item through a pair
 // of queues. Every run is validated from what the consumers actually popped: the number of
@@ -383,7 +383,7 @@ struct tables {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bench::args a(argc, argv, {.items = 4'000'000, .runs = 5});
+  bench::args a(argc, argv, {.items = 2'000'000, .runs = 5});
   std::printf("bench_queue: %llu items, capacity %zu, %d rounds + %d warm-up, %u CPUs\n",
               static_cast<unsigned long long>(a.items), capacity, a.runs, a.warmup,
               std::thread::hardware_concurrency());

@@ -14,6 +14,8 @@
 //     then falls on every row alike, and one row's drift cannot pass for a difference.
 //   - At least 5 recorded rounds by default (--runs K); each row prints min, median and max of
 //     its rounds, and the ratio column divides medians.
+//   - A round of a row lasts at least --min-time seconds (default 0.25) of timed work: a short
+//     workload is repeated, same size and fresh state, and its operations and times summed.
 //   - Every round of every row returns a sample {ops, wall seconds, CPU seconds}; the row's
 //     callable must validate its own result (bench::validate: counts and checksums computed
 //     from what was actually received, so that they can fail) before it returns.
@@ -50,11 +52,13 @@ struct sizes {
 };
 
 /// Command line: --items N, --runs K (recorded rounds, >= 1), --warmup W (discarded rounds),
-/// --smoke (tiny sizes, one round, no warm-up: CI checks that it runs).
+/// --min-time S (a row's round repeats its workload until S seconds of it were timed),
+/// --smoke (tiny sizes, one round, no warm-up, no repetition: CI checks that it runs).
 struct args {
   std::uint64_t items;
   int runs;
   int warmup = 1;
+  double min_time = 0.25;
   bool smoke = false;
 
   args(int argc, char** argv, sizes defaults) : items(defaults.items), runs(defaults.runs) {
@@ -66,10 +70,12 @@ struct args {
         runs = std::atoi(argv[++i]);
       } else if (a == "--warmup" && i + 1 < argc) {
         warmup = std::atoi(argv[++i]);
+      } else if (a == "--min-time" && i + 1 < argc) {
+        min_time = std::strtod(argv[++i], nullptr);
       } else if (a == "--smoke") {
         smoke = true;
       } else {
-        std::fprintf(stderr, "usage: %s [--items N] [--runs K] [--warmup W] [--smoke]\n",
+        std::fprintf(stderr, "usage: %s [--items N] [--runs K] [--warmup W] [--min-time S] [--smoke]\n",
                      argv[0]);
         std::exit(2);
       }
@@ -78,6 +84,7 @@ struct args {
       items = std::min<std::uint64_t>(items, 10'000);
       runs = 1;
       warmup = 0;
+      min_time = 0;
     }
     if (items < 1) items = 1;
     if (runs < 1) runs = 1;
@@ -239,6 +246,15 @@ class suite {
         auto& row = rows_[(k + static_cast<std::size_t>(r)) % n];
         sample s = row.once();
         unpin();
+        // A short workload is repeated (same size, fresh state) until min_time seconds of it
+        // were timed, so that no row's figure rests on a few milliseconds.
+        for (int rep = 1; s.wall > 0 && s.wall < a_.min_time && rep < 10000; ++rep) {
+          sample more = row.once();
+          unpin();
+          s.ops += more.ops;
+          s.wall += more.wall;
+          s.cpu += more.cpu;
+        }
         if (r < a_.warmup) continue;
         row.values.push_back(value(s));
         if (s.ops > 0 && !std::isnan(s.cpu)) row.cpu_us.push_back(s.cpu / s.ops * 1e6);
@@ -264,9 +280,10 @@ class suite {
     for (const auto& r : rows_)
       if (r.ours) us = &r;
     std::printf("\n### %s\n", title_.c_str());
-    std::printf("(%s; median of %d rounds after %d warm-up, rows interleaved; CPU = process CPU "
-                "time per op, all threads)\n\n",
-                higher_ ? "higher is better" : "lower is better", a_.runs, a_.warmup);
+    std::printf("(%s; median of %d rounds after %d warm-up, rows interleaved, each round >= %g s; "
+                "CPU = process CPU time per op, all threads)\n\n",
+                higher_ ? "higher is better" : "lower is better", a_.runs, a_.warmup,
+                a_.min_time);
     std::printf("| %-56s | %10s | %10s | %10s | %10s | %10s |\n", "implementation",
                 ("median " + unit_).c_str(), "min", "max", "CPU us/op", "spindle vs");
     std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(58, '-').c_str(),
