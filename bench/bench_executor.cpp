@@ -144,19 +144,16 @@ struct const_callable_task {
 };
 
 // spindle's pool with idle workers that sleep at once, where the option exists.
-template <class O>
-constexpr bool has_spin_option = requires(O o) { o.spin = 0; };
-
 spindle::thread_pool_options sleeping() {
-  spindle::thread_pool_options o{};
-  if constexpr (has_spin_option<spindle::thread_pool_options>) o.spin = 0;
-  return o;
+  return bench::options_sleeping<spindle::thread_pool_options>();
 }
-const char* const sleeping_label = has_spin_option<spindle::thread_pool_options>
+const char* const sleeping_label = bench::has_spin_knob<spindle::thread_pool_options>
                                        ? "spindle, spin 0 (idle workers sleep at once)"
                                        : "spindle (no spin switch: as above)";
 
-std::uint64_t fib_serial(int n) { return n < 2 ? static_cast<std::uint64_t>(n) : fib_serial(n - 1) + fib_serial(n - 2); }
+std::uint64_t fib_serial(int n) {
+  return n < 2 ? static_cast<std::uint64_t>(n) : fib_serial(n - 1) + fib_serial(n - 2);
+}
 
 // Calls of the fork-join recursion at or above the cutoff: one task each (the validation
 // counts them too).
@@ -218,14 +215,17 @@ int main(int argc, char** argv) {
   {
     bench::suite t(a, "1. post " + std::to_string(n) + " empty tasks, then wait", "M tasks/s",
                    1e-6);
-    auto spindle_post = [&](spindle::thread_pool_options o) {
-      spindle::thread_pool pool(threads, std::move(o));
+    auto post_and_wait = [&](auto& pool, const char* who) {  // pool: post(f), wait_idle()
       bench::stopwatch sw;
       for (std::uint64_t i = 0; i < n; ++i) pool.post([] { count_one(); });
       pool.wait_idle();
       auto s = sw.stop(static_cast<double>(n));
-      bench::validate(take_count() == n, "spindle post count");
+      bench::validate(take_count() == n, std::string(who) + ": tasks run");
       return s;
+    };
+    auto spindle_post = [&](spindle::thread_pool_options o) {
+      spindle::thread_pool pool(threads, std::move(o));
+      return post_and_wait(pool, "spindle post");
     };
     t.add("spindle::thread_pool::post", [&] { return spindle_post({}); }, true);
     t.add(sleeping_label, [&] { return spindle_post(sleeping()); });
@@ -255,12 +255,7 @@ int main(int argc, char** argv) {
 #endif
     t.add("mutex + condition_variable pool (std::function)", [&] {
       mutex_pool pool(threads);
-      bench::stopwatch sw;
-      for (std::uint64_t i = 0; i < n; ++i) pool.post([] { count_one(); });
-      pool.wait_idle();
-      auto s = sw.stop(static_cast<double>(n));
-      bench::validate(take_count() == n, "mutex pool count");
-      return s;
+      return post_and_wait(pool, "mutex pool post");
     });
     t.run();
   }
@@ -527,7 +522,8 @@ int main(int argc, char** argv) {
 
   // 6. nested fork-join ------------------------------------------------------------------------
   // Two grains: fine (leaves of fib(cutoff - 1), about 0.1 us of work per task) and coarse.
-  for (auto [fib_n, cutoff] : {std::pair{a.smoke ? 18 : 25, 4}, std::pair{a.smoke ? 20 : 32, 14}}) {
+  const std::pair<int, int> grains[] = {{a.smoke ? 18 : 25, 4}, {a.smoke ? 20 : 32, 14}};
+  for (auto [fib_n, cutoff] : grains) {
     const std::uint64_t want = fib_serial(fib_n);
     const std::uint64_t tasks = fork_count(fib_n, cutoff);
     bench::suite t(a, "6. nested fork-join: fib(" + std::to_string(fib_n) + "), a task per call with n >= " +

@@ -414,25 +414,10 @@ struct pong_tally {
   }
 };
 
-template <class O>
-constexpr bool has_actor_spin = requires(O o) { o.spin = 0; };
-
-spindle::actor_options actor_opts(bool sleep) {
-  spindle::actor_options o{};
-  if constexpr (has_actor_spin<spindle::actor_options>)
-    if (sleep) o.spin = 0;
-  return o;
-}
-
-template <class O>
-constexpr bool has_pool_spin = requires(O o) { o.spin = 0; };
-
-spindle::thread_pool_options pool_opts(bool sleep) {
-  spindle::thread_pool_options o{};
-  if constexpr (has_pool_spin<spindle::thread_pool_options>)
-    if (sleep) o.spin = 0;
-  return o;
-}
+auto actor_opts(bool sleep) { return bench::options_sleeping<spindle::actor_options>(sleep); }
+auto pool_opts(bool sleep) { return bench::options_sleeping<spindle::thread_pool_options>(sleep); }
+constexpr bool has_actor_spin = bench::has_spin_knob<spindle::actor_options>;
+constexpr bool has_pool_spin = bench::has_spin_knob<spindle::thread_pool_options>;
 
 // n must be even (ping sees every even value and stops at n).
 bench::sample spindle_ping_pong(std::uint64_t n, spindle::thread_pool* pool, bool sleep) {
@@ -522,7 +507,7 @@ void bench_ping_pong(const bench::args& a) {
           return spindle_ping_pong(n, &pool, false);
         },
         true);
-  t.add(has_pool_spin<spindle::thread_pool_options>
+  t.add(has_pool_spin
             ? "spindle::actor on a thread_pool, pool spin 0 (sleeps)"
             : "spindle::actor on a thread_pool (no spin switch)",
         [&] {
@@ -531,7 +516,7 @@ void bench_ping_pong(const bench::args& a) {
         });
   t.add("spindle::actor on own threads (spins when idle)",
         [&] { return spindle_ping_pong(n, nullptr, false); });
-  t.add(has_actor_spin<spindle::actor_options> ? "spindle::actor on own threads, spin 0 (sleeps)"
+  t.add(has_actor_spin ? "spindle::actor on own threads, spin 0 (sleeps)"
                                                : "spindle::actor on own threads (no spin switch)",
         [&] { return spindle_ping_pong(n, nullptr, true); });
 #if SPINDLE_BENCH_HAVE_CAF

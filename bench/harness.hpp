@@ -379,6 +379,20 @@ class table {
   std::vector<row> rows_;
 };
 
+/// True if options type O has a `spin` knob (spindle's thread_pool_options, actor_options): the
+/// "spin 0" rows exist only where it does.
+template <class O>
+constexpr bool has_spin_knob = requires(O o) { o.spin = 0; };
+
+/// Default options of type O; with `sleep`, idle threads sleep at once (spin 0) where O can.
+template <class O>
+O options_sleeping(bool sleep = true) {
+  O o{};
+  if constexpr (has_spin_knob<O>)
+    if (sleep) o.spin = 0;
+  return o;
+}
+
 /// Keeps the optimizer from deleting a computation whose result is otherwise unused.
 template <class T>
 inline void do_not_optimize(const T& v) {
