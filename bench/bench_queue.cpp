@@ -344,6 +344,9 @@ struct tables {
     add_rate<mutex_queue>(t, "mutex + condition_variable ring", p, c, where);
     t.note("capacity 1024 for every bounded row; moodycamel is unbounded (pre-sized for 1024 "
            "items and P producer tokens, it grows instead of making producers wait).");
+    t.note("waiting: spindle's blocking calls poll briefly, then sleep on a futex (no switch to "
+           "sleep at once); moodycamel's semaphore polls briefly too; tbb and the mutex ring "
+           "sleep at once; boost::lockfree cannot block (its threads spin, then yield).");
     t.run();
   }
 
