@@ -8,7 +8,9 @@
 // Validation: admitting admits every call; saturated admits at most burst + rate * elapsed.
 // A last table shows the other spindle limiters on the admitting workload, 1 thread.
 //
-//   bench_limiters [--items N] [--runs K] [--smoke]     N: calls per run, over all threads
+// Method: harness.hpp (warm-up, rows interleaved, min / median / max, CPU time per call).
+//
+//   bench_limiters [--items N] [--runs K] [--warmup W] [--smoke]   N: calls per run, all threads
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -60,9 +62,8 @@ struct workload {
 };
 
 struct outcome {
-  double calls_per_s;
+  bench::sample s;
   std::uint64_t admitted;
-  double seconds;
 };
 
 // `threads` threads (pinned to CPUs 0, 1, ...) call try_acquire() `calls / threads` times each.
@@ -86,15 +87,14 @@ outcome run_once(Limiter& limiter, unsigned threads, std::uint64_t calls) {
   }
   while (ready.load() < threads) {
   }
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   go.store(true, std::memory_order_release);
   for (auto& t : ts) t.join();
-  double s = bench::seconds_since(t0);
-  return {static_cast<double>(per_thread * threads) / s, admitted.load(), s};
+  return {sw.stop(static_cast<double>(per_thread * threads)), admitted.load()};
 }
 
 template <class Make>
-double once(const workload& w, unsigned threads, const bench::args& a, Make make,
+bench::sample once(const workload& w, unsigned threads, const bench::args& a, Make make,
             const std::string& who) {
   auto limiter = make(w);
   const std::uint64_t calls = a.items / threads * threads;
@@ -103,12 +103,12 @@ double once(const workload& w, unsigned threads, const bench::args& a, Make make
     bench::validate(o.admitted == calls, who + " " + w.name + ": every call must be admitted");
   } else {
     // +1 s of slack in the bound: the bucket is built (and starts full) before the clock starts.
-    const double bound = static_cast<double>(w.burst) + w.rate * (o.seconds + 1.0);
+    const double bound = static_cast<double>(w.burst) + w.rate * (o.s.wall + 1.0);
     bench::validate(static_cast<double>(o.admitted) <= bound,
                     who + " " + w.name + ": admitted more than burst + rate * elapsed");
     bench::validate(o.admitted >= 1, who + " " + w.name + ": admitted nothing");
   }
-  return o.calls_per_s / 1e6;
+  return o.s;
 }
 
 auto make_spindle = [](const workload& x) {
@@ -118,60 +118,53 @@ auto make_mutex = [](const workload& x) {
   return std::make_unique<mutex_token_bucket>(x.rate, x.burst);
 };
 
-// Runs spindle and the baseline alternately, `runs` times each (a noisy machine then disturbs
-// both alike), and returns the medians.
-std::pair<double, double> compare(const workload& w, unsigned threads, const bench::args& a) {
-  std::vector<double> ours, base;
-  for (int r = 0; r < a.runs; ++r) {
-    ours.push_back(once(w, threads, a, make_spindle, "token_bucket"));
-    base.push_back(once(w, threads, a, make_mutex, "mutex baseline"));
-  }
-  return {bench::median(ours), bench::median(base)};
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   bench::args a(argc, argv, {.items = 4'000'000, .runs = 5});
-  std::printf("bench_limiters: %llu calls per run, median of %d runs, %u CPUs\n",
+  std::printf("bench_limiters: %llu calls per run, %d rounds, %u CPUs\n",
               static_cast<unsigned long long>(a.items), a.runs,
               std::thread::hardware_concurrency());
 
+  bench::watchdog(a.smoke ? 240 : 1800, "bench_limiters");
   const workload workloads[] = {{"admitting", 1e9, 1'000'000}, {"saturated", 1000.0, 100}};
   for (const auto& w : workloads) {
     for (unsigned threads : {1u, 2u}) {
       std::string title = std::string("try_acquire, ") + w.name + ", " + std::to_string(threads) +
                           (threads == 1 ? " thread" : " threads contending (CPUs 0 and 1)");
-      bench::table t(title, "M calls/s");
-      auto [ours, base] = compare(w, threads, a);
-      t.add("spindle::token_bucket (CAS)", ours, true);
-      t.add("mutex token bucket (baseline)", base);
-      t.print();
+      bench::suite t(a, title, "M calls/s", 1e-6);
+      t.add("spindle::token_bucket (CAS)",
+            [&, threads] { return once(w, threads, a, make_spindle, "token_bucket"); }, true);
+      t.add("mutex token bucket (baseline)",
+            [&, threads] { return once(w, threads, a, make_mutex, "mutex baseline"); });
+      t.run();
     }
   }
 
   // The other limiters, for scale (mutex-guarded by design; not part of the targets).
   const workload admit = workloads[0];
   const std::uint64_t big = 1ull << 40;
-  bench::table others("other spindle limiters, try_acquire, admitting, 1 thread", "M calls/s");
-  auto median_of = [&](auto make, const char* who) {
-    return bench::median_of(a.runs, [&] { return once(admit, 1, a, make, who); });
-  };
-  others.add("spindle::token_bucket (CAS)", median_of(make_spindle, "token_bucket"), true);
-  others.add("spindle::sliding_window_counter",
-             median_of(
-                 [&](const workload&) {
-                   return std::make_unique<spindle::sliding_window_counter<>>(
-                       big, std::chrono::milliseconds(1));
-                 },
-                 "sliding_window_counter"));
-  others.add("spindle::sliding_window_log",
-             median_of(
-                 [&](const workload&) {
-                   return std::make_unique<spindle::sliding_window_log<>>(
-                       big, std::chrono::milliseconds(1));
-                 },
-                 "sliding_window_log"));
-  others.print();
+  bench::suite others(a, "other spindle limiters, try_acquire, admitting, 1 thread", "M calls/s",
+                      1e-6);
+  others.add("spindle::token_bucket (CAS)",
+             [&] { return once(admit, 1, a, make_spindle, "token_bucket"); }, true);
+  others.add("spindle::sliding_window_counter", [&] {
+    return once(
+        admit, 1, a,
+        [&](const workload&) {
+          return std::make_unique<spindle::sliding_window_counter<>>(big,
+                                                                     std::chrono::milliseconds(1));
+        },
+        "sliding_window_counter");
+  });
+  others.add("spindle::sliding_window_log", [&] {
+    return once(
+        admit, 1, a,
+        [&](const workload&) {
+          return std::make_unique<spindle::sliding_window_log<>>(big, std::chrono::milliseconds(1));
+        },
+        "sliding_window_log");
+  });
+  others.run();
   return 0;
 }

@@ -1,12 +1,18 @@
-// bench/bench_patterns.cpp - the composition patterns against their peers, same workload, one run:
-//   1. a 3-stage pipeline (parse, square, sum) over --items strings: spindle::pipeline vs
-//      tbb::parallel_pipeline and a single-thread loop;
-//   2. sum of squares over 40 x --items uint32: spindle::map_reduce vs tbb::parallel_reduce,
-//      std::transform_reduce(std::execution::par) and a single thread;
+// bench/bench_patterns.cpp - the composition patterns against their peers, like for like
+// (harness.hpp's method: warm-up, rows interleaved, min / median / max, CPU time per item):
+//   1. a 3-stage pipeline (parse, square, sum) over --items strings, on 4 threads each side:
+//      spindle::pipeline (the caller feeds, one thread per stage) vs tbb::parallel_pipeline in an
+//      arena of 3 workers + the caller; batched on both sides (spindle hands off 256 items at a
+//      time, TBB's tokens carry chunks of 256) and one item per hand-off on both sides; and the
+//      single-thread loop, which needs no hand-off at all;
+//   2. sum of squares over 40 x --items uint32: spindle::map_reduce on a pool of `cores` workers
+//      vs tbb::parallel_reduce and std::transform_reduce(std::execution::par) (libstdc++ runs it
+//      on TBB) in an arena of `cores` workers + the caller, and a single thread;
 //   3. word count over a generated text of 20 x --items bytes: spindle::map_reduce vs tbb
-//      (per-thread maps) and a single thread;
-//   4. actor ping-pong, --items / 5 messages: spindle::actor (own threads, and on a thread_pool)
-//      vs CAF 0.17 (when built with SPINDLE_BENCH_HAVE_CAF and linked with -lcaf_core).
+//      (per-thread maps) and a single thread, every map reserving the same 16384 buckets;
+//   4. actor ping-pong, --items / 5 messages: spindle::actor (on a thread_pool, and on its own
+//      threads; spinning as shipped and with spin 0) vs CAF 0.17 (when found), each validated
+//      by the number of messages both actors handled and the last value.
 // Defaults (--items 5000000): 5M items, 200M uint32, 100 MB of text, 1M messages.
 // Every result is validated (count and checksum) before it is reported.
 #include <spindle/actor.hpp>
@@ -37,6 +43,7 @@
 #include <tbb/parallel_for.h>
 #include <tbb/parallel_pipeline.h>
 #include <tbb/parallel_reduce.h>
+#include <tbb/task_arena.h>
 #endif
 
 #if SPINDLE_BENCH_HAVE_CAF
@@ -47,28 +54,11 @@ namespace {
 
 const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
 
-// Runs each implementation once per round, round after round, so that load from other processes
-// (this machine is shared) falls on all of them alike; reports the median of each.
-class contenders {
- public:
-  void add(std::string name, std::function<double()> once, bool ours = false) {
-    list_.push_back({std::move(name), std::move(once), ours, {}});
-  }
-  void run(int runs, bench::table& t) {
-    for (int r = 0; r < runs; ++r)
-      for (auto& e : list_) e.results.push_back(e.once());
-    for (auto& e : list_) t.add(e.name, bench::median(e.results), e.ours);
-  }
-
- private:
-  struct entry {
-    std::string name;
-    std::function<double()> once;
-    bool ours;
-    std::vector<double> results;
-  };
-  std::vector<entry> list_;
-};
+#if SPINDLE_BENCH_HAVE_TBB
+// TBB gets as many workers as spindle's pool, plus the caller's reserved slot (the caller works
+// inside TBB's algorithms; spindle's caller only waits): set up in main().
+tbb::task_arena* arena = nullptr;
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // 1. pipeline: parse a decimal string, square it, sum the squares.
@@ -79,7 +69,9 @@ std::uint64_t parse(std::string_view s) {
   return v;
 }
 
-void bench_pipeline(const bench::args& a) {
+constexpr std::size_t chunk = 256;  // items per hand-off in the batched table, both sides
+
+void bench_pipeline(const bench::args& a, bool batched) {
   const std::uint64_t n = a.items;
   std::vector<std::string> storage(n);
   std::uint64_t want = 0;
@@ -88,63 +80,135 @@ void bench_pipeline(const bench::args& a) {
     want += (i % 100000) * (i % 100000);
   }
   std::vector<std::string_view> input(storage.begin(), storage.end());
-  bench::table t("pipeline parse -> square -> sum, " + std::to_string(n) + " items", "M items/s");
-  contenders impls;
+  bench::suite t(a,
+                 std::string("pipeline parse -> square -> sum, ") + std::to_string(n) + " items, " +
+                     (batched ? "256 items per hand-off" : "one item per hand-off") +
+                     ", 4 threads",
+                 "M items/s", 1e-6);
+  const std::size_t batch = batched ? chunk : 1;
 
-  impls.add("spindle::pipeline (1 worker per stage)", [&] {
-    std::uint64_t sum = 0;
-    auto t0 = bench::clock::now();
-    auto p = spindle::pipeline<std::string_view>({.capacity = 4096, .batch = 256})
-                 .stage(parse)
-                 .stage([](std::uint64_t x) { return x * x; })
-                 .sink([&](std::uint64_t x) { sum += x; })
-                 .run(input);
-    p.wait();
-    double s = bench::seconds_since(t0);
-    bench::validate(sum == want, "spindle pipeline sum");
-    return double(n) / s / 1e6;
-  }, true);
+  t.add(std::string("spindle::pipeline, batch ") + std::to_string(batch) +
+            ", 1 thread per stage + feeding caller",
+        [&, batch] {
+          std::uint64_t sum = 0, count = 0;
+          bench::stopwatch sw;
+          auto p = spindle::pipeline<std::string_view>({.capacity = 4096, .batch = batch})
+                       .stage(parse)
+                       .stage([](std::uint64_t x) { return x * x; })
+                       .sink([&](std::uint64_t x) {
+                         sum += x;
+                         ++count;
+                       })
+                       .run(input);
+          p.wait();
+          auto r = sw.stop(static_cast<double>(n));
+          bench::validate(sum == want && count == n, "spindle pipeline sum and count");
+          return r;
+        },
+        true);
 
 #if SPINDLE_BENCH_HAVE_TBB
-  impls.add("tbb::parallel_pipeline", [&] {
-    std::uint64_t sum = 0;
-    std::size_t next = 0;
-    auto t0 = bench::clock::now();
-    tbb::parallel_pipeline(
-        4 * cores,
-        tbb::make_filter<void, std::string_view>(
-            tbb::filter_mode::serial_in_order,
-            [&](tbb::flow_control& fc) -> std::string_view {
-              if (next == input.size()) {
-                fc.stop();
-                return {};
-              }
-              return input[next++];
-            }) &
-            tbb::make_filter<std::string_view, std::uint64_t>(tbb::filter_mode::parallel, &parse) &
-            tbb::make_filter<std::uint64_t, std::uint64_t>(tbb::filter_mode::parallel,
-                                                           [](std::uint64_t x) { return x * x; }) &
-            tbb::make_filter<std::uint64_t, void>(tbb::filter_mode::serial_in_order,
-                                                  [&](std::uint64_t x) { sum += x; }));
-    double s = bench::seconds_since(t0);
-    bench::validate(sum == want, "tbb pipeline sum");
-    return double(n) / s / 1e6;
-  });
+  if (batched) {
+    // A token carries a chunk of 256 inputs; its squares go to a buffer of the token's slot.
+    // Slot reuse is safe: with `tokens` live tokens and an in-order last filter, chunk k +
+    // tokens enters only after chunk k has left the last filter.
+    const std::size_t tokens = 4 * cores;
+    t.add("tbb::parallel_pipeline, tokens carry 256-item chunks, arena 3 + caller", [&, tokens] {
+      struct piece {
+        std::size_t begin = 0, end = 0;
+        std::uint64_t* out = nullptr;
+      };
+      std::vector<std::uint64_t> buffers(tokens * chunk);
+      std::uint64_t sum = 0, count = 0;
+      std::size_t next = 0, k = 0;
+      bench::stopwatch sw;
+      arena->execute([&] {
+        tbb::parallel_pipeline(
+            tokens,
+            tbb::make_filter<void, piece>(
+                tbb::filter_mode::serial_in_order,
+                [&](tbb::flow_control& fc) -> piece {
+                  if (next == input.size()) {
+                    fc.stop();
+                    return {};
+                  }
+                  piece p{next, std::min(input.size(), next + chunk),
+                          buffers.data() + (k++ % tokens) * chunk};
+                  next = p.end;
+                  return p;
+                }) &
+                tbb::make_filter<piece, piece>(tbb::filter_mode::parallel,
+                                               [&](piece p) {
+                                                 for (std::size_t i = p.begin; i < p.end; ++i)
+                                                   p.out[i - p.begin] = parse(input[i]);
+                                                 return p;
+                                               }) &
+                tbb::make_filter<piece, piece>(tbb::filter_mode::parallel,
+                                               [](piece p) {
+                                                 for (std::size_t i = 0; i < p.end - p.begin; ++i)
+                                                   p.out[i] *= p.out[i];
+                                                 return p;
+                                               }) &
+                tbb::make_filter<piece, void>(tbb::filter_mode::serial_in_order, [&](piece p) {
+                  for (std::size_t i = 0; i < p.end - p.begin; ++i) {
+                    sum += p.out[i];
+                    ++count;
+                  }
+                }));
+      });
+      auto r = sw.stop(static_cast<double>(n));
+      bench::validate(sum == want && count == n, "tbb chunked pipeline sum and count");
+      return r;
+    });
+  } else {
+    t.add("tbb::parallel_pipeline, one item per token, arena 3 + caller", [&] {
+      std::uint64_t sum = 0, count = 0;
+      std::size_t next = 0;
+      bench::stopwatch sw;
+      arena->execute([&] {
+        tbb::parallel_pipeline(
+            4 * cores,
+            tbb::make_filter<void, std::string_view>(
+                tbb::filter_mode::serial_in_order,
+                [&](tbb::flow_control& fc) -> std::string_view {
+                  if (next == input.size()) {
+                    fc.stop();
+                    return {};
+                  }
+                  return input[next++];
+                }) &
+                tbb::make_filter<std::string_view, std::uint64_t>(tbb::filter_mode::parallel,
+                                                                  &parse) &
+                tbb::make_filter<std::uint64_t, std::uint64_t>(
+                    tbb::filter_mode::parallel, [](std::uint64_t x) { return x * x; }) &
+                tbb::make_filter<std::uint64_t, void>(tbb::filter_mode::serial_in_order,
+                                                      [&](std::uint64_t x) {
+                                                        sum += x;
+                                                        ++count;
+                                                      }));
+      });
+      auto r = sw.stop(static_cast<double>(n));
+      bench::validate(sum == want && count == n, "tbb pipeline sum and count");
+      return r;
+    });
+  }
 #endif
 
-  impls.add("single thread loop", [&] {
-    auto t0 = bench::clock::now();
-    std::uint64_t sum = 0;
+  t.add("single thread loop (no hand-off)", [&] {
+    bench::stopwatch sw;
+    std::uint64_t sum = 0, count = 0;
     for (auto s : input) {
       std::uint64_t x = parse(s);
       sum += x * x;
+      ++count;
     }
-    double s = bench::seconds_since(t0);
-    bench::validate(sum == want, "single-thread sum");
-    return double(n) / s / 1e6;
+    auto r = sw.stop(static_cast<double>(n));
+    bench::validate(sum == want && count == n, "single-thread sum and count");
+    return r;
   });
-  impls.run(a.runs, t);
-  t.print();
+  t.note("spindle: the caller feeds the range, each of the 3 stages has its own thread; tbb: an "
+         "arena of 3 workers plus the caller, 4 * cores tokens in flight.");
+  t.run();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,58 +221,69 @@ void bench_sum_squares(const bench::args& a, spindle::thread_pool& pool) {
   std::uint64_t want = 0;
   for (auto x : v) want += std::uint64_t(x) * x;
   auto sq = [](std::uint32_t x) { return std::uint64_t(x) * x; };
-  bench::table t("sum of squares, " + std::to_string(n) + " uint32", "G elements/s");
-  contenders impls;
+  bench::suite t(a, "sum of squares, " + std::to_string(n) + " uint32", "G elements/s", 1e-9);
 
-  impls.add("spindle::map_reduce", [&] {
-    auto t0 = bench::clock::now();
+  t.add("spindle::map_reduce, pool of " + std::to_string(cores) + " workers", [&] {
+    bench::stopwatch sw;
     auto r = spindle::map_reduce(pool, v, sq, std::uint64_t{0}, std::plus<>{});
-    double s = bench::seconds_since(t0);
+    auto s = sw.stop(static_cast<double>(n));
     bench::validate(r == want, "spindle map_reduce sum of squares");
-    return double(n) / s / 1e9;
+    return s;
   }, true);
 
 #if SPINDLE_BENCH_HAVE_TBB
-  impls.add("tbb::parallel_reduce", [&] {
-    auto t0 = bench::clock::now();
-    auto r = tbb::parallel_reduce(
-        tbb::blocked_range<std::size_t>(0, v.size()), std::uint64_t{0},
-        [&](const tbb::blocked_range<std::size_t>& br, std::uint64_t acc) {
-          for (std::size_t i = br.begin(); i != br.end(); ++i) acc += sq(v[i]);
-          return acc;
-        },
-        std::plus<>{});
-    double s = bench::seconds_since(t0);
+  t.add("tbb::parallel_reduce, arena " + std::to_string(cores) + " + caller", [&] {
+    bench::stopwatch sw;
+    std::uint64_t r = 0;
+    arena->execute([&] {
+      r = tbb::parallel_reduce(
+          tbb::blocked_range<std::size_t>(0, v.size()), std::uint64_t{0},
+          [&](const tbb::blocked_range<std::size_t>& br, std::uint64_t acc) {
+            for (std::size_t i = br.begin(); i != br.end(); ++i) acc += sq(v[i]);
+            return acc;
+          },
+          std::plus<>{});
+    });
+    auto s = sw.stop(static_cast<double>(n));
     bench::validate(r == want, "tbb parallel_reduce");
-    return double(n) / s / 1e9;
+    return s;
   });
 
-  impls.add("std::transform_reduce(par)", [&] {
-    auto t0 = bench::clock::now();
-    auto r = std::transform_reduce(std::execution::par, v.begin(), v.end(), std::uint64_t{0},
-                                   std::plus<>{}, sq);
-    double s = bench::seconds_since(t0);
+  t.add("std::transform_reduce(par), same arena", [&] {
+    bench::stopwatch sw;
+    std::uint64_t r = 0;
+    arena->execute([&] {
+      r = std::transform_reduce(std::execution::par, v.begin(), v.end(), std::uint64_t{0},
+                                std::plus<>{}, sq);
+    });
+    auto s = sw.stop(static_cast<double>(n));
     bench::validate(r == want, "transform_reduce(par)");
-    return double(n) / s / 1e9;
+    return s;
   });
 #endif
 
-  impls.add("single thread loop", [&] {
-    auto t0 = bench::clock::now();
+  t.add("single thread loop", [&] {
+    bench::stopwatch sw;
     std::uint64_t r = 0;
     for (auto x : v) r += sq(x);
-    double s = bench::seconds_since(t0);
+    auto s = sw.stop(static_cast<double>(n));
     bench::validate(r == want, "single-thread sum of squares");
-    return double(n) / s / 1e9;
+    return s;
   });
-  impls.run(a.runs, t);
-  t.print();
+  t.run();
 }
 
 // ---------------------------------------------------------------------------------------------
 // 3. word count.
 
 using word_counts = std::unordered_map<std::string_view, std::uint64_t>;
+constexpr std::size_t word_reserve = 16384;  // every map, every implementation: no rehash while counting
+
+word_counts reserved_map() {
+  word_counts m;
+  m.reserve(word_reserve);
+  return m;
+}
 
 void count_words(std::string_view text, word_counts& c) {
   std::size_t i = 0;
@@ -262,106 +337,138 @@ void bench_word_count(const bench::args& a, spindle::thread_pool& pool) {
     docs.push_back(all.substr(b, e - b));
     b = e;
   }
-  const double mb = double(text.size()) / 1e6;
   auto total_words = [](const word_counts& c) {
     std::uint64_t s = 0;
     for (auto& [w, k] : c) s += k;
     return s;
   };
-  bench::table t("word count, " + std::to_string(text.size() / 1000000) + " MB, " +
-                     std::to_string(docs.size()) + " documents",
-                 "MB/s");
-  contenders impls;
+  // The reference: counted once, before any timing, on this thread.
+  word_counts reference = reserved_map();
+  count_words(all, reference);
+  bench::validate(total_words(reference) == words, "reference word count");
 
-  word_counts reference;
-  impls.add("single thread", [&] {
-    auto t0 = bench::clock::now();
-    word_counts c;
+  bench::suite t(a,
+                 "word count, " + std::to_string(text.size() / 1000000) + " MB, " +
+                     std::to_string(docs.size()) + " documents, every map reserves " +
+                     std::to_string(word_reserve),
+                 "MB/s", 1e-6);
+  const double n_bytes = static_cast<double>(text.size());
+
+  t.add("single thread, one map", [&] {
+    bench::stopwatch sw;
+    word_counts c = reserved_map();
     count_words(all, c);
-    double s = bench::seconds_since(t0);
-    bench::validate(total_words(c) == words, "single-thread word count");
-    reference = std::move(c);
-    return mb / s;
+    auto s = sw.stop(n_bytes);
+    bench::validate(total_words(c) == words && c == reference, "single-thread word count");
+    return s;
   });
 
-  impls.add("spindle::map_reduce", [&] {
-    auto t0 = bench::clock::now();
+  t.add("spindle::map_reduce, a map per document", [&] {
+    bench::stopwatch sw;
     auto c = spindle::map_reduce(
         pool, docs,
         [](std::string_view d) {
-          word_counts m;
-          m.reserve(16384);  // about the distinct words of one document: no rehash while counting
+          word_counts m = reserved_map();
           count_words(d, m);
           return m;
         },
         word_counts{}, merge);
-    double s = bench::seconds_since(t0);
+    auto s = sw.stop(n_bytes);
     bench::validate(total_words(c) == words && c == reference, "spindle word count");
-    return mb / s;
+    return s;
   }, true);
 
 #if SPINDLE_BENCH_HAVE_TBB
-  impls.add("tbb::parallel_for + per-thread maps", [&] {
-    auto t0 = bench::clock::now();
-    tbb::enumerable_thread_specific<word_counts> local;
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, docs.size()),
-                      [&](const tbb::blocked_range<std::size_t>& br) {
-                        auto& m = local.local();
-                        for (std::size_t i = br.begin(); i != br.end(); ++i) count_words(docs[i], m);
-                      });
+  t.add("tbb::parallel_for + per-thread maps, arena " + std::to_string(cores) + " + caller", [&] {
+    bench::stopwatch sw;
     word_counts c;
-    for (auto& m : local) c = merge(std::move(c), std::move(m));
-    double s = bench::seconds_since(t0);
+    arena->execute([&] {
+      tbb::enumerable_thread_specific<word_counts> local([] { return reserved_map(); });
+      tbb::parallel_for(tbb::blocked_range<std::size_t>(0, docs.size()),
+                        [&](const tbb::blocked_range<std::size_t>& br) {
+                          auto& m = local.local();
+                          for (std::size_t i = br.begin(); i != br.end(); ++i)
+                            count_words(docs[i], m);
+                        });
+      for (auto& m : local) c = merge(std::move(c), std::move(m));
+    });
+    auto s = sw.stop(n_bytes);
     bench::validate(total_words(c) == words && c == reference, "tbb word count");
-    return mb / s;
+    return s;
   });
 #endif
-  impls.run(a.runs, t);
-  t.print();
+  t.run();
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4. actor ping-pong: one message in flight, bounced between two actors.
 
-double spindle_ping_pong(std::uint64_t n, spindle::thread_pool* pool) {
+// What both actors handled: validated after each run.
+struct pong_tally {
+  std::atomic<std::uint64_t> handled{0};
+  std::atomic<std::uint64_t> last{0};
+  void check(std::uint64_t n, const std::string& who) const {
+    // Messages 0, 1, ..., n: ping handles the even ones, pong the odd ones, and ping stops at n.
+    bench::validate(last.load() == n, who + ": last value");
+    bench::validate(handled.load() == n + 1, who + ": messages handled by both actors");
+  }
+};
+
+auto actor_opts(bool sleep) { return bench::options_sleeping<spindle::actor_options>(sleep); }
+auto pool_opts(bool sleep) { return bench::options_sleeping<spindle::thread_pool_options>(sleep); }
+constexpr bool has_actor_spin = bench::has_spin_knob<spindle::actor_options>;
+constexpr bool has_pool_spin = bench::has_spin_knob<spindle::thread_pool_options>;
+
+// n must be even (ping sees every even value and stops at n).
+bench::sample spindle_ping_pong(std::uint64_t n, spindle::thread_pool* pool, bool sleep) {
   std::promise<void> done;
+  pong_tally tally;
   spindle::actor<std::uint64_t>* ping_ptr = nullptr;
   spindle::actor<std::uint64_t>* pong_ptr = nullptr;
-  auto pong_fn = [&](std::uint64_t x) { ping_ptr->send(x + 1); };
+  auto pong_fn = [&](std::uint64_t x) {
+    tally.handled.fetch_add(1, std::memory_order_relaxed);
+    ping_ptr->send(x + 1);
+  };
   auto ping_fn = [&](std::uint64_t x) {
+    tally.handled.fetch_add(1, std::memory_order_relaxed);
     if (x >= n) {
+      tally.last.store(x);
       done.set_value();
       return;
     }
     pong_ptr->send(x + 1);
   };
   auto make = [&](auto h) {
-    return pool ? std::make_unique<spindle::actor<std::uint64_t>>(*pool, h)
-                : std::make_unique<spindle::actor<std::uint64_t>>(h);
+    return pool ? std::make_unique<spindle::actor<std::uint64_t>>(*pool, h, actor_opts(sleep))
+                : std::make_unique<spindle::actor<std::uint64_t>>(h, actor_opts(sleep));
   };
   auto pong = make(pong_fn);
   auto ping = make(ping_fn);
   pong_ptr = pong.get();
   ping_ptr = ping.get();
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   ping->send(0);
   done.get_future().wait();
-  double s = bench::seconds_since(t0);
+  auto s = sw.stop(static_cast<double>(n));
   ping->stop();
   pong->stop();
-  return double(n) / s / 1e6;
+  tally.check(n, "spindle ping-pong");
+  return s;
 }
 
 #if SPINDLE_BENCH_HAVE_CAF
-caf::behavior caf_pong(caf::event_based_actor* self) {
+caf::behavior caf_pong(caf::event_based_actor* self, pong_tally* tally) {
   return {[=](std::uint64_t x) {
+    tally->handled.fetch_add(1, std::memory_order_relaxed);
     self->send(caf::actor_cast<caf::actor>(self->current_sender()), x + 1);
   }};
 }
 caf::behavior caf_ping(caf::event_based_actor* self, caf::actor pong, std::uint64_t n,
-                       std::promise<void>* done) {
+                       std::promise<void>* done, pong_tally* tally) {
   return {[=](std::uint64_t x) {
+    tally->handled.fetch_add(1, std::memory_order_relaxed);
     if (x >= n) {
+      tally->last.store(x);
       done->set_value();
       self->quit();
       return;
@@ -370,50 +477,84 @@ caf::behavior caf_ping(caf::event_based_actor* self, caf::actor pong, std::uint6
   }};
 }
 
-double caf_ping_pong(std::uint64_t n) {
+bench::sample caf_ping_pong(std::uint64_t n) {
   caf::actor_system_config cfg;
   cfg.set("scheduler.max-threads", static_cast<std::size_t>(cores));
   caf::actor_system sys(cfg);
   std::promise<void> done;
-  auto pong = sys.spawn(caf_pong);
-  auto ping = sys.spawn(caf_ping, pong, n, &done);
-  auto t0 = bench::clock::now();
+  pong_tally tally;
+  auto pong = sys.spawn(caf_pong, &tally);
+  auto ping = sys.spawn(caf_ping, pong, n, &done, &tally);
+  bench::stopwatch sw;
   caf::anon_send(ping, std::uint64_t{0});
   done.get_future().wait();
-  double s = bench::seconds_since(t0);
+  auto s = sw.stop(static_cast<double>(n));
   caf::anon_send_exit(pong, caf::exit_reason::user_shutdown);
-  return double(n) / s / 1e6;
+  tally.check(n, "CAF ping-pong");
+  return s;
 }
 #endif
 
-void bench_ping_pong(const bench::args& a, spindle::thread_pool& pool) {
-  const std::uint64_t n = std::max<std::uint64_t>(1000, a.items / 5);
-  bench::table t("actor ping-pong, " + std::to_string(n) + " messages", "M messages/s");
-  // The row compared with CAF is the same design as CAF's: event-based actors on a pool.
-  double on_pool = bench::median_of(a.runs, [&] { return spindle_ping_pong(n, &pool); });
-  t.add("spindle::actor (on a thread_pool)", on_pool, true);
-  double own = bench::median_of(a.runs, [&] { return spindle_ping_pong(n, nullptr); });
-  t.add("spindle::actor (own threads)", own);
+void bench_ping_pong(const bench::args& a) {
+  std::uint64_t n = std::max<std::uint64_t>(1000, a.items / 5);
+  n -= n % 2;
+  bench::suite t(a, "actor ping-pong, " + std::to_string(n) + " messages", "M messages/s", 1e-6);
+  // The row compared with CAF is the same design as CAF's: event-based actors on a pool of
+  // `cores` threads (CAF's scheduler.max-threads).
+  t.add("spindle::actor on a thread_pool of " + std::to_string(cores) + " (spins when idle)",
+        [&] {
+          spindle::thread_pool pool(cores, pool_opts(false));
+          return spindle_ping_pong(n, &pool, false);
+        },
+        true);
+  t.add(has_pool_spin
+            ? "spindle::actor on a thread_pool, pool spin 0 (sleeps)"
+            : "spindle::actor on a thread_pool (no spin switch)",
+        [&] {
+          spindle::thread_pool pool(cores, pool_opts(true));
+          return spindle_ping_pong(n, &pool, true);
+        });
+  t.add("spindle::actor on own threads (spins when idle)",
+        [&] { return spindle_ping_pong(n, nullptr, false); });
+  t.add(has_actor_spin ? "spindle::actor on own threads, spin 0 (sleeps)"
+                                               : "spindle::actor on own threads (no spin switch)",
+        [&] { return spindle_ping_pong(n, nullptr, true); });
 #if SPINDLE_BENCH_HAVE_CAF
-  double caf_rate = bench::median_of(a.runs, [&] { return caf_ping_pong(n); });
-  t.add("CAF 0.17 event_based_actor", caf_rate);
+  t.add("CAF 0.17 event_based_actor, max-threads " + std::to_string(cores),
+        [&] { return caf_ping_pong(n); });
+#else
+  t.note("CAF not found at build time: no CAF row.");
 #endif
-  t.print();
+  t.note("pools and actor systems are built and torn down outside the timed region, every round.");
+  t.run();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   bench::args a(argc, argv, {.items = 5'000'000, .runs = 5});
-  std::printf("bench_patterns: %u cores, items %llu, runs %d%s\n", cores,
-              static_cast<unsigned long long>(a.items), a.runs, a.smoke ? " (smoke)" : "");
+  std::printf("bench_patterns: %u cores, items %llu, %d rounds + %d warm-up%s\n", cores,
+              static_cast<unsigned long long>(a.items), a.runs, a.warmup,
+              a.smoke ? " (smoke)" : "");
+  bench::watchdog(a.smoke ? 240 : 1800, "bench_patterns");
 #if SPINDLE_BENCH_HAVE_TBB
-  tbb::global_control limit(tbb::global_control::max_allowed_parallelism, cores);
+  tbb::global_control limit(tbb::global_control::max_allowed_parallelism,
+                           std::max<std::size_t>(cores + 1, 4));
+  tbb::task_arena pipeline_arena(4, 1);  // 3 workers + the caller: spindle's 3 stages + feeder
+  tbb::task_arena pool_arena(static_cast<int>(cores) + 1, 1);
+  arena = &pipeline_arena;
+  bench_pipeline(a, true);
+  bench_pipeline(a, false);
+  arena = &pool_arena;
+#else
+  bench_pipeline(a, true);
+  bench_pipeline(a, false);
 #endif
-  spindle::thread_pool pool(cores);
-  bench_pipeline(a);
-  bench_sum_squares(a, pool);
-  bench_word_count(a, pool);
-  bench_ping_pong(a, pool);
+  {
+    spindle::thread_pool pool(cores);
+    bench_sum_squares(a, pool);
+    bench_word_count(a, pool);
+  }
+  bench_ping_pong(a);
   return 0;
 }

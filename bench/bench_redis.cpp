@@ -1,25 +1,23 @@
-// bench_redis - the RESP client against hiredis and redis-benchmark, on a redis-server started
-// on loopback for the run.
+// bench_redis - the RESP client, reliable queue, stream and limiter against hiredis and
+// redis-benchmark, on a redis-server started on loopback for the run (tests/support).
 //
-// Workloads (same server, same key, LLEN validates every run):
-//   1. synchronous round trips: LPUSH one item per round trip (--items, default 100k)
-//   2. pipelined 64 deep: LPUSH, 64 commands per write (10x --items, default 1M)
-//   redis-benchmark runs the same LPUSH with -c 1 (-P 1 and -P 64) as a subprocess.
-//   3. reliable queue end to end (--items / 5 jobs, default 20k): one producer thread pushes,
-//      1 or 2 consumer threads pop, process and ack. spindle::redis::queue (pop_delivery + ack;
-//      ack_and_pop_delivery, worker_pool's loop; the channel interface pop(T&), which acks a
-//      thread's previous value on its next pop; and push_all in batches of 64 with consumers
-//      prefetching 16) against hiredis doing the classic pattern: LPUSH (one per round trip, or
-//      64 pipelined); BLMOVE to a per-consumer processing list; LREM to ack. Validated: job
-//      count, checksum of the payloads, nothing left ready, in flight or pending.
-//   5. stream end to end (--items / 5 entries): one producer thread pushes, one consumer pops
-//      and acks. spindle::redis::stream through pop_delivery + ack, and through pop(T&), whose
-//      ack travels in the next pop's script, against hiredis doing XADD; XREADGROUP (COUNT 1,
-//      BLOCK 20 ms); XACK + XDEL pipelined (spindle's ack deletes the entry too). Validated:
-//      count, checksum, nothing left in the stream or pending.
-//   4. limiter try_acquire (--items / 5 calls per run, in 10 alternating rounds):
-//      spindle::redis::token_bucket against hiredis calling EVALSHA of the same token-bucket Lua
-//      script; every call must be granted.
+// Method: harness.hpp (warm-up, rows interleaved, min / median / max, CPU per op of this process:
+// the client side only). Every round is validated: LLEN after LPUSH (redis-benchmark's rows too);
+// for the queue and the stream, the job count and payload checksum of what consumers received,
+// and nothing left ready, in flight or pending; every limiter call granted.
+//
+// Like for like: each spindle mode has a hiredis peer making the same round trips per job,
+// tagged alike in the table and compared in pairs:
+//   [2 trips/job]   spindle push, pop_delivery + ack  |  LPUSH; BLMOVE, then LREM
+//   [1 trip/job]    spindle pop(T&) / ack_and_pop     |  LPUSH; LREM(previous) + BLMOVE, one write
+//   [push 64, ...]  spindle push_all 64               |  one LPUSH carrying 64 values
+//   [fetch 16]      spindle prefetch 16, deferred ack |  LREMs of the last batch + 16 LMOVE, one
+//                                                     |  write (BLMOVE only when none was ready)
+//   stream [2 trips/entry] pop_delivery + ack         |  XREADGROUP, then XACK + XDEL
+//   stream [1 trip/entry]  pop(T&), fused ack         |  XACK + XDEL(previous) + XREADGROUP
+//
+// Sizes: --items (default 100k) synchronous LPUSH, 10x pipelined; --items / 5 jobs or entries
+// per queue and stream run; --items / 10 limiter calls.
 #include <spindle/redis.hpp>
 
 #include <atomic>
@@ -47,24 +45,24 @@ const char* const key = "bench:list";
 
 std::int64_t llen(redis::connection& c) { return c.command("LLEN", key).integer(); }
 
-double spindle_sync(redis::connection& c, std::uint64_t n) {
+bench::sample spindle_sync(redis::connection& c, std::uint64_t n) {
   c.command("DEL", key);
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   for (std::uint64_t i = 0; i < n; ++i) c.command("LPUSH", key, "value");
-  double rate = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::sample rate = sw.stop(static_cast<double>(n));
   bench::validate(llen(c) == static_cast<std::int64_t>(n), "spindle sync LLEN");
   return rate;
 }
 
-double spindle_pipelined(redis::connection& c, std::uint64_t n) {
+bench::sample spindle_pipelined(redis::connection& c, std::uint64_t n) {
   c.command("DEL", key);
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   for (std::uint64_t i = 0; i < n; i += depth) {
     std::uint64_t k = std::min<std::uint64_t>(depth, n - i);
     for (std::uint64_t j = 0; j < k; ++j) c.append("LPUSH", key, "value");
     for (std::uint64_t j = 0; j < k; ++j) (void)c.read();
   }
-  double rate = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::sample rate = sw.stop(static_cast<double>(n));
   bench::validate(llen(c) == static_cast<std::int64_t>(n), "spindle pipelined LLEN");
   return rate;
 }
@@ -82,18 +80,18 @@ void hiredis_check(void* r) {
   freeReplyObject(rep);
 }
 
-double hiredis_sync(redisContext* h, redis::connection& c, std::uint64_t n) {
+bench::sample hiredis_sync(redisContext* h, redis::connection& c, std::uint64_t n) {
   c.command("DEL", key);
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   for (std::uint64_t i = 0; i < n; ++i) hiredis_check(redisCommand(h, "LPUSH %s %s", key, "value"));
-  double rate = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::sample rate = sw.stop(static_cast<double>(n));
   bench::validate(llen(c) == static_cast<std::int64_t>(n), "hiredis sync LLEN");
   return rate;
 }
 
-double hiredis_pipelined(redisContext* h, redis::connection& c, std::uint64_t n) {
+bench::sample hiredis_pipelined(redisContext* h, redis::connection& c, std::uint64_t n) {
   c.command("DEL", key);
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   for (std::uint64_t i = 0; i < n; i += depth) {
     std::uint64_t k = std::min<std::uint64_t>(depth, n - i);
     for (std::uint64_t j = 0; j < k; ++j) redisAppendCommand(h, "LPUSH %s %s", key, "value");
@@ -103,7 +101,7 @@ double hiredis_pipelined(redisContext* h, redis::connection& c, std::uint64_t n)
       hiredis_check(r);
     }
   }
-  double rate = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::sample rate = sw.stop(static_cast<double>(n));
   bench::validate(llen(c) == static_cast<std::int64_t>(n), "hiredis pipelined LLEN");
   return rate;
 }
@@ -124,6 +122,11 @@ struct job_tally {
     end_ns.store(bench::clock::now().time_since_epoch().count(), std::memory_order_release);
     return true;
   }
+  // Wall seconds from t0 to the n-th job processed.
+  double seconds(bench::clock::time_point t0) const {
+    auto end = bench::clock::time_point(bench::clock::duration(end_ns.load()));
+    return std::chrono::duration<double>(end - t0).count();
+  }
   double rate(bench::clock::time_point t0, std::uint64_t n) const {
     auto end = bench::clock::time_point(bench::clock::duration(end_ns.load()));
     return static_cast<double>(n) / std::chrono::duration<double>(end - t0).count();
@@ -143,8 +146,11 @@ struct queue_mode {
   std::size_t prefetch = 1;    // queue_options::prefetch
 };
 
-// One producer pushes n jobs while `consumers` threads pop and ack them; returns jobs/s.
-double spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, queue_mode m, int run) {
+std::atomic<int> unique_run{0};  // fresh Redis key names for every run
+
+// One producer pushes n jobs while `consumers` threads pop and ack them.
+bench::sample spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, queue_mode m) {
+  const int run = unique_run.fetch_add(1);
   using namespace std::chrono_literals;
   using q_t = redis::queue<std::uint64_t>;
   std::string name = "bench:q:" + std::to_string(consumers) + ":" +
@@ -154,7 +160,8 @@ double spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, queue_m
   q_t q(name, {.port = port}, {.poll_interval = 20ms, .prefetch = m.prefetch});
   q.destroy();
   job_tally t;
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
+  auto t0 = sw.start();
   std::vector<std::thread> ts;
   for (int c = 0; c < consumers; ++c)
     ts.emplace_back([&] {
@@ -191,84 +198,155 @@ double spindle_queue(std::uint16_t port, std::uint64_t n, int consumers, queue_m
     }
   }
   for (auto& th : ts) th.join();
-  double rate = t.rate(t0, n);
+  bench::sample s = sw.stop(static_cast<double>(n));
+  s.wall = t.seconds(t0);
   t.check(n, "spindle queue");
   bench::validate(q.size() == 0 && q.in_flight() == 0 && q.pending() == 0,
                   "spindle queue: left ready, in flight or pending");
   q.destroy();
-  return rate;
+  return s;
 }
 
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
-// The classic reliable queue: LPUSH; BLMOVE ready -> processing list of this consumer; LREM.
-double hiredis_queue(std::uint16_t port, redis::connection& c, std::uint64_t n, int consumers,
-                     std::uint64_t push_depth = 1) {
+// How the hiredis reliable queue (the classic LPUSH; BLMOVE ready -> this consumer's processing
+// list; LREM to ack) pushes and consumes: the peer of each spindle mode.
+enum class hq_mode {
+  two_trips,  // LPUSH per job; BLMOVE, then LREM: two round trips per job (pop_delivery + ack)
+  fused,      // LPUSH per job; LREM of the previous job and BLMOVE in one write: one round trip
+              // per job (spindle's ack_and_pop_delivery / pop(T&))
+  batched,    // one LPUSH of 64 values per round trip (push_all 64); LREMs of the previous batch
+              // and 16 LMOVEs in one write, BLMOVE only when that finds nothing: one round trip
+              // per 16 jobs (prefetch 16 with deferred acks)
+  push64,     // one LPUSH of 64 values per round trip; BLMOVE then LREM (push_all 64, prefetch 1)
+};
+
+void hiredis_read_replies(redisContext* h, int k, std::vector<redisReply*>& out) {
+  out.clear();
+  for (int i = 0; i < k; ++i) {
+    void* r = nullptr;
+    bench::validate(redisGetReply(h, &r) == REDIS_OK && r != nullptr, "hiredis getReply");
+    auto* rep = static_cast<redisReply*>(r);
+    bench::validate(rep->type != REDIS_REPLY_ERROR, "hiredis reply");
+    out.push_back(rep);
+  }
+}
+
+// One producer pushes n jobs while `consumers` threads pop and ack them; returns the sample.
+bench::sample hiredis_queue(std::uint16_t port, redis::connection& c, std::uint64_t n,
+                            int consumers, hq_mode mode) {
   const std::string ready = "bench:hq:ready";
   const std::string proc = "bench:hq:proc:";
   c.command("DEL", ready, proc + "0", proc + "1");
   job_tally t;
   std::atomic<bool> stop{false};
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
+  auto t0 = sw.start();
   std::vector<std::thread> ts;
   for (int k = 0; k < consumers; ++k)
     ts.emplace_back([&, k] {
       redisContext* h = hiredis_connect(port);
-      std::string mine = proc + std::to_string(k);
-      while (!stop.load(std::memory_order_acquire)) {  // pairs with the release below
-        auto* r = static_cast<redisReply*>(
-            redisCommand(h, "BLMOVE %s %s RIGHT LEFT 0.02", ready.c_str(), mine.c_str()));
-        bench::validate(r != nullptr && r->type != REDIS_REPLY_ERROR, "hiredis BLMOVE");
-        if (r->type == REDIS_REPLY_NIL) {
-          freeReplyObject(r);
-          continue;
-        }
-        std::string job(r->str, r->len);
-        freeReplyObject(r);
-        auto* a = static_cast<redisReply*>(
-            redisCommand(h, "LREM %s 1 %b", mine.c_str(), job.data(), job.size()));
-        bench::validate(a != nullptr && a->type == REDIS_REPLY_INTEGER && a->integer == 1,
-                        "hiredis LREM ack");
-        freeReplyObject(a);
+      const std::string mine = proc + std::to_string(k);
+      std::vector<std::string> held;  // jobs taken and processed, not yet acked
+      std::vector<redisReply*> reps;
+      auto ack_check = [&](redisReply* a) {
+        bench::validate(a->type == REDIS_REPLY_INTEGER && a->integer == 1, "hiredis LREM ack");
+      };
+      auto process = [&](const std::string& job) {
         if (t.record(std::stoull(job), n)) stop.store(true, std::memory_order_release);
+      };
+      while (!stop.load(std::memory_order_acquire)) {  // pairs with the release in process
+        const bool fused = mode == hq_mode::fused || mode == hq_mode::batched;
+        if (fused)  // the acks of what this consumer processed ride on this write
+          for (const auto& job : held)
+            redisAppendCommand(h, "LREM %s 1 %b", mine.c_str(), job.data(), job.size());
+        const int acks = fused ? static_cast<int>(held.size()) : 0;
+        int fetches = 1;
+        if (mode == hq_mode::batched) {
+          fetches = 16;
+          for (int f = 0; f < fetches; ++f)
+            redisAppendCommand(h, "LMOVE %s %s RIGHT LEFT", ready.c_str(), mine.c_str());
+        } else {
+          redisAppendCommand(h, "BLMOVE %s %s RIGHT LEFT 0.02", ready.c_str(), mine.c_str());
+        }
+        hiredis_read_replies(h, acks + fetches, reps);
+        for (int a = 0; a < acks; ++a) ack_check(reps[static_cast<std::size_t>(a)]);
+        if (fused) held.clear();
+        std::vector<std::string> got;
+        for (std::size_t f = static_cast<std::size_t>(acks); f < reps.size(); ++f)
+          if (reps[f]->type == REDIS_REPLY_STRING) got.emplace_back(reps[f]->str, reps[f]->len);
+        for (auto* r : reps) freeReplyObject(r);
+        if (got.empty() && mode == hq_mode::batched) {  // nothing ready: block, as spindle does
+          redisAppendCommand(h, "BLMOVE %s %s RIGHT LEFT 0.02", ready.c_str(), mine.c_str());
+          hiredis_read_replies(h, 1, reps);
+          if (reps[0]->type == REDIS_REPLY_STRING) got.emplace_back(reps[0]->str, reps[0]->len);
+          freeReplyObject(reps[0]);
+        }
+        for (const auto& job : got) {
+          process(job);
+          if (fused) {
+            held.push_back(job);
+          } else {  // ack at once: a second round trip
+            auto* a = static_cast<redisReply*>(
+                redisCommand(h, "LREM %s 1 %b", mine.c_str(), job.data(), job.size()));
+            bench::validate(a != nullptr, "hiredis LREM");
+            ack_check(a);
+            freeReplyObject(a);
+          }
+        }
+      }
+      for (const auto& job : held)  // the last acks
+        redisAppendCommand(h, "LREM %s 1 %b", mine.c_str(), job.data(), job.size());
+      hiredis_read_replies(h, static_cast<int>(held.size()), reps);
+      for (auto* r : reps) {
+        ack_check(r);
+        freeReplyObject(r);
       }
       redisFree(h);
     });
   redisContext* p = hiredis_connect(port);
-  for (std::uint64_t i = 0; i < n; i += push_depth) {  // push_depth LPUSH per write
-    std::uint64_t k = std::min<std::uint64_t>(push_depth, n - i);
-    for (std::uint64_t j = 0; j < k; ++j) {
-      std::string v = std::to_string(i + j);
-      redisAppendCommand(p, "LPUSH %s %b", ready.c_str(), v.data(), v.size());
+  const std::uint64_t per_push =
+      (mode == hq_mode::batched || mode == hq_mode::push64) ? 64 : 1;
+  std::vector<std::string> vals;
+  std::vector<const char*> argv;
+  std::vector<std::size_t> lens;
+  for (std::uint64_t i = 0; i < n; i += per_push) {  // one LPUSH of up to 64 values per trip
+    std::uint64_t k = std::min<std::uint64_t>(per_push, n - i);
+    vals.assign({"LPUSH", ready});
+    for (std::uint64_t j = 0; j < k; ++j) vals.push_back(std::to_string(i + j));
+    argv.clear();
+    lens.clear();
+    for (const auto& v : vals) {
+      argv.push_back(v.data());
+      lens.push_back(v.size());
     }
-    for (std::uint64_t j = 0; j < k; ++j) {
-      void* r = nullptr;
-      bench::validate(redisGetReply(p, &r) == REDIS_OK, "hiredis getReply");
-      hiredis_check(r);
-    }
+    hiredis_check(redisCommandArgv(p, static_cast<int>(argv.size()), argv.data(), lens.data()));
   }
   redisFree(p);
   for (auto& th : ts) th.join();
-  double rate = t.rate(t0, n);
+  bench::sample s = sw.stop(static_cast<double>(n));
+  s.wall = t.seconds(t0);
   t.check(n, "hiredis queue");
   bench::validate(c.command("LLEN", ready).integer() == 0 &&
                       c.command("LLEN", proc + "0").integer() == 0 &&
                       c.command("LLEN", proc + "1").integer() == 0,
                   "hiredis queue: left ready or in flight");
-  return rate;
+  return s;
 }
 #endif
 
 // ---- stream --------------------------------------------------------------------------------
 
-// One producer pushes n entries while one consumer pops and acks them; returns entries/s.
-double spindle_stream(std::uint16_t port, std::uint64_t n, bool fused, int run) {
+// One producer pushes n entries while one consumer pops and acks them.
+bench::sample spindle_stream(std::uint16_t port, std::uint64_t n, bool fused) {
   using namespace std::chrono_literals;
   using s_t = redis::stream<std::uint64_t>;
+  const int run = unique_run.fetch_add(1);
   s_t s("bench:s:" + std::to_string(fused) + ":" + std::to_string(run), {.port = port},
         {.poll_interval = 20ms});
   s.destroy();
   job_tally t;
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
+  auto t0 = sw.start();
   std::thread consumer([&] {
     if (fused) {
       std::uint64_t v = 0;
@@ -285,44 +363,73 @@ double spindle_stream(std::uint16_t port, std::uint64_t n, bool fused, int run) 
   for (std::uint64_t i = 0; i < n; ++i)
     bench::validate(s.push(i) == spindle::status::ok, "spindle stream push");
   consumer.join();
-  double rate = t.rate(t0, n);
+  bench::sample r = sw.stop(static_cast<double>(n));
+  r.wall = t.seconds(t0);
   t.check(n, "spindle stream");
   bench::validate(s.size() == 0 && s.pending() == 0, "spindle stream: left entries or pending");
   s.destroy();
-  return rate;
+  return r;
 }
 
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
-// XADD; XREADGROUP COUNT 1 BLOCK 20; XACK + XDEL pipelined.
-double hiredis_stream(std::uint16_t port, redis::connection& c, std::uint64_t n) {
+// XADD; XREADGROUP (COUNT 1, BLOCK 20 ms); XACK + XDEL (spindle's ack deletes the entry too).
+// fused = false: XACK + XDEL pipelined after the read, two round trips per entry (spindle's
+// pop_delivery + ack). fused = true: the previous entry's XACK + XDEL ride on the next
+// XREADGROUP's write, one round trip per entry (spindle's pop(T&) with its fused ack).
+bench::sample hiredis_stream(std::uint16_t port, redis::connection& c, std::uint64_t n,
+                             bool fused) {
   const std::string key = "bench:hs";
   c.command("DEL", key);
   c.command("XGROUP", "CREATE", key, "g", "0", "MKSTREAM");
   job_tally t;
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
+  auto t0 = sw.start();
   std::thread consumer([&] {
     redisContext* h = hiredis_connect(port);
-    while (t.done.load(std::memory_order_acquire) < n) {
-      auto* r = static_cast<redisReply*>(
-          redisCommand(h, "XREADGROUP GROUP g c COUNT 1 BLOCK 20 STREAMS %s >", key.c_str()));
-      bench::validate(r != nullptr && r->type != REDIS_REPLY_ERROR, "hiredis XREADGROUP");
-      if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {  // nil on timeout
-        freeReplyObject(r);
-        continue;
-      }
-      const redisReply* entry = r->element[0]->element[1]->element[0];
-      std::string id(entry->element[0]->str, entry->element[0]->len);
-      const redisReply* fields = entry->element[1];
-      std::uint64_t v = std::stoull(std::string(fields->element[1]->str, fields->element[1]->len));
-      freeReplyObject(r);
+    std::string held;  // id of the entry processed and not yet acked (fused)
+    std::vector<redisReply*> reps;
+    auto append_ack = [&](const std::string& id) {
       redisAppendCommand(h, "XACK %s g %b", key.c_str(), id.data(), id.size());
       redisAppendCommand(h, "XDEL %s %b", key.c_str(), id.data(), id.size());
-      for (int k = 0; k < 2; ++k) {
-        void* a = nullptr;
-        bench::validate(redisGetReply(h, &a) == REDIS_OK, "hiredis XACK/XDEL");
-        hiredis_check(a);
+    };
+    auto check_acks = [&](std::size_t from) {
+      for (std::size_t k = from; k < from + 2; ++k)
+        bench::validate(reps[k]->type == REDIS_REPLY_INTEGER && reps[k]->integer == 1,
+                        "hiredis XACK/XDEL");
+    };
+    while (t.done.load(std::memory_order_acquire) < n) {
+      const int acks = held.empty() ? 0 : 2;
+      if (!held.empty()) append_ack(held);
+      held.clear();
+      redisAppendCommand(h, "XREADGROUP GROUP g c COUNT 1 BLOCK 20 STREAMS %s >", key.c_str());
+      hiredis_read_replies(h, acks + 1, reps);
+      if (acks) check_acks(0);
+      redisReply* r = reps.back();
+      if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {  // nil on timeout
+        const redisReply* entry = r->element[0]->element[1]->element[0];
+        std::string id(entry->element[0]->str, entry->element[0]->len);
+        const redisReply* fields = entry->element[1];
+        std::uint64_t v =
+            std::stoull(std::string(fields->element[1]->str, fields->element[1]->len));
+        if (fused) {
+          held = id;
+        } else {
+          for (auto* x : reps) freeReplyObject(x);
+          reps.clear();
+          append_ack(id);
+          hiredis_read_replies(h, 2, reps);
+          check_acks(0);
+        }
+        t.record(v, n);
       }
-      t.record(v, n);
+      for (auto* x : reps) freeReplyObject(x);
+      reps.clear();
+    }
+    if (!held.empty()) {  // the last ack
+      append_ack(held);
+      hiredis_read_replies(h, 2, reps);
+      check_acks(0);
+      for (auto* x : reps) freeReplyObject(x);
     }
     redisFree(h);
   });
@@ -333,13 +440,14 @@ double hiredis_stream(std::uint16_t port, redis::connection& c, std::uint64_t n)
   }
   redisFree(p);
   consumer.join();
-  double rate = t.rate(t0, n);
+  bench::sample r = sw.stop(static_cast<double>(n));
+  r.wall = t.seconds(t0);
   t.check(n, "hiredis stream");
   bench::validate(c.command("XLEN", key).integer() == 0 &&
                       c.command("XPENDING", key, "g")[0].integer() == 0,
                   "hiredis stream: left entries or pending");
   c.command("DEL", key);
-  return rate;
+  return r;
 }
 #endif
 
@@ -349,20 +457,22 @@ double hiredis_stream(std::uint16_t port, redis::connection& c, std::uint64_t n)
 constexpr double tb_rate = 1e9;
 constexpr std::uint64_t tb_burst = 1'000'000'000;
 
-double spindle_bucket(std::uint16_t port, std::uint64_t n, int run) {
+bench::sample spindle_bucket(std::uint16_t port, std::uint64_t n) {
+  const int run = unique_run.fetch_add(1);
   redis::token_bucket tb("bench:tb:s" + std::to_string(run), {.port = port}, tb_rate, tb_burst);
   bench::validate(tb.try_acquire(), "spindle token_bucket first grant");  // connects, loads
   std::uint64_t granted = 0;
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   for (std::uint64_t i = 0; i < n; ++i) granted += tb.try_acquire() ? 1 : 0;
-  double rate = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::sample r = sw.stop(static_cast<double>(n));
   bench::validate(granted == n, "spindle token_bucket grants");
-  return rate;
+  return r;
 }
 
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
 // hiredis running EVALSHA of the same Lua token bucket (prelude + body) that spindle loads.
-double hiredis_bucket(redisContext* h, std::uint64_t n, int run) {
+bench::sample hiredis_bucket(redisContext* h, std::uint64_t n) {
+  const int run = unique_run.fetch_add(1);
   std::string src =
       std::string(redis::detail::lua_prelude) + std::string(redis::detail::lua_token_bucket);
   auto* l = static_cast<redisReply*>(redisCommand(h, "SCRIPT LOAD %b", src.data(), src.size()));
@@ -373,7 +483,7 @@ double hiredis_bucket(redisContext* h, std::uint64_t n, int run) {
   std::string rate = redis::codec<double>::encode(tb_rate);
   std::string burst = std::to_string(tb_burst);
   std::uint64_t granted = 0;
-  auto t0 = bench::clock::now();
+  bench::stopwatch sw;
   for (std::uint64_t i = 0; i < n; ++i) {
     auto* r = static_cast<redisReply*>(redisCommand(h, "EVALSHA %s 1 %s %s %s 1", sha.c_str(),
                                                     key.c_str(), rate.c_str(), burst.c_str()));
@@ -381,19 +491,22 @@ double hiredis_bucket(redisContext* h, std::uint64_t n, int run) {
     granted += r->integer == 0 ? 1 : 0;
     freeReplyObject(r);
   }
-  double rps = static_cast<double>(n) / bench::seconds_since(t0);
+  bench::sample s = sw.stop(static_cast<double>(n));
   bench::validate(granted == n, "hiredis token bucket grants");
-  return rps;
+  return s;
 }
 #endif
 
-// Runs redis-benchmark for LPUSH with one client; returns requests/s, or 0 if it is missing.
-double redis_benchmark(std::uint16_t port, std::uint64_t n, int pipeline) {
+// Runs redis-benchmark for LPUSH with one client (it pushes to the key "mylist"); validated by
+// that list's length afterwards (n, or up to pipeline - 1 more: it sends whole pipelines). CPU time: unknown (another process).
+bench::sample redis_benchmark(std::uint16_t port, redis::connection& c, std::uint64_t n,
+                              int pipeline) {
+  c.command("DEL", "mylist");
   std::string cmd = "redis-benchmark -h 127.0.0.1 -p " + std::to_string(port) +
                     " -c 1 -P " + std::to_string(pipeline) + " -n " + std::to_string(n) +
                     " -t lpush --csv 2>/dev/null";
   FILE* f = ::popen(cmd.c_str(), "r");
-  if (f == nullptr) return 0;
+  bench::validate(f != nullptr, "redis-benchmark: popen");
   char line[512];
   double rps = 0;
   while (std::fgets(line, sizeof line, f) != nullptr) {
@@ -401,118 +514,127 @@ double redis_benchmark(std::uint16_t port, std::uint64_t n, int pipeline) {
     if (std::strncmp(line, "\"LPUSH\",\"", 9) == 0) rps = std::strtod(line + 9, nullptr);
   }
   ::pclose(f);
-  return rps;
+  bench::validate(rps > 0, "redis-benchmark: no LPUSH figure in its output");
+  // With -P k it sends whole pipelines: up to k - 1 commands more than asked.
+  const auto len = c.command("LLEN", "mylist").integer();
+  bench::validate(len >= static_cast<std::int64_t>(n) && len < static_cast<std::int64_t>(n) + pipeline,
+                  "redis-benchmark: LLEN mylist after its run");
+  c.command("DEL", "mylist");
+  return {static_cast<double>(n), static_cast<double>(n) / rps, std::nan("")};
+}
+
+bool have_redis_benchmark() {
+  return std::system("command -v redis-benchmark >/dev/null 2>&1") == 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bench::args a(argc, argv, {.items = 100'000, .runs = 3});
+  bench::args a(argc, argv, {.items = 100'000, .runs = 5});
   if (test_support::redis_server::binary().empty()) {
     std::printf("bench_redis: redis-server not found; nothing to measure\n");
     return 0;
   }
-  std::uint64_t n_sync = a.smoke ? 2'000 : a.items;
-  std::uint64_t n_pipe = a.smoke ? 20'000 : a.items * 10;
+  bench::watchdog(a.smoke ? 240 : 1800, "bench_redis");
+  const std::uint64_t n_sync = a.smoke ? 2'000 : a.items;
+  const std::uint64_t n_pipe = a.smoke ? 20'000 : a.items * 10;
+  const std::uint64_t n_jobs = a.smoke ? 1'000 : std::max<std::uint64_t>(a.items / 5, 1);
   test_support::redis_server srv;
   redis::connection c({.port = srv.port()});
-  std::printf("bench_redis: redis-server on 127.0.0.1:%u, %llu sync / %llu pipelined LPUSH, "
-              "median of %d runs\n",
-              srv.port(), static_cast<unsigned long long>(n_sync),
-              static_cast<unsigned long long>(n_pipe), a.runs);
+  const std::uint16_t port = srv.port();
+  std::printf("bench_redis: redis-server on 127.0.0.1:%u; %llu sync / %llu pipelined LPUSH; "
+              "%llu jobs or entries per queue/stream run; %d rounds + %d warm-up\n",
+              port, static_cast<unsigned long long>(n_sync),
+              static_cast<unsigned long long>(n_pipe), static_cast<unsigned long long>(n_jobs),
+              a.runs, a.warmup);
+  std::printf("CPU us/op: this process only (the client side; redis-server's CPU is not "
+              "counted, redis-benchmark's is unknown)\n");
+  const bool rb = have_redis_benchmark();
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+  redisContext* h = hiredis_connect(port);
+#endif
 
-  // Runs alternate between implementations so that drift on a shared machine hits all alike.
-  std::vector<double> s_sync, s_pipe, h_sync, h_pipe, b_sync, b_pipe;
+  {
+    bench::suite t(a, "LPUSH, synchronous round trips, 1 connection", "k ops/s", 1e-3);
+    t.add("spindle::redis::connection", [&] { return spindle_sync(c, n_sync); }, true);
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
-  redisContext* h = hiredis_connect(srv.port());
+    t.add("hiredis", [&] { return hiredis_sync(h, c, n_sync); });
 #endif
-  for (int r = 0; r < a.runs; ++r) {
-    s_sync.push_back(spindle_sync(c, n_sync) / 1e3);
-#ifdef SPINDLE_BENCH_HAVE_HIREDIS
-    h_sync.push_back(hiredis_sync(h, c, n_sync) / 1e3);
-#endif
-    b_sync.push_back(redis_benchmark(srv.port(), n_sync, 1) / 1e3);
-    s_pipe.push_back(spindle_pipelined(c, n_pipe) / 1e3);
-#ifdef SPINDLE_BENCH_HAVE_HIREDIS
-    h_pipe.push_back(hiredis_pipelined(h, c, n_pipe) / 1e3);
-#endif
-    b_pipe.push_back(redis_benchmark(srv.port(), n_pipe, 64) / 1e3);
+    if (rb) t.add("redis-benchmark -c 1 -P 1", [&] { return redis_benchmark(port, c, n_sync, 1); });
+    t.run();
   }
-  // Reliable queue and limiter, runs alternating likewise.
-  std::uint64_t n_jobs = a.smoke ? 1'000 : std::max<std::uint64_t>(a.items / 5, 1);
-  std::printf("reliable queue: %llu jobs per run; token bucket: %llu calls per run\n",
-              static_cast<unsigned long long>(n_jobs), static_cast<unsigned long long>(n_jobs));
-  // Rows: per-item push with three ways to consume; batched push with prefetching consumers;
-  // hiredis with per-item and pipelined LPUSH.
-  const queue_mode modes[] = {{consume::delivery},        {consume::fused},
-                              {consume::channel},         {consume::channel, 1, 16},
-                              {consume::channel, 64, 1},  {consume::fused, 64, 16},
-                              {consume::channel, 64, 16}};
-  constexpr int n_modes = sizeof modes / sizeof modes[0];
-  std::vector<double> sq[2][n_modes], hq[2], hp[2], s_tb, h_tb, ss_plain, ss_fused, hs;
-  for (int r = 0; r < a.runs; ++r) {
-    for (int k = 0; k < 2; ++k) {
-      for (int m = 0; m < n_modes; ++m)
-        sq[k][m].push_back(spindle_queue(srv.port(), n_jobs, k + 1, modes[m], r) / 1e3);
+  {
+    bench::suite t(a, "LPUSH, pipelined 64 deep, 1 connection", "k ops/s", 1e-3);
+    t.add("spindle::redis::connection", [&] { return spindle_pipelined(c, n_pipe); }, true);
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
-      hq[k].push_back(hiredis_queue(srv.port(), c, n_jobs, k + 1) / 1e3);
-      hp[k].push_back(hiredis_queue(srv.port(), c, n_jobs, k + 1, 64) / 1e3);
+    t.add("hiredis", [&] { return hiredis_pipelined(h, c, n_pipe); });
 #endif
-    }
-    ss_plain.push_back(spindle_stream(srv.port(), n_jobs, false, r) / 1e3);
-    ss_fused.push_back(spindle_stream(srv.port(), n_jobs, true, r) / 1e3);
+    if (rb)
+      t.add("redis-benchmark -c 1 -P 64", [&] { return redis_benchmark(port, c, n_pipe, 64); });
+    t.run();
+  }
+
+  // Reliable queue: each spindle mode beside the hiredis peer that makes the same round trips.
+  for (int k = 1; k <= 2; ++k) {
+    bench::suite t(a,
+                   "reliable queue push/pop/ack end to end, 1 producer, " + std::to_string(k) +
+                       (k == 1 ? " consumer" : " consumers"),
+                   "k jobs/s", 1e-3);
+    const std::string two = "[2 trips/job] spindle push, pop_delivery + ack";
+    const std::string one = "[1 trip/job] spindle push, ack_and_pop_delivery (fused)";
+    const std::string chan = "[1 trip/job] spindle push, pop(T&) acked by the next pop";
+    const std::string p64 = "[push 64, 2 trips/job] spindle push_all 64, pop_delivery + ack";
+    const std::string bat = "[push 64, fetch 16] spindle push_all 64, pop(T&), prefetch 16";
+    const std::string batf = "[push 64, fetch 16] spindle push_all 64, fused ack, prefetch 16";
+    t.add(two, [&, k] { return spindle_queue(port, n_jobs, k, {consume::delivery}); });
+    t.add(one, [&, k] { return spindle_queue(port, n_jobs, k, {consume::fused}); });
+    t.add(chan, [&, k] { return spindle_queue(port, n_jobs, k, {consume::channel}); }, true);
+    t.add(p64, [&, k] { return spindle_queue(port, n_jobs, k, {consume::delivery, 64, 1}); });
+    t.add(bat, [&, k] { return spindle_queue(port, n_jobs, k, {consume::channel, 64, 16}); });
+    t.add(batf, [&, k] { return spindle_queue(port, n_jobs, k, {consume::fused, 64, 16}); });
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
-    hs.push_back(hiredis_stream(srv.port(), c, n_jobs) / 1e3);
+    t.add_peer("[2 trips/job] hiredis LPUSH / BLMOVE / LREM",
+               [&, k] { return hiredis_queue(port, c, n_jobs, k, hq_mode::two_trips); }, two);
+    t.add_peer("[1 trip/job] hiredis LPUSH / LREM(prev) + BLMOVE pipelined",
+               [&, k] { return hiredis_queue(port, c, n_jobs, k, hq_mode::fused); }, chan);
+    t.add_peer("[push 64, 2 trips/job] hiredis LPUSH of 64 / BLMOVE / LREM",
+               [&, k] { return hiredis_queue(port, c, n_jobs, k, hq_mode::push64); }, p64);
+    t.add_peer("[push 64, fetch 16] hiredis LPUSH of 64 / LREMs + 16 LMOVE pipelined",
+               [&, k] { return hiredis_queue(port, c, n_jobs, k, hq_mode::batched); }, bat);
 #endif
-    // The limiter pair alternates in 10 rounds of n/10 calls, in both orders, so that load
-    // from other processes falls on both alike; the figure is the median round.
-    std::uint64_t per_round = std::max<std::uint64_t>(n_jobs / 10, 1);
-    for (int round = 0; round < 10; ++round) {
-      int id = r * 10 + round;
-      if (round % 2 == 0) s_tb.push_back(spindle_bucket(srv.port(), per_round, id) / 1e3);
+    t.note("a hiredis row's ratio is read against the spindle row with the same [tag]: the "
+           "same round trips per job on both sides.");
+    t.run();
+  }
+
+  {
+    bench::suite t(a, "stream push/pop/ack end to end, 1 producer, 1 consumer", "k entries/s",
+                   1e-3);
+    const std::string two = "[2 trips/entry] spindle stream push, pop_delivery + ack";
+    const std::string one = "[1 trip/entry] spindle stream push, pop(T&), fused ack";
+    t.add(two, [&] { return spindle_stream(port, n_jobs, false); });
+    t.add(one, [&] { return spindle_stream(port, n_jobs, true); }, true);
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
-      h_tb.push_back(hiredis_bucket(h, per_round, id) / 1e3);
+    t.add_peer("[2 trips/entry] hiredis XADD / XREADGROUP / XACK+XDEL",
+               [&] { return hiredis_stream(port, c, n_jobs, false); }, two);
+    t.add_peer("[1 trip/entry] hiredis XADD / XACK+XDEL(prev) + XREADGROUP pipelined",
+               [&] { return hiredis_stream(port, c, n_jobs, true); }, one);
 #endif
-      if (round % 2 == 1) s_tb.push_back(spindle_bucket(srv.port(), per_round, id) / 1e3);
-    }
+    t.note("a hiredis row's ratio is read against the spindle row with the same [tag].");
+    t.run();
+  }
+
+  {
+    const std::uint64_t calls = std::max<std::uint64_t>(n_jobs / 2, 1);
+    bench::suite t(a, "limiter try_acquire, 1 thread, always granted", "k calls/s", 1e-3);
+    t.add("spindle::redis::token_bucket", [&] { return spindle_bucket(port, calls); }, true);
+#ifdef SPINDLE_BENCH_HAVE_HIREDIS
+    t.add("hiredis EVALSHA, same Lua script", [&] { return hiredis_bucket(h, calls); });
+#endif
+    t.run();
   }
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
   redisFree(h);
 #endif
-
-  bench::table sync("LPUSH, synchronous round trips, 1 connection", "k ops/s");
-  bench::table pipe("LPUSH, pipelined 64 deep, 1 connection", "k ops/s");
-  sync.add("spindle::redis::connection", bench::median(s_sync), true);
-  pipe.add("spindle::redis::connection", bench::median(s_pipe), true);
-  if (!h_sync.empty()) sync.add("hiredis", bench::median(h_sync));
-  if (!h_pipe.empty()) pipe.add("hiredis", bench::median(h_pipe));
-  if (bench::median(b_sync) > 0) sync.add("redis-benchmark -c 1 -P 1", bench::median(b_sync));
-  if (bench::median(b_pipe) > 0) pipe.add("redis-benchmark -c 1 -P 64", bench::median(b_pipe));
-  sync.print();
-  pipe.print();
-  for (int k = 0; k < 2; ++k) {
-    bench::table q("reliable queue push/pop/ack end to end, 1 producer, " + std::to_string(k + 1) +
-                       (k == 0 ? " consumer" : " consumers"),
-                   "k jobs/s");
-    q.add("spindle queue push, pop_delivery + ack", bench::median(sq[k][0]));
-    q.add("spindle push, ack_and_pop_delivery (fused)", bench::median(sq[k][1]));
-    q.add("spindle push, pop(T&) acked by next pop", bench::median(sq[k][2]), true);
-    q.add("spindle push, pop(T&), prefetch 16", bench::median(sq[k][3]));
-    q.add("spindle push_all 64, pop(T&)", bench::median(sq[k][4]));
-    q.add("spindle push_all 64, fused ack, prefetch 16", bench::median(sq[k][5]));
-    q.add("spindle push_all 64, pop(T&), prefetch 16", bench::median(sq[k][6]));
-    if (!hq[k].empty()) q.add("hiredis LPUSH / BLMOVE / LREM", bench::median(hq[k]));
-    if (!hp[k].empty()) q.add("hiredis LPUSH x64 pipelined / BLMOVE / LREM", bench::median(hp[k]));
-    q.print();
-  }
-  bench::table st("stream push/pop/ack end to end, 1 producer, 1 consumer", "k entries/s");
-  st.add("spindle stream push, pop_delivery + ack", bench::median(ss_plain));
-  st.add("spindle stream push, pop(T&), fused ack", bench::median(ss_fused), true);
-  if (!hs.empty()) st.add("hiredis XADD / XREADGROUP / XACK+XDEL", bench::median(hs));
-  st.print();
-  bench::table tb("limiter try_acquire, 1 thread, always granted", "k calls/s");
-  tb.add("spindle::redis::token_bucket", bench::median(s_tb), true);
-  if (!h_tb.empty()) tb.add("hiredis EVALSHA, same Lua script", bench::median(h_tb));
-  tb.print();
   return 0;
 }
