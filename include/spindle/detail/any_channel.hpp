@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "../channel.hpp"
+#include "../clock.hpp"  // detail::saturating_ceil
 #include "../status.hpp"
 
 namespace spindle {
@@ -130,11 +131,11 @@ class any_channel {
   }
   /// Never blocks. Returns ok | full | closed (`v` untouched unless ok).
   status try_push(T&& v) { return vt_->try_push_move(target_, std::move(v)); }
-  /// Blocks while full, at most `d`. Returns ok | timeout | closed.
+  /// Blocks while full, at most `d` (saturating: duration::max() means no limit). Returns
+  /// ok | timeout | closed.
   template <class Rep, class Period>
   status push_for(T&& v, std::chrono::duration<Rep, Period> d) {
-    return vt_->push_for(target_, std::move(v),
-                         std::chrono::duration_cast<std::chrono::nanoseconds>(d));
+    return vt_->push_for(target_, std::move(v), detail::saturating_ceil<std::chrono::nanoseconds>(d));
   }
   /// Blocks while empty. Returns ok | closed (closed only once drained).
   status pop(T& out) { return vt_->pop(target_, out); }
@@ -142,10 +143,11 @@ class any_channel {
   status pop(T& out, std::stop_token st) { return vt_->pop_stop(target_, out, std::move(st)); }
   /// Never blocks. Returns ok | empty | closed.
   status try_pop(T& out) { return vt_->try_pop(target_, out); }
-  /// Blocks while empty, at most `d`. Returns ok | timeout | closed.
+  /// Blocks while empty, at most `d` (saturating: duration::max() means no limit). Returns
+  /// ok | timeout | closed.
   template <class Rep, class Period>
   status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    return vt_->pop_for(target_, out, std::chrono::duration_cast<std::chrono::nanoseconds>(d));
+    return vt_->pop_for(target_, out, detail::saturating_ceil<std::chrono::nanoseconds>(d));
   }
   /// The next value, or nullopt once closed and drained. Blocks while empty.
   std::optional<T> pop()
