@@ -35,6 +35,8 @@
 #include <ranges>
 #include <stdexcept>  // std::invalid_argument
 #include <stop_token>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -246,8 +248,20 @@ std::size_t fan_in(Sources&& sources, Sink&& sink, fan_options opts = {}) {
   {
     std::vector<std::jthread> threads;
     threads.reserve(srcs.size() - 1);
-    for (std::size_t i = 1; i < srcs.size(); ++i)
-      threads.emplace_back([&forward, s = srcs[i]] { forward(*s); });
+    try {
+      for (std::size_t i = 1; i < srcs.size(); ++i)
+        threads.emplace_back([&forward, s = srcs[i]] { forward(*s); });
+    } catch (const std::system_error& e) {
+      // A thread failed to start: stop the forwarders already running (they wait on `stop`,
+      // not on the jthreads' own tokens), join them, and say so. Nothing is closed.
+      stop.request_stop();
+      const std::size_t started = threads.size();
+      threads.clear();  // joins
+      throw std::system_error(e.code(), "spindle::fan_in: forwarding thread " +
+                                            std::to_string(started + 1) + " of " +
+                                            std::to_string(srcs.size() - 1) +
+                                            " failed to start (the others were stopped)");
+    }
     forward(*srcs[0]);
   }  // joins every forwarding thread
   if (error) std::rethrow_exception(error);
