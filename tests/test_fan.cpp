@@ -10,11 +10,13 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <stop_token>
 #include <thread>
 #include <vector>
 
 #include <spindle/bounded_queue.hpp>
+#include <spindle/spsc_queue.hpp>
 
 #include "support/lifetime.hpp"
 #include "support/threads.hpp"
@@ -468,4 +470,33 @@ TEST_CASE("fan_out and fan_in mix different channel types through any_channel") 
   REQUIRE(g.join_within(10s));
   CHECK(count == 40);
   CHECK(sum == 820);
+}
+
+TEST_CASE("fan_in refuses a single-producer sink for several sources, and a doubled spsc source") {
+  // The old fan_in pushed into an spsc_queue sink from one thread per source (heap corruption).
+  spindle::bounded_queue<int> a(4), b(4);
+  spindle::spsc_queue<int> sink(8);
+  std::vector<spindle::bounded_queue<int>*> two{&a, &b};
+  bool threw = false;
+  try {
+    spindle::fan_in(two, sink);
+  } catch (const std::invalid_argument& e) {
+    threw = true;
+    CHECK(std::string(e.what()).find("spindle::fan_in: 2 sources") != std::string::npos);
+  }
+  CHECK(threw);
+  spindle::any_channel<int> erased(sink);
+  CHECK_THROWS_AS(spindle::fan_in(two, erased), std::invalid_argument);
+  spindle::spsc_queue<int> s(4);
+  std::vector<spindle::spsc_queue<int>*> doubled{&s, &s};
+  spindle::bounded_queue<int> out(8);
+  CHECK_THROWS_AS(spindle::fan_in(doubled, out), std::invalid_argument);
+  // One source into an spsc sink is fine.
+  std::vector<spindle::bounded_queue<int>*> one{&a};
+  REQUIRE(a.push(5) == spindle::status::ok);
+  a.close();
+  CHECK(spindle::fan_in(one, sink) == 1);
+  int v = 0;
+  CHECK(sink.pop(v) == spindle::status::ok);
+  CHECK(v == 5);
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <spindle/bounded_queue.hpp>
+#include <spindle/spsc_queue.hpp>
 
 #include "support/lifetime.hpp"
 #include "support/threads.hpp"
@@ -353,4 +354,19 @@ TEST_CASE("run refuses an rvalue channel that is not a handle, at compile time")
   static_assert(!can_run<running, spindle::bounded_queue<int>>);
   static_assert(!can_run<running, spindle::bounded_queue<int>&&>);
   CHECK(true);
+}
+
+TEST_CASE("run refuses to feed one pipeline twice from a single-consumer channel") {
+  // Two feeder threads would pop one spsc_queue at once.
+  spindle::spsc_queue<int> s(8);
+  std::atomic<long> sum{0};
+  auto p = spindle::pipeline<int>().stage([](int x) { return x; }).sink([&](int x) {
+    sum.fetch_add(x);
+  });
+  p.run(s);
+  CHECK_THROWS_AS(p.run(spindle::any_channel<int>(s)), std::invalid_argument);
+  for (int i = 1; i <= 10; ++i) REQUIRE(s.push(i) == status::ok);
+  s.close();
+  CHECK(p.wait() == status::ok);
+  CHECK(sum.load() == 55);
 }

@@ -59,6 +59,9 @@ class bounded_queue : public detail::queue_facade<bounded_queue<T>, T> {
 
  public:
   using value_type = T;
+  /// Any number of threads push and pop at once (see channel.hpp: multi_producer_v).
+  static constexpr bool multi_producer = true;
+  static constexpr bool multi_consumer = true;
 
   /// Makes an empty queue with room for `capacity` items; `options` tunes how blocking calls
   /// wait. Allocates the slots, once. Throws std::invalid_argument if capacity is 0.

@@ -202,6 +202,9 @@ std::size_t broadcast(Source&& source, Sinks&& sinks, fan_options opts = {}) {
 /// closes `sink`; returns the items moved. If `sink` closes first, it closes every source and
 /// returns. Each source's order is kept in the sink. Allocates (one thread per extra source).
 /// Rethrows the first exception a channel threw, after every forwarding thread has stopped.
+/// Throws std::invalid_argument if several sources feed a single-producer sink, or one
+/// single-consumer source is listed twice (see multi_producer_v in channel.hpp), and
+/// std::system_error if a forwarding thread fails to start (the others are stopped first).
 template <class Sources, class Sink>
 std::size_t fan_in(Sources&& sources, Sink&& sink, fan_options opts = {}) {
   using S = detail::chan_elem_t<Sources>;
@@ -212,6 +215,16 @@ std::size_t fan_in(Sources&& sources, Sink&& sink, fan_options opts = {}) {
     sink.close();
     return 0;
   }
+  // One forwarding thread per source: several push to the sink, each pops its own source.
+  if (srcs.size() > 1 && !multi_producer(sink))
+    throw std::invalid_argument("spindle::fan_in: " + std::to_string(srcs.size()) +
+                                " sources into a single-producer sink (spsc_queue); use a "
+                                "multi-producer sink");
+  for (std::size_t i = 0; i < srcs.size(); ++i)
+    for (std::size_t j = i + 1; j < srcs.size(); ++j)
+      if (srcs[i] == srcs[j] && !multi_consumer(*srcs[i]))
+        throw std::invalid_argument("spindle::fan_in: sources " + std::to_string(i) + " and " +
+                                    std::to_string(j) + " are one single-consumer channel");
   std::stop_source stop;
   std::stop_callback forward_stop(opts.stop, [&stop] { stop.request_stop(); });
   std::atomic<std::size_t> moved{0};

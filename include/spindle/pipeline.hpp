@@ -539,7 +539,9 @@ class running_pipeline {
   ///
   /// A channel is kept by reference, so it must be an lvalue; a handle (any_channel<In>) is
   /// copied and may be a temporary. An rvalue channel that is not a handle is refused at
-  /// compile time (it would be destroyed while the feeding thread still pops from it).
+  /// compile time (it would be destroyed while the feeding thread still pops from it). Throws
+  /// std::invalid_argument if a single-consumer channel (spsc_queue) is already fed by this
+  /// pipeline (two feeders would pop it at once).
   template <class S>
     requires detail::pipeline_source<S>
   running_pipeline& run(S&& source) & {
@@ -564,6 +566,18 @@ class running_pipeline {
   void feed(S&& source) {
     using Src = std::remove_cvref_t<S>;
     if constexpr (channel<Src>) {
+      if constexpr (std::same_as<typename Src::value_type, In>) {
+        // Several feeders popping one single-consumer channel would corrupt it.
+        if (!multi_consumer(source)) {
+          any_channel<In> h(source);
+          for (const auto& f : single_fed_)
+            if (f == h)
+              throw std::invalid_argument(
+                  "spindle::running_pipeline::run: this single-consumer channel (spsc_queue) is "
+                  "already fed by this pipeline; a second feeder would pop it concurrently");
+          single_fed_.push_back(h);
+        }
+      }
       auto feeder = [head = head_, st = core_->internal_stop()](auto& src) {
         In v{};
         while (src.pop(v, st) == status::ok)
@@ -592,6 +606,7 @@ class running_pipeline {
 
   std::unique_ptr<detail::pipeline_core> core_;
   detail::batch_queue<In>* head_;
+  std::vector<any_channel<In>> single_fed_;  // single-consumer channels run() feeds from
 };
 
 /// A pipeline being built: its input type In and the output type Out of its last stage. Each

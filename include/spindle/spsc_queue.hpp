@@ -62,6 +62,10 @@ class spsc_queue : public detail::queue_facade<spsc_queue<T>, T> {
 
  public:
   using value_type = T;
+  /// One thread pushes and one pops at a time (see channel.hpp: multi_producer_v): worker_pool,
+  /// fan_in and pipelines refuse it where they would use several.
+  static constexpr bool multi_producer = false;
+  static constexpr bool multi_consumer = false;
 
   /// Makes an empty queue with room for `capacity` items; `options` tunes how blocking calls
   /// wait. Allocates the slots, once. Throws std::invalid_argument if capacity is 0.

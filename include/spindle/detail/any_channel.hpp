@@ -54,6 +54,8 @@ struct any_channel_vtable {
   status (*pop_for)(void*, T&, std::chrono::nanoseconds);
   void (*close)(void*);
   bool (*closed)(const void*);
+  bool multi_producer;  // the target's multi_producer_v
+  bool multi_consumer;  // the target's multi_consumer_v
 };
 
 template <class C, class T>
@@ -89,6 +91,8 @@ inline constexpr any_channel_vtable<T> any_channel_vtable_for = {
     },
     [](void* c) { static_cast<C*>(c)->close(); },
     [](const void* c) -> bool { return static_cast<bool>(static_cast<const C*>(c)->closed()); },
+    multi_producer_v<C>,
+    multi_consumer_v<C>,
 };
 
 }  // namespace detail
@@ -161,6 +165,12 @@ class any_channel {
   void close() { vt_->close(target_); }
   /// Whether the target is closed.
   bool closed() const { return vt_->closed(target_); }
+
+  /// Whether several threads may push to the target at once (see multi_producer_v). What
+  /// spindle::multi_producer(any_channel) answers.
+  bool target_multi_producer() const noexcept { return vt_->multi_producer; }
+  /// Whether several threads may pop from the target at once (see multi_consumer_v).
+  bool target_multi_consumer() const noexcept { return vt_->multi_consumer; }
 
   /// Whether two any_channels refer to the same channel.
   friend bool operator==(const any_channel& a, const any_channel& b) noexcept {
