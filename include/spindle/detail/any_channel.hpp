@@ -48,6 +48,7 @@ struct any_channel_vtable {
   status (*try_push_copy)(void*, const T&);
   status (*try_push_move)(void*, T&&);
   status (*push_for)(void*, T&&, std::chrono::nanoseconds);
+  status (*push_stop)(void*, T&&, std::stop_token);
   status (*pop)(void*, T&);
   status (*pop_stop)(void*, T&, std::stop_token);
   status (*try_pop)(void*, T&);
@@ -80,6 +81,20 @@ inline constexpr any_channel_vtable<T> any_channel_vtable_for = {
     [](void* c, T&& v) -> status { return static_cast<C*>(c)->try_push(std::move(v)); },
     [](void* c, T&& v, std::chrono::nanoseconds d) -> status {
       return static_cast<C*>(c)->push_for(std::move(v), d);
+    },
+    [](void* c, T&& v, std::stop_token st) -> status {
+      C& ch = *static_cast<C*>(c);
+      if constexpr (requires { { ch.push(std::move(v), st) } -> std::same_as<status>; }) {
+        return ch.push(std::move(v), std::move(st));
+      } else {
+        // A target without a stop-aware push (a Redis channel, whose push rarely waits):
+        // push_for slices of 10 ms, looking at the stop request between them.
+        for (;;) {
+          if (st.stop_requested()) return status::cancelled;
+          status s = ch.push_for(std::move(v), std::chrono::milliseconds(10));
+          if (s != status::timeout) return s;
+        }
+      }
     },
     [](void* c, T& out) -> status { return static_cast<C*>(c)->pop(out); },
     [](void* c, T& out, std::stop_token st) -> status {
@@ -127,6 +142,12 @@ class any_channel {
   }
   /// Blocks while full. Returns ok | closed (on closed `v` is not moved from).
   status push(T&& v) { return vt_->push_move(target_, std::move(v)); }
+  /// Blocks while full; a stop request on `st` ends the wait. Returns ok | closed | cancelled
+  /// (`v` moved from only on ok). Targets without a stop-aware push are pushed in push_for
+  /// slices of 10 ms, looking at `st` between them.
+  status push(T&& v, std::stop_token st) {
+    return vt_->push_stop(target_, std::move(v), std::move(st));
+  }
   /// Never blocks. Returns ok | full | closed.
   status try_push(const T& v)
     requires std::copy_constructible<T>
