@@ -55,7 +55,9 @@ struct queue_options {
 
 namespace spindle::detail {
 
-/// Set in a tail word once the queue is closed. Positions stay far below it (2^62 pushes).
+/// Set in a tail word once the queue is closed: bit 63. Positions count pushes in the low 63
+/// bits, so they would reach it only after 2^63 pushes (centuries at 10^9 pushes a second), and
+/// the slots' turn numbers, 2 * position (+ 1), stay below 2^64.
 inline constexpr std::uint64_t closed_bit = std::uint64_t{1} << 63;
 
 /// Maps an ever-increasing position to a slot index; a mask when the capacity is a power of two
