@@ -44,8 +44,10 @@ class deadline {
   /// A deadline that never expires.
   static deadline never(Clock c = {}) { return deadline(std::move(c), time_point::max()); }
 
-  /// The deadline `d` from now (saturates at never instead of overflowing).
-  static deadline after(duration d, Clock c = {}) {
+  /// The deadline `d` from now (saturates at never instead of overflowing; `d` of any duration
+  /// type, so hours::max() is never too).
+  template <class Rep, class Period>
+  static deadline after(std::chrono::duration<Rep, Period> d, Clock c = {}) {
     auto t = detail::saturating_add(c.now(), d);
     return deadline(std::move(c), t);
   }
@@ -93,8 +95,9 @@ status sleep_until(const deadline<Clock>& dl, typename Clock::time_point t,
 }
 
 /// Sleeps for `d` on the deadline's clock, but no later than the deadline (see above).
-template <clock Clock>
-status sleep_for(const deadline<Clock>& dl, typename Clock::duration d, std::stop_token st = {}) {
+template <clock Clock, class Rep, class Period>
+status sleep_for(const deadline<Clock>& dl, std::chrono::duration<Rep, Period> d,
+                 std::stop_token st = {}) {
   return sleep_until(dl, detail::saturating_add(dl.clock().now(), d), std::move(st));
 }
 
