@@ -1,8 +1,11 @@
 #include <doctest/doctest.h>
 
 #include <spindle/clock.hpp>
+#include <spindle/deadline.hpp>
 
+#include <atomic>
 #include <chrono>
+#include <stop_token>
 #include <thread>
 
 #include "support/threads.hpp"
@@ -87,4 +90,30 @@ TEST_CASE("sleep_until on the steady clock returns true once the time has passed
   auto t = std::chrono::steady_clock::now() + 1ms;
   CHECK(spindle::sleep_until(std::chrono::steady_clock{}, t));
   CHECK(std::chrono::steady_clock::now() >= t);
+}
+
+TEST_CASE("sleep_for with hours::max() or never().remaining() sleeps until a stop request") {
+  // The old sleep_for computed now() + d unsaturated: the deadline overflowed into the past
+  // and the sleep returned at once.
+  for (int which = 0; which < 2; ++which) {
+    CAPTURE(which);
+    spindle::manual_clock clock;
+    clock.advance(std::chrono::hours(1));
+    std::stop_source stop;
+    std::atomic<int> result{-1};
+    test_support::thread_group g;
+    g.spawn([&] {
+      const bool reached =
+          which == 0 ? spindle::sleep_for(clock, std::chrono::hours::max(), stop.get_token())
+                     : spindle::sleep_for(
+                           clock, spindle::deadline<spindle::manual_clock>::never(clock).remaining(),
+                           stop.get_token());
+      result.store(reached ? 1 : 0);
+    });
+    CHECK(clock.wait_for_sleepers(1, std::chrono::seconds(10)));
+    clock.advance(std::chrono::hours(24 * 365 * 100));
+    stop.request_stop();
+    REQUIRE(g.join_within(std::chrono::seconds(10)));
+    CHECK(result.load() == 0);  // stopped, never reached
+  }
 }

@@ -46,3 +46,22 @@ TEST_CASE("bounded_queue and spsc_queue model channel for copyable, move-only an
 TEST_CASE("a type without the whole channel interface does not model channel") {
   CHECK_FALSE(spindle::channel<not_a_channel>);
 }
+
+// Channels say whether they take several producers and consumers (issue 12, item 6).
+static_assert(spindle::multi_producer_v<spindle::bounded_queue<int>>);
+static_assert(spindle::multi_consumer_v<spindle::bounded_queue<int>>);
+static_assert(!spindle::multi_producer_v<spindle::spsc_queue<int>>);
+static_assert(!spindle::multi_consumer_v<spindle::spsc_queue<int>>);
+static_assert(spindle::multi_consumer_v<spindle::any_channel<int>>);  // decided at run time
+
+TEST_CASE("any_channel forwards its target's ends at run time") {
+  spindle::spsc_queue<int> s(4);
+  spindle::bounded_queue<int> b(4);
+  spindle::any_channel<int> as(s), ab(b);
+  CHECK_FALSE(spindle::multi_producer(as));
+  CHECK_FALSE(spindle::multi_consumer(as));
+  CHECK(spindle::multi_producer(ab));
+  CHECK(spindle::multi_consumer(ab));
+  CHECK_FALSE(spindle::multi_consumer(s));
+  CHECK(spindle::multi_consumer(b));
+}

@@ -10,11 +10,13 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <stop_token>
 #include <thread>
 #include <vector>
 
 #include <spindle/bounded_queue.hpp>
+#include <spindle/spsc_queue.hpp>
 
 #include "support/lifetime.hpp"
 #include "support/threads.hpp"
@@ -468,4 +470,94 @@ TEST_CASE("fan_out and fan_in mix different channel types through any_channel") 
   REQUIRE(g.join_within(10s));
   CHECK(count == 40);
   CHECK(sum == 820);
+}
+
+TEST_CASE("fan_in refuses a single-producer sink for several sources, and a doubled spsc source") {
+  // The old fan_in pushed into an spsc_queue sink from one thread per source (heap corruption).
+  spindle::bounded_queue<int> a(4), b(4);
+  spindle::spsc_queue<int> sink(8);
+  std::vector<spindle::bounded_queue<int>*> two{&a, &b};
+  bool threw = false;
+  try {
+    spindle::fan_in(two, sink);
+  } catch (const std::invalid_argument& e) {
+    threw = true;
+    CHECK(std::string(e.what()).find("spindle::fan_in: 2 sources") != std::string::npos);
+  }
+  CHECK(threw);
+  spindle::any_channel<int> erased(sink);
+  CHECK_THROWS_AS(spindle::fan_in(two, erased), std::invalid_argument);
+  spindle::spsc_queue<int> s(4);
+  std::vector<spindle::spsc_queue<int>*> doubled{&s, &s};
+  spindle::bounded_queue<int> out(8);
+  CHECK_THROWS_AS(spindle::fan_in(doubled, out), std::invalid_argument);
+  // One source into an spsc sink is fine.
+  std::vector<spindle::bounded_queue<int>*> one{&a};
+  REQUIRE(a.push(5) == spindle::status::ok);
+  a.close();
+  CHECK(spindle::fan_in(one, sink) == 1);
+  int v = 0;
+  CHECK(sink.pop(v) == spindle::status::ok);
+  CHECK(v == 5);
+}
+
+namespace {
+// A bounded_queue that counts the push calls it gets: a polling caller shows up as many calls.
+struct counting_sink {
+  using value_type = int;
+  explicit counting_sink(std::size_t cap) : q(cap) {}
+  spindle::bounded_queue<int> q;
+  std::atomic<int> calls{0};
+  status push(const int& v) { return calls++, q.push(v); }
+  status push(int&& v) { return calls++, q.push(std::move(v)); }
+  status push(int&& v, std::stop_token st) { return calls++, q.push(std::move(v), std::move(st)); }
+  status try_push(const int& v) { return calls++, q.try_push(v); }
+  status try_push(int&& v) { return calls++, q.try_push(std::move(v)); }
+  template <class R, class P>
+  status push_for(int&& v, std::chrono::duration<R, P> d) {
+    return calls++, q.push_for(std::move(v), d);
+  }
+  status pop(int& out) { return q.pop(out); }
+  status pop(int& out, std::stop_token st) { return q.pop(out, std::move(st)); }
+  status try_pop(int& out) { return q.try_pop(out); }
+  template <class R, class P>
+  status pop_for(int& out, std::chrono::duration<R, P> d) {
+    return q.pop_for(out, d);
+  }
+  std::optional<int> pop() { return q.pop(); }
+  void close() { q.close(); }
+  bool closed() const { return q.closed(); }
+};
+static_assert(spindle::channel<counting_sink>);
+}  // namespace
+
+TEST_CASE("fan_out, fan_in and broadcast block on full sinks instead of polling them") {
+  // The old fan_out woke every retry_interval (1 kHz by default) and busy-looped with
+  // retry_interval = 0; fan_in and broadcast polled push_for the same way under a stop token.
+  for (int which = 0; which < 3; ++which) {
+    CAPTURE(which);
+    counting_sink a(1), b(1);
+    REQUIRE(a.q.push(0) == status::ok);  // both sinks full
+    REQUIRE(b.q.push(0) == status::ok);
+    spindle::bounded_queue<int> src(4);
+    REQUIRE(src.push(42) == status::ok);
+    src.close();
+    std::stop_source stop;  // a stop token makes the calls take their watching path
+    spindle::fan_options opts{.stop = stop.get_token(), .retry_interval = 0ms};
+    std::vector<counting_sink*> sinks{&a, &b};
+    std::vector<spindle::bounded_queue<int>*> srcs{&src};
+    test_support::thread_group g;
+    g.spawn([&] {
+      if (which == 0) spindle::fan_out(src, sinks, opts);
+      if (which == 1) spindle::broadcast(src, sinks, opts);
+      if (which == 2) spindle::fan_in(srcs, a, opts);
+    });
+    std::this_thread::sleep_for(100ms);  // blocked on full sinks meanwhile
+    const int calls = a.calls.load() + b.calls.load();
+    CHECK(calls <= 4);  // a try_push per sink, then one blocking push
+    int v = 0;
+    REQUIRE(a.q.pop(v) == status::ok);  // room: the blocked push completes
+    REQUIRE(b.q.pop(v) == status::ok);
+    REQUIRE(g.join_within(10s));
+  }
 }

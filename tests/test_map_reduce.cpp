@@ -177,3 +177,22 @@ TEST_CASE("parallel_map rethrows an exception of f") {
                                         }),
                   std::out_of_range);
 }
+
+TEST_CASE("a chunk of SIZE_MAX (or any size above the range's) is one chunk, not a hang") {
+  // The old code cast the chunk to the range's difference type (-1) and walked backwards.
+  spindle::thread_pool pool(2);
+  std::vector<int> v(1000);
+  std::iota(v.begin(), v.end(), 1);
+  constexpr std::size_t huge = static_cast<std::size_t>(-1);
+  CHECK(spindle::map_reduce(pool, v, [](int x) { return static_cast<long>(x); }, 0L,
+                            std::plus<long>{}, huge) == 500500);
+  std::atomic<long> sum{0};
+  spindle::parallel_for(pool, v, [&](int x) { sum.fetch_add(x); }, huge);
+  CHECK(sum.load() == 500500);
+  auto doubled = spindle::parallel_map(pool, v, [](int x) { return 2 * x; }, huge);
+  REQUIRE(doubled.size() == v.size());
+  CHECK(doubled.back() == 2000);
+  std::list<int> l(v.begin(), v.end());  // not random access
+  CHECK(spindle::map_reduce(pool, l, [](int x) { return static_cast<long>(x); }, 0L,
+                            std::plus<long>{}, huge - 1) == 500500);
+}

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <spindle/bounded_queue.hpp>
+#include <spindle/spsc_queue.hpp>
 
 #include "support/lifetime.hpp"
 #include "support/threads.hpp"
@@ -267,4 +268,105 @@ TEST_CASE("a stage queue fed more slowly than its consumer spins stops spinning 
   q.close();
   consumer.join();
   CHECK(popped.load() == 12);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile edges (issue 12, items 3, 4, 12)
+
+TEST_CASE("an ordered stage waiting for a slow first item holds back its intake (back-pressure)") {
+  // Capacity 64, 4 ordered workers, item 0 blocked: the old stage parked every other finished
+  // batch without bound, so the feeder never met a full queue (all 100,000 items went in).
+  constexpr int total = 100000;
+  std::atomic<bool> release{false};
+  std::atomic<int> processed{0};
+  std::vector<int> seen;
+  auto p = spindle::pipeline<int>({.capacity = 64})
+               .stage(
+                   [&](int x) {
+                     if (x == 0) release.wait(false);
+                     processed.fetch_add(1, std::memory_order_relaxed);
+                     return x;
+                   },
+                   {.workers = 4, .ordered = true})
+               .sink([&](int x) { seen.push_back(x); });
+  int pushed = 0;
+  // Push until the input stays full for a while (back-pressure), or everything went in.
+  auto full_since = std::chrono::steady_clock::now();
+  bool was_full = false;
+  while (pushed < total) {
+    if (p.try_push(int{pushed}) == status::ok) {
+      ++pushed;
+      was_full = false;
+      continue;
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (!was_full) {
+      was_full = true;
+      full_since = now;
+    } else if (now - full_since > 300ms) {
+      break;  // held back: the bound holds
+    }
+    std::this_thread::yield();
+  }
+  CAPTURE(pushed);
+  CAPTURE(processed.load());
+  // Input queue (64) + one batch per worker (4 x 16) + slack for the hand-off in flight.
+  CHECK(pushed <= 64 + 4 * 16 + 16);
+  CHECK(processed.load() <= 4 * 16);
+  release.store(true);
+  release.notify_all();
+  p.close();
+  CHECK(p.wait() == status::ok);
+  REQUIRE(seen.size() == static_cast<std::size_t>(pushed));
+  for (int i = 0; i < pushed; ++i) REQUIRE(seen[static_cast<std::size_t>(i)] == i);
+}
+
+TEST_CASE("run(any_channel<T>(q)) keeps the handle by value, not a pointer to the temporary") {
+  // The old feeder thread popped through a pointer to the destroyed temporary (ASan:
+  // stack-use-after-scope). Overwriting the stack after run() returns makes it visible.
+  spindle::bounded_queue<int> q(8);
+  std::atomic<long> sum{0};
+  auto p = spindle::pipeline<int>().stage([](int x) { return x * 2; }).sink([&](int x) {
+    sum.fetch_add(x);
+  });
+  p.run(spindle::any_channel<int>(q));
+  {
+    volatile char scrub[4096];  // reuses the temporary's stack slot
+    for (auto& c : scrub) c = static_cast<char>(0xA5);
+  }
+  for (int i = 1; i <= 1000; ++i) REQUIRE(q.push(i) == status::ok);
+  q.close();
+  CHECK(p.wait() == status::ok);
+  CHECK(sum.load() == 1000L * 1001);
+}
+
+namespace {
+template <class P, class S>
+concept can_run = requires(P& p, S&& s) { p.run(std::forward<S>(s)); };
+}  // namespace
+
+TEST_CASE("run refuses an rvalue channel that is not a handle, at compile time") {
+  using running = spindle::running_pipeline<int>;
+  static_assert(can_run<running, spindle::bounded_queue<int>&>);
+  static_assert(can_run<running, spindle::any_channel<int>>);
+  static_assert(can_run<running, spindle::any_channel<int>&>);
+  static_assert(can_run<running, std::vector<int>>);  // a range is fed before run() returns
+  static_assert(!can_run<running, spindle::bounded_queue<int>>);
+  static_assert(!can_run<running, spindle::bounded_queue<int>&&>);
+  CHECK(true);
+}
+
+TEST_CASE("run refuses to feed one pipeline twice from a single-consumer channel") {
+  // Two feeder threads would pop one spsc_queue at once.
+  spindle::spsc_queue<int> s(8);
+  std::atomic<long> sum{0};
+  auto p = spindle::pipeline<int>().stage([](int x) { return x; }).sink([&](int x) {
+    sum.fetch_add(x);
+  });
+  p.run(s);
+  CHECK_THROWS_AS(p.run(spindle::any_channel<int>(s)), std::invalid_argument);
+  for (int i = 1; i <= 10; ++i) REQUIRE(s.push(i) == status::ok);
+  s.close();
+  CHECK(p.wait() == status::ok);
+  CHECK(sum.load() == 55);
 }

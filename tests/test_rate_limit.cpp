@@ -5,7 +5,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
+#include <spindle/deadline.hpp>
 #include <spindle/rate_limit.hpp>
 #include <stdexcept>
 #include <string>
@@ -645,4 +647,201 @@ TEST_CASE("concurrency_limiter caps concurrent calls (atomic high-water mark)") 
   const long n = threads * rounds;
   CHECK(sum.load() == n * (n - 1) / 2);
   CHECK(lim.available() == cap);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile edges (issue 12, items 1, 2 and 5)
+
+TEST_CASE("sliding_window_counter never admits more than limit in an aligned window while a "
+          "timed acquire races the window's roll") {
+  // One thread fills each 1 us window with try_acquire and then moves the clock two windows on;
+  // another keeps asking for the whole limit with a zero timeout, which computes its wait. The
+  // old two-step acquire computed that wait from a clock reading taken in an earlier critical
+  // section, rolling the window back and wiping its admissions (up to 2 * limit admitted).
+  constexpr std::uint64_t limit = 50;
+  manual_clock clock;
+  window_counter w(limit, 1us, clock);
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> asked{0};
+  std::uint64_t worst = 0, over = 0;
+  test_support::thread_group g;
+  for (int t = 0; t < 3; ++t)
+    g.spawn([&] {
+      while (!done.load(std::memory_order_relaxed)) {
+        (void)w.acquire_for(limit, 0ns);
+        asked.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  while (asked.load(std::memory_order_relaxed) == 0) std::this_thread::yield();
+  // Bounded in count and time: the race is narrow, so many windows are tried.
+  const auto stop_at = std::chrono::steady_clock::now() + 1500ms;
+  for (int i = 0; i < 400000 && over == 0 && std::chrono::steady_clock::now() < stop_at; ++i) {
+    clock.advance(2us);  // a fresh window with an empty previous one
+    std::uint64_t admitted = 0;
+    // Take singles until refused; refusals may come early (the other thread took the window).
+    for (int k = 0; k < 2 * static_cast<int>(limit) + 2; ++k)
+      if (w.try_acquire()) ++admitted;
+    worst = std::max(worst, admitted);
+    if (admitted > limit) ++over;
+  }
+  done.store(true);
+  REQUIRE(g.join_within(10s));
+  CAPTURE(over);
+  CHECK(worst <= limit);
+}
+
+namespace {
+// A clock a test sets by hand, backwards too: what a limiter sees when it is handed a reading
+// taken before another thread moved on.
+struct settable_clock {
+  using rep = std::int64_t;
+  using period = std::nano;
+  using duration = std::chrono::nanoseconds;
+  using time_point = std::chrono::time_point<settable_clock>;
+  std::shared_ptr<std::atomic<rep>> t = std::make_shared<std::atomic<rep>>(0);
+  time_point now() const noexcept { return time_point(duration(t->load())); }
+  void set(duration d) const noexcept { t->store(d.count()); }
+  bool sleep_until(time_point when, const std::stop_token& st) const {  // auto-advance
+    if (now() < when) t->store(when.time_since_epoch().count());
+    return !st.stop_requested();
+  }
+};
+}  // namespace
+
+TEST_CASE("sliding_window_counter: a stale clock reading never rolls the window back") {
+  // Deterministic form of the race above: the old code rolled back to the stale reading's
+  // window, wiping the current window's admissions, and then admitted the limit again.
+  settable_clock clock;
+  spindle::sliding_window_counter<settable_clock> w(50, 1us, clock);
+  clock.set(2us);
+  REQUIRE(w.try_acquire(50));
+  clock.set(0us);  // a reading from before the roll to window 2
+  CHECK(w.acquire_for(50, 0ns) == status::timeout);
+  CHECK_FALSE(w.try_acquire());
+  clock.set(2us);
+  CHECK_FALSE(w.try_acquire());  // window 2 still holds its 50
+  CHECK(w.available() == 0);
+}
+
+TEST_CASE("sliding_window_log never admits more than limit while a timed acquire races it") {
+  constexpr std::uint64_t limit = 50;
+  manual_clock clock;
+  window_log w(limit, 1us, clock);
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> asked{0};
+  std::uint64_t worst = 0;
+  test_support::thread_group g;
+  g.spawn([&] {
+    while (!done.load(std::memory_order_relaxed)) {
+      (void)w.acquire_for(limit, 0ns);
+      asked.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (asked.load(std::memory_order_relaxed) == 0) std::this_thread::yield();
+  for (int i = 0; i < 5000; ++i) {
+    clock.advance(2us);
+    std::uint64_t admitted = 0;
+    for (int k = 0; k < 2 * static_cast<int>(limit) + 2; ++k)
+      if (w.try_acquire()) ++admitted;
+    worst = std::max(worst, admitted);
+  }
+  done.store(true);
+  REQUIRE(g.join_within(10s));
+  CHECK(worst <= limit);
+}
+
+TEST_CASE("token_bucket stays exact after years at rates up to 1e10 tokens per second") {
+  struct rate_case {
+    double rate;
+    std::uint64_t burst;
+  };
+  // The old double-nanosecond state lost whole tokens here: at 1e7/s after 3 years it admitted
+  // 1041 of a burst of 1000; at 1e10/s after 30 days it admitted without limit.
+  for (const rate_case rc : {rate_case{1e7, 1000}, rate_case{1e9, 1000}, rate_case{1e10, 1000},
+                             rate_case{4.0, 3}, rate_case{1e10, 1}}) {
+    for (const auto age : {std::chrono::hours(24 * 30), std::chrono::hours(24 * 200),
+                           std::chrono::hours(24 * 365 * 3), std::chrono::hours(24 * 365 * 10)}) {
+      CAPTURE(rc.rate);
+      CAPTURE(age.count());
+      manual_clock clock;
+      bucket b(rc.rate, rc.burst, clock);
+      clock.advance(age);
+      std::uint64_t admitted = 0;
+      for (std::uint64_t i = 0; i < rc.burst + 100; ++i)
+        if (b.try_acquire()) ++admitted;
+      CHECK(admitted == rc.burst);
+      // Exactly k more come in k / rate seconds (a whole number of nanoseconds here).
+      const std::uint64_t k = rc.rate >= 1e9 ? static_cast<std::uint64_t>(rc.rate / 1e9)
+                                              : (rc.rate >= 1e7 ? 1 : 1);
+      const auto step = rc.rate >= 1e9 ? std::chrono::nanoseconds(1)
+                                       : std::chrono::nanoseconds(
+                                             static_cast<std::int64_t>(1e9 / rc.rate));
+      for (int round = 0; round < 50; ++round) {
+        clock.advance(step);
+        std::uint64_t got = 0;
+        for (std::uint64_t i = 0; i < std::min<std::uint64_t>(k, rc.burst) + 5; ++i)
+          if (b.try_acquire()) ++got;
+        CHECK(got == std::min<std::uint64_t>(k, rc.burst));
+      }
+      CHECK(b.available() < 1.0);
+    }
+  }
+}
+
+TEST_CASE("token_bucket with a vanishing rate waits without limit instead of overflowing") {
+  manual_clock clock;
+  bucket b(1e-300, 1, clock);
+  CHECK(b.try_acquire());
+  CHECK_FALSE(b.try_acquire());
+  // The old code converted an infinite double to int64 (UB; on x86 it said 1 ns).
+  CHECK(b.retry_after(1) > std::chrono::hours(24 * 365 * 100));
+  CHECK(b.acquire_for(1, 1h) == status::timeout);
+  clock.advance(std::chrono::hours(24 * 365 * 100));
+  CHECK_FALSE(b.try_acquire());
+}
+
+TEST_CASE("a limiter's acquire_for with hours::max() or never().remaining() waits, not times out") {
+  manual_clock clock;
+  window_counter w(1, 1s, clock);
+  REQUIRE(w.try_acquire());
+  status s1 = status::timeout;
+  status s2 = status::timeout;
+  test_support::thread_group g;
+  g.spawn([&] { s1 = w.acquire_for(1, std::chrono::hours::max()); });
+  REQUIRE(clock.wait_for_sleepers(1, 10s));
+  clock.advance(3s);
+  REQUIRE(g.join_within(10s));
+  CHECK(s1 == status::ok);
+  bucket b(1.0, 1, clock);
+  REQUIRE(b.try_acquire());
+  test_support::thread_group g2;
+  g2.spawn([&] { s2 = b.acquire_for(1, spindle::deadline<manual_clock>::never(clock).remaining()); });
+  REQUIRE(clock.wait_for_sleepers(1, 10s));
+  clock.advance(1s);
+  REQUIRE(g2.join_within(10s));
+  CHECK(s2 == status::ok);
+}
+
+TEST_CASE("concurrency_limiter acquire_for with hours::max() waits for a release") {
+  spindle::concurrency_limiter lim(1);
+  auto held = lim.acquire();
+  std::atomic<int> returned{0}, got{0};
+  test_support::thread_group g;
+  g.spawn([&] {
+    auto p = lim.acquire_for(std::chrono::hours::max());
+    returned.fetch_add(1);
+    if (p) got.fetch_add(1);
+  });
+  g.spawn([&] {
+    auto p = lim.acquire_for(spindle::deadline<>::never().remaining());
+    returned.fetch_add(1);
+    if (p) got.fetch_add(1);
+  });
+  // Neither may time out at once (the old deadline overflowed into the past): give them time
+  // to do so wrongly (a negative check, not synchronisation), then release.
+  std::this_thread::sleep_for(50ms);
+  CHECK(returned.load() == 0);
+  held.release();
+  REQUIRE(g.join_within(10s));
+  CHECK(got.load() == 2);
 }

@@ -344,3 +344,14 @@ TEST_CASE("sleep_until a deadline on a manual clock wakes when time reaches the 
   REQUIRE(g.join_within(10s));
   CHECK(s == status::timeout);
 }
+
+TEST_CASE("deadline::after(hours::max()) is never, on any clock") {
+  // The old after() took Clock::duration: hours::max() overflowed in the implicit conversion
+  // to nanoseconds and made a deadline in the past.
+  manual_clock clock;
+  clock.advance(std::chrono::hours(1));
+  CHECK(mdeadline::after(std::chrono::hours::max(), clock).is_never());
+  CHECK(spindle::deadline<>::after(std::chrono::hours::max()).is_never());
+  CHECK_FALSE(mdeadline::after(std::chrono::hours::max(), clock).expired());
+  CHECK(mdeadline::after(std::chrono::hours(-5), clock).expired());  // negative: now
+}

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <spindle/bounded_queue.hpp>
+#include <spindle/spsc_queue.hpp>
 #include <spindle/worker_pool.hpp>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "support/threads.hpp"
@@ -282,4 +284,27 @@ TEST_CASE("over a fused-ack channel, a worker that stops acks its last delivery 
   CHECK(ch.separate == std::vector<int>{1});
   CHECK(ch.fused.empty());
   CHECK(pool.stats().processed == 1);
+}
+
+TEST_CASE("a worker_pool of several workers refuses a single-consumer channel, naming the count") {
+  // The old pool accepted worker_pool(spsc, 4, h): four threads popped one spsc_queue and
+  // corrupted the heap ("double free or corruption").
+  spindle::spsc_queue<int> q(8);
+  bool threw = false;
+  try {
+    spindle::worker_pool pool(q, 4, [](int) {});
+  } catch (const std::invalid_argument& e) {
+    threw = true;
+    CHECK(std::string(e.what()).find("spindle::worker_pool: 4 workers") != std::string::npos);
+  }
+  CHECK(threw);
+  spindle::any_channel<int> erased(q);  // the same through type erasure, known at run time
+  CHECK_THROWS_AS(spindle::worker_pool(erased, 2, [](int) {}), std::invalid_argument);
+  // One worker is fine.
+  std::atomic<int> sum{0};
+  spindle::worker_pool one(q, 1, [&](int x) { sum.fetch_add(x); });
+  for (int i = 1; i <= 10; ++i) REQUIRE(q.push(i) == spindle::status::ok);
+  q.close();
+  one.join();
+  CHECK(sum.load() == 55);
 }

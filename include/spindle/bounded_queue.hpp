@@ -11,9 +11,13 @@
 // Guarantees:
 // - Capacity is fixed at construction; the slots are allocated once, and no operation allocates
 //   afterwards. T needs a noexcept move constructor, move assignment and destructor.
-// - The fast path is lock-free: a ring of slots, each with a sequence number that says whose turn
-//   it is (Vyukov's bounded MPMC design). A producer claims a position with one CAS on the tail,
-//   a consumer with one CAS on the head; they meet only in the slot they hand over.
+// - The fast path takes no lock: a ring of slots, each with a sequence number that says whose
+//   turn it is (Vyukov's bounded MPMC design). A producer claims a position with one CAS on the
+//   tail, a consumer with one CAS on the head; they meet only in the slot they hand over.
+//   It is not lock-free in the strict sense: a producer preempted between claiming a position
+//   and publishing its item holds that position up, and consumers reaching it report `empty`
+//   (or wait) until it resumes, even when later positions already hold items; likewise a
+//   preempted consumer holds up the producer of that slot's next lap.
 // - Blocking calls spin briefly, then sleep in the kernel (detail::wait_set, a futex): a
 //   thread blocked on an empty or full queue uses no CPU while it waits.
 #pragma once
@@ -38,9 +42,12 @@ namespace spindle {
 
 /// A multi-producer multi-consumer FIFO of fixed capacity.
 ///
-/// Ordering: FIFO per producer (items one thread pushes are popped in the order it pushed them);
-/// the queue as a whole is linearizable at the CAS that claims a position. Items of different
-/// producers interleave in the order their pushes claimed positions.
+/// Ordering: FIFO per producer (items one thread pushes are popped in the order it pushed them).
+/// Items of different producers are popped in the order their pushes claimed positions (the CAS
+/// on the tail). The queue is not linearizable: a push claims its position before it publishes
+/// the item, so while it is in progress try_pop() may return `empty` although pushes that
+/// claimed later positions have already returned ok, and size() counts items still being
+/// pushed.
 ///
 /// Visibility: everything a thread did before a push() that returns ok is visible to the thread
 /// whose pop() returns that item.
@@ -59,6 +66,9 @@ class bounded_queue : public detail::queue_facade<bounded_queue<T>, T> {
 
  public:
   using value_type = T;
+  /// Any number of threads push and pop at once (see channel.hpp: multi_producer_v).
+  static constexpr bool multi_producer = true;
+  static constexpr bool multi_consumer = true;
 
   /// Makes an empty queue with room for `capacity` items; `options` tunes how blocking calls
   /// wait. Allocates the slots, once. Throws std::invalid_argument if capacity is 0.

@@ -20,6 +20,9 @@
 //
 // Closing never loses data: after close(), every item pushed before it can still be popped;
 // pushes fail with `closed`; pops return `closed` only when nothing is left.
+//
+// Ends: multi_producer_v<C> / multi_consumer_v<C> (and multi_producer(c) / multi_consumer(c) at
+// run time, for any_channel) say whether several threads may push or pop at once.
 #pragma once
 
 #include <chrono>
@@ -55,6 +58,40 @@ concept channel =
        { c.push(v) } -> std::same_as<status>;
        { c.try_push(v) } -> std::same_as<status>;
      });
+
+/// Whether several threads may push to (multi_producer_v) or pop from (multi_consumer_v) a
+/// channel at once. A channel says so with `static constexpr bool multi_producer` and
+/// `multi_consumer` members; one that says nothing is taken to accept several on both ends (as
+/// bounded_queue and the Redis channels do). spsc_queue says false for both. For any_channel
+/// these are true ("decided at run time"): ask spindle::multi_producer(c) / multi_consumer(c),
+/// which answer for its target. Components that run several threads on one end of a channel
+/// refuse a single-ended one: at compile time where the thread count is, with
+/// std::invalid_argument where it is known only at run time (worker_pool, fan_in, run()).
+template <class C>
+inline constexpr bool multi_producer_v = !requires { requires !C::multi_producer; };
+template <class C>
+inline constexpr bool multi_consumer_v = !requires { requires !C::multi_consumer; };
+
+/// Whether several threads may push to `c` at once (any_channel: its target's answer).
+template <class C>
+bool multi_producer(const C& c) noexcept {
+  if constexpr (requires { { c.target_multi_producer() } -> std::convertible_to<bool>; }) {
+    return c.target_multi_producer();
+  } else {
+    (void)c;
+    return multi_producer_v<C>;
+  }
+}
+/// Whether several threads may pop from `c` at once (any_channel: its target's answer).
+template <class C>
+bool multi_consumer(const C& c) noexcept {
+  if constexpr (requires { { c.target_multi_consumer() } -> std::convertible_to<bool>; }) {
+    return c.target_multi_consumer();
+  } else {
+    (void)c;
+    return multi_consumer_v<C>;
+  }
+}
 
 }  // namespace spindle
 

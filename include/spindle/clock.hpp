@@ -33,6 +33,41 @@ concept clock = requires(const C& c) {
   { c.now() } -> std::same_as<typename C::time_point>;
 };
 
+namespace detail {
+
+/// `d` converted to `To`, rounded up (a wait is never shorter than asked), saturating at
+/// To::max() / To::min() instead of overflowing: `hours::max()` becomes `nanoseconds::max()`.
+/// The one conversion behind every `_for(duration)` call. Never throws.
+template <class To, class Rep, class Period>
+constexpr To saturating_ceil(std::chrono::duration<Rep, Period> d) noexcept {
+  using std::chrono::duration;
+  using wide = duration<long double, typename To::period>;
+  const auto w = std::chrono::duration_cast<wide>(d);
+  if (w >= wide(static_cast<long double>(To::max().count()))) return To::max();
+  if (w <= wide(static_cast<long double>(To::min().count()))) return To::min();
+  return std::chrono::ceil<To>(d);
+}
+
+/// The time point `d` after `now`, saturating at time_point::max() ("never") instead of
+/// overflowing, and at `now` for negative durations. The one deadline computation behind every
+/// `_for(duration)` call: `duration::max()` and `deadline<>::never().remaining()` mean no limit.
+template <class TimePoint, class Rep, class Period>
+constexpr TimePoint saturating_add(TimePoint now, std::chrono::duration<Rep, Period> d) noexcept {
+  using dur = typename TimePoint::duration;
+  if (d <= d.zero()) return now;
+  const dur step = saturating_ceil<dur>(d);
+  if (step >= TimePoint::max() - now) return TimePoint::max();
+  return now + step;
+}
+
+/// `Clock::now() + d`, saturating (see saturating_add).
+template <class Clock, class Rep, class Period>
+typename Clock::time_point time_after(std::chrono::duration<Rep, Period> d) {
+  return saturating_add(Clock::now(), d);
+}
+
+}  // namespace detail
+
 /// A clock whose time moves only by advance(). Copies share one time (and its sleepers), so a
 /// test can keep one copy and give another to the object under test.
 ///
@@ -140,10 +175,11 @@ bool sleep_until(const C& c, typename C::time_point t, std::stop_token st = {}) 
   }
 }
 
-/// Blocks for `d` on clock `c` (see sleep_until()).
-template <clock C>
-bool sleep_for(const C& c, typename C::duration d, std::stop_token st = {}) {
-  return sleep_until(c, c.now() + d, st);
+/// Blocks for `d` on clock `c` (see sleep_until()). Saturates: `duration::max()` (of any
+/// duration type) sleeps until a stop request.
+template <clock C, class Rep, class Period>
+bool sleep_for(const C& c, std::chrono::duration<Rep, Period> d, std::stop_token st = {}) {
+  return sleep_until(c, detail::saturating_add(c.now(), d), st);
 }
 
 }  // namespace spindle

@@ -23,40 +23,10 @@
 
 namespace spindle {
 
-namespace detail {
+// detail::saturating_ceil, saturating_add and time_after, the one saturating deadline
+// computation behind every `_for(duration)` call, live in clock.hpp (included above), so that
+// clock-aware sleeping uses them too.
 
-/// `d` converted to `To`, rounded up (a wait is never shorter than asked), saturating at
-/// To::max() / To::min() instead of overflowing: `hours::max()` becomes `nanoseconds::max()`.
-/// The one conversion behind every `_for(duration)` call. Never throws.
-template <class To, class Rep, class Period>
-constexpr To saturating_ceil(std::chrono::duration<Rep, Period> d) noexcept {
-  using std::chrono::duration;
-  using wide = duration<long double, typename To::period>;
-  const auto w = std::chrono::duration_cast<wide>(d);
-  if (w >= wide(static_cast<long double>(To::max().count()))) return To::max();
-  if (w <= wide(static_cast<long double>(To::min().count()))) return To::min();
-  return std::chrono::ceil<To>(d);
-}
-
-/// The time point `d` after `now`, saturating at time_point::max() ("never") instead of
-/// overflowing, and at `now` for negative durations. The one deadline computation behind every
-/// `_for(duration)` call: `duration::max()` and `deadline<>::never().remaining()` mean no limit.
-template <class TimePoint, class Rep, class Period>
-constexpr TimePoint saturating_add(TimePoint now, std::chrono::duration<Rep, Period> d) noexcept {
-  using dur = typename TimePoint::duration;
-  if (d <= d.zero()) return now;
-  const dur step = saturating_ceil<dur>(d);
-  if (step >= TimePoint::max() - now) return TimePoint::max();
-  return now + step;
-}
-
-/// `Clock::now() + d`, saturating (see saturating_add).
-template <class Clock, class Rep, class Period>
-typename Clock::time_point time_after(std::chrono::duration<Rep, Period> d) {
-  return saturating_add(Clock::now(), d);
-}
-
-}  // namespace detail
 
 /// An absolute time point of `Clock`, or never. Holds a copy of the clock it is read by (copies
 /// of manual_clock share one time). A value type: copying it copies the time point.
@@ -74,8 +44,10 @@ class deadline {
   /// A deadline that never expires.
   static deadline never(Clock c = {}) { return deadline(std::move(c), time_point::max()); }
 
-  /// The deadline `d` from now (saturates at never instead of overflowing).
-  static deadline after(duration d, Clock c = {}) {
+  /// The deadline `d` from now (saturates at never instead of overflowing; `d` of any duration
+  /// type, so hours::max() is never too).
+  template <class Rep, class Period>
+  static deadline after(std::chrono::duration<Rep, Period> d, Clock c = {}) {
     auto t = detail::saturating_add(c.now(), d);
     return deadline(std::move(c), t);
   }
@@ -123,8 +95,9 @@ status sleep_until(const deadline<Clock>& dl, typename Clock::time_point t,
 }
 
 /// Sleeps for `d` on the deadline's clock, but no later than the deadline (see above).
-template <clock Clock>
-status sleep_for(const deadline<Clock>& dl, typename Clock::duration d, std::stop_token st = {}) {
+template <clock Clock, class Rep, class Period>
+status sleep_for(const deadline<Clock>& dl, std::chrono::duration<Rep, Period> d,
+                 std::stop_token st = {}) {
   return sleep_until(dl, detail::saturating_add(dl.clock().now(), d), std::move(st));
 }
 

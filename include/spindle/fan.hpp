@@ -19,11 +19,14 @@
 //   An item popped when every sink has just closed is dropped, and counted out of the result.
 // - fan_out and fan_in preserve each source's order per sink; broadcast gives every sink the
 //   source's order.
-// - No busy-wait: when every sink is full, the call blocks in the sinks' push_for.
+// - No busy-wait, no polling: when every sink is full, fan_out blocks in the next sink's push
+//   (with `stop`: its stop-aware push) until that sink takes the item; it does not look at the
+//   others meanwhile. fan_in and broadcast block the same way.
 // - An exception from a channel propagates to the caller (fan_in: the first one, after every
 //   forwarding thread has stopped); sinks are then not closed.
 #pragma once
 
+#include <algorithm>  // std::max
 #include <atomic>
 #include <chrono>
 #include <concepts>
@@ -35,6 +38,8 @@
 #include <ranges>
 #include <stdexcept>  // std::invalid_argument
 #include <stop_token>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -49,8 +54,9 @@ namespace spindle {
 struct fan_options {
   /// A stop request ends the call early: it stops taking items and closes its sinks.
   std::stop_token stop = {};
-  /// How long one blocking push waits before the call looks at the other sinks (fan_out) or at
-  /// `stop` again. Bounds the time a stop request takes to be seen by a blocked push.
+  /// Only for sinks without a stop-aware push (push(T&&, std::stop_token); the in-process
+  /// queues and any_channel have one): how long one push_for waits before the call looks at
+  /// `stop` again (at least 1 ms). Other sinks block in the kernel until room, close or stop.
   std::chrono::milliseconds retry_interval{1};
 };
 
@@ -70,22 +76,36 @@ template <class R>
 using chan_elem_t = std::remove_reference_t<decltype(chan_of(
     std::declval<std::ranges::range_reference_t<R>&>()))>;
 
-/// Pushes `v` into `c`, blocking while full but waking every `interval` to look at `st`.
-/// Returns ok | closed | cancelled; `v` is moved from only on ok.
+/// Whether `c` has a blocking push that a stop request ends (push(T&&, stop_token)).
+template <class C, class T>
+concept stoppable_push = requires(C& c, T&& v, std::stop_token st) {
+  { c.push(std::move(v), st) } -> std::same_as<status>;
+};
+
+/// Pushes `v` into `c`, blocking while full until a stop request on `st`. Returns
+/// ok | closed | cancelled; `v` is moved from only on ok. Blocks without polling when `c` has a
+/// stop-aware push (the in-process queues, any_channel) or no stop is possible; otherwise it
+/// waits in push_for slices of `interval` (at least 1 ms), looking at `st` between them.
 template <class C, class T>
 status push_watching(C& c, T& v, const std::stop_token& st, std::chrono::milliseconds interval) {
   if (!st.stop_possible()) return c.push(std::move(v));
-  for (;;) {
-    if (st.stop_requested()) return status::cancelled;
-    status s = c.push_for(std::move(v), interval);
-    if (s != status::timeout) return s;
+  if constexpr (stoppable_push<C, T>) {
+    return c.push(std::move(v), st);
+  } else {
+    const auto slice = std::max(interval, std::chrono::milliseconds(1));  // never a busy loop
+    for (;;) {
+      if (st.stop_requested()) return status::cancelled;
+      status s = c.push_for(std::move(v), slice);
+      if (s != status::timeout) return s;
+    }
   }
 }
 
 }  // namespace detail
 
 /// Moves each item of `source` to one of `sinks`, round-robin; a full sink is skipped while
-/// another has room, a closed sink is dropped from the rotation. Blocks until `source` is
+/// another has room (when all are full, the call blocks on the next one in the rotation), a
+/// closed sink is dropped from the rotation. Blocks until `source` is
 /// closed and drained (or a stop is requested), then closes every sink; returns the items moved.
 /// If every sink closes first, it closes `source` and returns. Allocates once (the rotation).
 /// Throws std::invalid_argument if `sinks` is empty.
@@ -128,20 +148,19 @@ std::size_t fan_out(Source&& source, Sinks&& sinks, fan_options opts = {}) {
         }
       }
       if (placed || removed) continue;
-      // Every sink is full: block on the round-robin one for a while, then look again.
-      if (opts.stop.stop_requested()) {
-        close_all();
-        return moved;
-      }
+      // Every sink is full: block on the round-robin one until it takes the item (no polling
+      // of the others: a blocked call uses no CPU), is closed, or a stop is requested.
       std::size_t i = next % live.size();
-      status s = detail::chan_of(live[i]).push_for(std::move(v), opts.retry_interval);
+      status s = detail::push_watching(detail::chan_of(live[i]), v, opts.stop,
+                                       opts.retry_interval);
       if (s == status::ok) {
         next = i + 1;
         placed = true;
       } else if (s == status::closed) {
         live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
-      } else {
-        next = i + 1;  // timeout: try the others first next time
+      } else {  // cancelled
+        close_all();
+        return moved;
       }
     }
     ++moved;
@@ -200,6 +219,9 @@ std::size_t broadcast(Source&& source, Sinks&& sinks, fan_options opts = {}) {
 /// closes `sink`; returns the items moved. If `sink` closes first, it closes every source and
 /// returns. Each source's order is kept in the sink. Allocates (one thread per extra source).
 /// Rethrows the first exception a channel threw, after every forwarding thread has stopped.
+/// Throws std::invalid_argument if several sources feed a single-producer sink, or one
+/// single-consumer source is listed twice (see multi_producer_v in channel.hpp), and
+/// std::system_error if a forwarding thread fails to start (the others are stopped first).
 template <class Sources, class Sink>
 std::size_t fan_in(Sources&& sources, Sink&& sink, fan_options opts = {}) {
   using S = detail::chan_elem_t<Sources>;
@@ -210,6 +232,16 @@ std::size_t fan_in(Sources&& sources, Sink&& sink, fan_options opts = {}) {
     sink.close();
     return 0;
   }
+  // One forwarding thread per source: several push to the sink, each pops its own source.
+  if (srcs.size() > 1 && !multi_producer(sink))
+    throw std::invalid_argument("spindle::fan_in: " + std::to_string(srcs.size()) +
+                                " sources into a single-producer sink (spsc_queue); use a "
+                                "multi-producer sink");
+  for (std::size_t i = 0; i < srcs.size(); ++i)
+    for (std::size_t j = i + 1; j < srcs.size(); ++j)
+      if (srcs[i] == srcs[j] && !multi_consumer(*srcs[i]))
+        throw std::invalid_argument("spindle::fan_in: sources " + std::to_string(i) + " and " +
+                                    std::to_string(j) + " are one single-consumer channel");
   std::stop_source stop;
   std::stop_callback forward_stop(opts.stop, [&stop] { stop.request_stop(); });
   std::atomic<std::size_t> moved{0};
@@ -246,8 +278,20 @@ std::size_t fan_in(Sources&& sources, Sink&& sink, fan_options opts = {}) {
   {
     std::vector<std::jthread> threads;
     threads.reserve(srcs.size() - 1);
-    for (std::size_t i = 1; i < srcs.size(); ++i)
-      threads.emplace_back([&forward, s = srcs[i]] { forward(*s); });
+    try {
+      for (std::size_t i = 1; i < srcs.size(); ++i)
+        threads.emplace_back([&forward, s = srcs[i]] { forward(*s); });
+    } catch (const std::system_error& e) {
+      // A thread failed to start: stop the forwarders already running (they wait on `stop`,
+      // not on the jthreads' own tokens), join them, and say so. Nothing is closed.
+      stop.request_stop();
+      const std::size_t started = threads.size();
+      threads.clear();  // joins
+      throw std::system_error(e.code(), "spindle::fan_in: forwarding thread " +
+                                            std::to_string(started + 1) + " of " +
+                                            std::to_string(srcs.size() - 1) +
+                                            " failed to start (the others were stopped)");
+    }
     forward(*srcs[0]);
   }  // joins every forwarding thread
   if (error) std::rethrow_exception(error);

@@ -63,8 +63,11 @@ std::size_t executor_width(E& ex) {
 /// enough that the per-chunk cost (one atomic increment) is nothing.
 inline constexpr std::size_t chunks_per_worker = 8;
 
+/// The chunk size to use: `chunk`, clamped to the range's size (a chunk larger than the range
+/// is one chunk; SIZE_MAX once became -1 as the range's difference type and never ended), or a
+/// pick when 0.
 inline std::size_t pick_chunk(std::size_t n, std::size_t width, std::size_t chunk) {
-  if (chunk != 0) return chunk;
+  if (chunk != 0) return std::min(chunk, std::max<std::size_t>(n, 1));
   std::size_t want = width * chunks_per_worker;
   return std::max<std::size_t>(1, (n + want - 1) / want);
 }

@@ -13,8 +13,10 @@
 //   returns std::optional drops the item on nullopt), a stage throws, or the pipeline is
 //   cancelled.
 // - Order: a stage with one worker keeps the order of its input; an `ordered` stage keeps it with
-//   any number of workers (a reorder buffer holds at most `workers - 1` finished batches). With one
-//   sink worker and only ordered (or single-worker) stages, the sink sees the input order.
+//   any number of workers: a worker that finishes a batch out of turn waits for its turn, so at
+//   most `workers - 1` finished batches wait and a slow item holds back the stage's intake
+//   (back-pressure; memory stays bounded). With one sink worker and only ordered (or
+//   single-worker) stages, the sink sees the input order.
 // - Visibility: everything a stage did to an item before returning it is visible to the next
 //   stage's call on that item (the queues hand items over under a mutex).
 // - Hand-offs are batched: an idle stage takes what is queued, up to `batch` items, in one lock;
@@ -51,6 +53,7 @@
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -235,6 +238,7 @@ class pipeline_core {
   struct node {
     virtual ~node() = default;
     virtual void start(pipeline_core&) {}
+    virtual void close() {}  // queues: close, so that every started worker drains and ends
   };
 
   explicit pipeline_core(pipeline_options o) : opts_(std::move(o)) {}
@@ -257,8 +261,21 @@ class pipeline_core {
   }
 
   /// Starts every stage's workers and hooks the user's stop token. Called once, by sink().
+  /// If a thread fails to start, the workers already started are stopped (every queue closed,
+  /// the pipeline cancelled) and joined, and std::system_error naming the pipeline is thrown:
+  /// a clear exception, never a destructor waiting on queues nobody closes.
   void start() {
-    for (auto& n : nodes_) n->start(*this);
+    try {
+      for (auto& n : nodes_) n->start(*this);
+    } catch (const std::system_error& e) {
+      abort_start();
+      throw std::system_error(e.code(), "spindle::pipeline::sink: a stage thread failed to start (" +
+                                            std::to_string(threads_.size()) +
+                                            " started, now stopped)");
+    } catch (...) {
+      abort_start();
+      throw;
+    }
     on_stop_.emplace(opts_.stop, [this] { cancel(); });
   }
 
@@ -304,6 +321,12 @@ class pipeline_core {
   std::function<void()> close_input;  // set by the builder: closes the first queue
 
  private:
+  void abort_start() {
+    cancel();
+    for (auto& n : nodes_) n->close();
+    join();
+  }
+
   void stop_intake() {
     // relaxed: see discarding().
     discard_.store(true, std::memory_order_relaxed);
@@ -325,6 +348,7 @@ class pipeline_core {
 template <class T>
 struct queue_node : pipeline_core::node {
   queue_node(std::size_t cap, std::size_t batch) : q(cap, batch) {}
+  void close() override { q.close(); }
   batch_queue<T> q;
 };
 
@@ -388,41 +412,24 @@ class stage_node : public pipeline_core::node {
     if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) out_->close();
   }
 
+  // Invariant (back-pressure): a worker that finishes a batch out of turn waits for its turn
+  // instead of parking the batch and taking more input, so at most workers - 1 finished
+  // batches wait (one per worker) and a slow item holds back the stage's intake: the queue
+  // before it fills and its producers block. Attacked by "an ordered stage waiting for a slow
+  // first item holds back its intake (back-pressure)" (the old parking buffer grew without
+  // bound: 100,000 items taken while item 0 was held).
   void emit_ordered(std::uint64_t seq, std::vector<B>& out) {
-    std::lock_guard lock(emit_mu_);
-    if (seq != next_) {
-      parked_.emplace_back(seq, std::move(out));
-      out = take_spare();
-      return;
-    }
-    push_out(out);
+    std::unique_lock lock(emit_mu_);
+    turn_.wait(lock, [&] { return next_ == seq; });
+    push_out(out);  // blocks while the next queue is full; the others wait for their turn anyway
     ++next_;
-    for (bool found = true; found;) {
-      found = false;
-      for (auto& p : parked_) {
-        if (p.first == next_) {
-          push_out(p.second);
-          spares_.push_back(std::move(p.second));
-          p = std::move(parked_.back());
-          parked_.pop_back();
-          ++next_;
-          found = true;
-          break;
-        }
-      }
-    }
+    lock.unlock();
+    turn_.notify_all();
   }
 
   void push_out(std::vector<B>& b) {
-    if (!b.empty()) out_->push_batch(b);
+    if (!b.empty()) out_->push_batch(b);  // closed only after a failure: the items are dropped
     b.clear();
-  }
-
-  std::vector<B> take_spare() {
-    if (spares_.empty()) return {};
-    std::vector<B> s = std::move(spares_.back());
-    spares_.pop_back();
-    return s;
   }
 
   F f_;
@@ -431,9 +438,8 @@ class stage_node : public pipeline_core::node {
   batch_queue<B>* out_;
   std::atomic<std::size_t> active_{0};
   std::mutex emit_mu_;  // ordered stages: held while emitting; never while calling f_
-  std::uint64_t next_ = 0;                                      // guarded by emit_mu_
-  std::vector<std::pair<std::uint64_t, std::vector<B>>> parked_;  // guarded by emit_mu_
-  std::vector<std::vector<B>> spares_;                          // guarded by emit_mu_
+  std::condition_variable turn_;  // ordered stages: workers wait here for next_ == their seq
+  std::uint64_t next_ = 0;        // guarded by emit_mu_: the batch whose turn it is to emit
 };
 
 /// The sink: `workers` threads calling `f` on every item.
@@ -467,6 +473,12 @@ class sink_node : public pipeline_core::node {
   stage_options opts_;
   batch_queue<B>* in_;
 };
+
+/// What running_pipeline::run() accepts: a range, a channel lvalue, or a channel handle
+/// (any_channel), which is copied. Not an rvalue channel that is not a handle.
+template <class S>
+concept pipeline_source = std::is_lvalue_reference_v<S> || !channel<std::remove_cvref_t<S>> ||
+                          is_any_channel<std::remove_cvref_t<S>>::value;
 
 inline void check_workers(const char* fn, std::size_t workers) {
   if (workers == 0)
@@ -524,12 +536,20 @@ class running_pipeline {
   ///
   /// For a range (anything that is not a channel): feeds it on the calling thread in batches,
   /// closes the input, and returns when every item is queued.
+  ///
+  /// A channel is kept by reference, so it must be an lvalue; a handle (any_channel<In>) is
+  /// copied and may be a temporary. An rvalue channel that is not a handle is refused at
+  /// compile time (it would be destroyed while the feeding thread still pops from it). Throws
+  /// std::invalid_argument if a single-consumer channel (spsc_queue) is already fed by this
+  /// pipeline (two feeders would pop it at once).
   template <class S>
+    requires detail::pipeline_source<S>
   running_pipeline& run(S&& source) & {
     feed(std::forward<S>(source));
     return *this;
   }
   template <class S>
+    requires detail::pipeline_source<S>
   running_pipeline run(S&& source) && {
     feed(std::forward<S>(source));
     return std::move(*this);
@@ -545,15 +565,30 @@ class running_pipeline {
   template <class S>
   void feed(S&& source) {
     using Src = std::remove_cvref_t<S>;
-    if constexpr (channel<Src> || std::same_as<Src, any_channel<In>>) {
-      auto* src = &source;
-      auto* head = head_;
-      core_->spawn([src, head, st = core_->internal_stop()] {
+    if constexpr (channel<Src>) {
+      if constexpr (std::same_as<typename Src::value_type, In>) {
+        // Several feeders popping one single-consumer channel would corrupt it.
+        if (!multi_consumer(source)) {
+          any_channel<In> h(source);
+          for (const auto& f : single_fed_)
+            if (f == h)
+              throw std::invalid_argument(
+                  "spindle::running_pipeline::run: this single-consumer channel (spsc_queue) is "
+                  "already fed by this pipeline; a second feeder would pop it concurrently");
+          single_fed_.push_back(h);
+        }
+      }
+      auto feeder = [head = head_, st = core_->internal_stop()](auto& src) {
         In v{};
-        while (src->pop(v, st) == status::ok)
+        while (src.pop(v, st) == status::ok)
           if (head->push(v, true) != status::ok) break;
         head->close();
-      });
+      };
+      if constexpr (detail::is_any_channel<Src>::value) {
+        core_->spawn([feeder, src = Src(source)]() mutable { feeder(src); });  // a handle: copied
+      } else {
+        core_->spawn([feeder, src = &source] { feeder(*src); });  // an lvalue: outlives wait()
+      }
     } else {
       std::vector<In> b;
       const std::size_t n = core_->batch();
@@ -571,6 +606,7 @@ class running_pipeline {
 
   std::unique_ptr<detail::pipeline_core> core_;
   detail::batch_queue<In>* head_;
+  std::vector<any_channel<In>> single_fed_;  // single-consumer channels run() feeds from
 };
 
 /// A pipeline being built: its input type In and the output type Out of its last stage. Each

@@ -59,19 +59,28 @@ namespace detail {
   throw std::invalid_argument(std::string("spindle::") + fn + ": " + what);
 }
 
-/// The blocking loop every rate limiter shares. `admit(now)` tries to take the tokens at `now`;
-/// `wait(now)` says how long until they would be there. Sleeps on the clock (never spins).
-template <class Clock, class Admit, class Wait>
+/// One attempt of a blocked acquirer: admitted, or refused at clock reading `now` with `wait`
+/// until the tokens would be there if nobody else took any.
+template <class Clock>
+struct attempt {
+  bool admitted;
+  typename Clock::time_point now;
+  typename Clock::duration wait;
+};
+
+/// The blocking loop every rate limiter shares. `try_once()` returns an attempt<Clock>; a
+/// refusal and its wait come from one reading of the limiter's state and of the clock. Sleeps
+/// on the clock (never spins); a deadline of time_point::max() never passes.
+template <class Clock, class Try>
 status acquire_loop(const Clock& clock, typename Clock::time_point until, const std::stop_token& st,
-                    Admit admit, Wait wait) {
+                    Try try_once) {
   for (;;) {
-    auto now = clock.now();
-    if (admit(now)) return status::ok;
+    const attempt<Clock> a = try_once();
+    if (a.admitted) return status::ok;
     if (st.stop_requested()) return status::cancelled;
-    auto w = wait(now);
-    if (w <= Clock::duration::zero()) continue;  // tokens came in between; try again
-    if (until < now || w > until - now) return status::timeout;  // cannot come in time
-    if (!sleep_until(clock, now + w, st)) return status::cancelled;
+    if (a.wait <= Clock::duration::zero()) continue;  // tokens came in between; try again
+    if (until < a.now || a.wait > until - a.now) return status::timeout;  // cannot come in time
+    if (!sleep_until(clock, saturating_add(a.now, a.wait), st)) return status::cancelled;
   }
 }
 
@@ -100,16 +109,35 @@ class limiter_waits {
   }
 
   /// As acquire(n), waiting at most `d`: ok | timeout | cancelled. Returns timeout at once when
-  /// the room cannot come within `d` even if nobody else takes any.
-  status acquire_for(std::uint64_t n, typename Clock::duration d, std::stop_token st = {}) {
-    auto now = self().clock_.now();
-    auto until = d >= Clock::time_point::max() - now ? Clock::time_point::max() : now + d;
-    return self().acquire_until(n, until, st);
+  /// the room cannot come within `d` even if nobody else takes any. Saturates: duration::max()
+  /// of any duration type (and deadline<>::never().remaining()) waits without a time limit.
+  template <class Rep, class Period>
+  status acquire_for(std::uint64_t n, std::chrono::duration<Rep, Period> d,
+                     std::stop_token st = {}) {
+    return self().acquire_until(n, saturating_add(self().clock_.now(), d), st);
   }
 
  protected:
   limiter_waits() = default;
   ~limiter_waits() = default;
+
+  /// The one acquire path of the limiters that decide under their mutex (the two sliding
+  /// windows): the clock is read, the request admitted or its wait computed, all in one
+  /// critical section, so the wait is computed for the very state and time the refusal saw.
+  /// (Two critical sections let a stale clock reading roll a window back after another thread
+  /// had rolled it forward, wiping its admissions: the hostile tests "... never admits more than
+  /// limit ... while a timed acquire races ..." attack this.) Derived provides mu_, clock_,
+  /// admit_locked(n, now) and wait_locked(n, now).
+  status locked_acquire_until(std::uint64_t n, typename Clock::time_point until,
+                              const std::stop_token& st) {
+    Derived& d = self();
+    return acquire_loop(d.clock_, until, st, [&] {
+      std::lock_guard lock(d.mu_);
+      const auto now = d.clock_.now();
+      if (d.admit_locked(n, now)) return attempt<Clock>{true, now, {}};
+      return attempt<Clock>{false, now, d.wait_locked(n, now)};
+    });
+  }
 
  private:
   Derived& self() noexcept { return static_cast<Derived&>(*this); }
@@ -120,15 +148,21 @@ class limiter_waits {
 /// A token bucket: holds up to `burst` tokens, starts full, gains `rate` tokens per second.
 /// try_acquire(n) takes n tokens if there are n.
 ///
-/// Guarantees: over any interval of length T, at most burst + rate * T tokens are taken.
-/// Each successful take is one compare-and-swap on a single atomic (the time at which the bucket
-/// would be empty), so concurrent callers never take more than the bucket holds, and a refusal
-/// is correct at the moment the caller read the clock (the state is loaded before the clock is
-/// read). No mutex; never allocates after construction. Visibility: taking a token orders no
-/// other memory (it is a permission, not a message between threads).
+/// Guarantees: over any interval of length T, at most burst + rate * T tokens are taken (the
+/// rate as held in fixed point, below). Each successful take is one compare-and-swap on a single
+/// atomic (the level at which the bucket would be empty), so concurrent callers never take more
+/// than the bucket holds, and a refusal is correct at the moment the caller read the clock (the
+/// state is loaded before the clock is read). No mutex; never allocates after construction.
+/// Visibility: taking a token orders no other memory (a permission, not a message).
 ///
-/// Arithmetic is in double-precision nanoseconds since construction; a take that falls short by
-/// less than a billionth of a token is admitted (slack for rounding), which nobody can observe.
+/// Arithmetic is integer and exact: one token is 2^shift units, and the units generated by
+/// time t are G(t) = floor(ns(t) * num / den) (ns since construction), where num / den is the
+/// rate in units per nanosecond, held to 61 significant bits for rates from 1 to 4e18 tokens/s
+/// with any burst up to 2^30, and to at least 45 for rates >= 1e-3 with bursts up to 2^40.
+/// State and G are kept modulo 2^64, so a bucket stays exact for the life of the process at
+/// any rate; the one limit is that it must not sit untouched for 2^63 units (over 500 years up
+/// to 5e8 tokens/s, 29 years at 1e10). A rate too small to represent with its burst (below about
+/// 1e-29 tokens/s with burst 1) never refills: waits for it saturate ("never").
 template <clock Clock = std::chrono::steady_clock>
 class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
   friend detail::limiter_waits<token_bucket<Clock>, Clock>;
@@ -142,18 +176,20 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
   static constexpr bool nothrow_clock = noexcept(std::declval<const Clock&>().now());
 
   /// A full bucket of `burst` tokens refilled at `rate_per_second`.
-  /// Throws std::invalid_argument if the rate is not finite or <= 0, or if burst == 0.
-  /// Allocates nothing (a manual_clock copy shares its state).
+  /// Throws std::invalid_argument if the rate is not finite, <= 0 or above 4e18, or if burst is
+  /// 0 or above 2^61. Allocates nothing (a manual_clock copy shares its state).
   token_bucket(double rate_per_second, std::uint64_t burst, Clock clock = {})
       : rate_(check_rate(rate_per_second)),
         burst_(check_burst(burst)),
-        ns_per_token_(1e9 / rate_),
-        burst_ns_(static_cast<double>(burst_) * ns_per_token_),
-        slack_ns_(ns_per_token_ * 1e-9),
+        shift_(pick_shift(rate_, burst_)),
+        den_shift_(pick_den_shift(std::ldexp(rate_, shift_))),
+        num_(static_cast<std::uint64_t>(std::llround(std::ldexp(rate_, shift_ + den_shift_)))),
+        den_(std::uint64_t{1000000000} << den_shift_),
+        burst_units_(burst_ << shift_),
         clock_(std::move(clock)),
         origin_(clock_.now()) {
     // relaxed: construction; whoever shares the bucket with other threads publishes it.
-    zero_.store(-burst_ns_, std::memory_order_relaxed);  // full: empty burst_ns_ ago
+    zero_.store(std::uint64_t{0} - burst_units_, std::memory_order_relaxed);  // full
   }
 
   token_bucket(const token_bucket&) = delete;
@@ -164,7 +200,7 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
   bool try_acquire(std::uint64_t n = 1) noexcept(nothrow_clock) {
     if (n == 0) return true;
     if (n > burst_) return false;
-    return take(static_cast<double>(n) * ns_per_token_);
+    return take(n << shift_);
   }
 
   // acquire(n), acquire(n, stop_token) and acquire_for(n, d, stop_token) come from
@@ -175,30 +211,35 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
   status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
     check_n("token_bucket::acquire", n);
     if (n == 0) return status::ok;
-    const double cost = static_cast<double>(n) * ns_per_token_;
-    return detail::acquire_loop(
-        clock_, until, st, [&](time_point) { return take(cost); },
-        [&](time_point now) { return wait_for_cost(cost, elapsed_ns(now)); });
+    const std::uint64_t cost = n << shift_;
+    return detail::acquire_loop(clock_, until, st, [&] {
+      if (take(cost)) return detail::attempt<Clock>{true, {}, {}};
+      const time_point now = clock_.now();
+      return detail::attempt<Clock>{false, now, wait_for_cost(cost, now)};
+    });
   }
 
   /// The tokens in the bucket now (fractional; capped at burst). Approximate under concurrency.
   /// Never blocks. Thread-safe.
   double available() const noexcept(nothrow_clock) {
-    const double now = elapsed_ns(clock_.now());
+    const std::uint64_t now = units_at(clock_.now());
     // relaxed: a snapshot of the one atomic; no other memory depends on it.
-    const double tokens = (now - zero_.load(std::memory_order_relaxed)) / ns_per_token_;
-    return std::clamp(tokens, 0.0, static_cast<double>(burst_));
+    const auto level = static_cast<std::int64_t>(now - zero_.load(std::memory_order_relaxed));
+    const std::int64_t capped = std::clamp<std::int64_t>(
+        level, 0, static_cast<std::int64_t>(burst_units_));
+    return std::ldexp(static_cast<double>(capped), -shift_);
   }
 
   /// How long until `n` tokens will be in the bucket if nobody else takes any: zero if they are
-  /// there now. A Retry-After figure. Throws std::invalid_argument if n > burst. Thread-safe.
+  /// there now, duration::max() if never (a rate too small to represent). A Retry-After figure.
+  /// Throws std::invalid_argument if n > burst. Thread-safe.
   duration retry_after(std::uint64_t n = 1) const {
     check_n("token_bucket::retry_after", n);
     if (n == 0) return duration::zero();
-    return wait_for_cost(static_cast<double>(n) * ns_per_token_, elapsed_ns(clock_.now()));
+    return wait_for_cost(n << shift_, clock_.now());
   }
 
-  /// Tokens per second.
+  /// Tokens per second (as given to the constructor).
   double rate() const noexcept { return rate_; }
   /// The capacity.
   std::uint64_t burst() const noexcept { return burst_; }
@@ -206,40 +247,74 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
   const Clock& clock() const noexcept { return clock_; }
 
  private:
+  __extension__ using u128 = unsigned __int128;  // ns * num overflows 64 bits
+
   static double check_rate(double r) {
-    if (!std::isfinite(r) || r <= 0)
-      detail::throw_invalid("token_bucket",
-                            "rate_per_second must be finite and > 0, got " + std::to_string(r));
+    if (!std::isfinite(r) || r <= 0 || r > 4e18)
+      detail::throw_invalid("token_bucket", "rate_per_second must be finite, > 0 and <= 4e18, got " +
+                                                std::to_string(r));
     return r;
   }
   static std::uint64_t check_burst(std::uint64_t b) {
     if (b == 0) detail::throw_invalid("token_bucket", "burst must be >= 1, got 0");
+    if (b > (std::uint64_t{1} << 61))
+      detail::throw_invalid("token_bucket", "burst must be <= 2^61, got " + std::to_string(b));
     return b;
+  }
+  // Units per token: as many as make rate * 2^shift about 2^28 units per second (so that G
+  // wraps no sooner than in centuries), while burst * 2^shift stays below 2^62.
+  static int pick_shift(double rate, std::uint64_t burst) {
+    int shift = 0;
+    while (shift < 62 && std::ldexp(rate, shift + 1) < 0x1p29 &&
+           (burst << (shift + 1)) >> (shift + 1) == burst &&
+           (burst << (shift + 1)) <= (std::uint64_t{1} << 62))
+      ++shift;
+    return shift;
+  }
+  // num = units_per_second * 2^den_shift, den = 1e9 * 2^den_shift (< 2^64, so den_shift <= 34),
+  // with num as large as fits below 2^62: the rate's precision.
+  static int pick_den_shift(double units_per_second) {
+    int m = 34;
+    while (m > 0 && std::ldexp(units_per_second, m) >= 0x1p62) --m;
+    return m;
   }
   void check_n(const char* fn, std::uint64_t n) const {
     detail::check_count(fn, n, burst_, "burst");
   }
 
-  double elapsed_ns(time_point t) const noexcept {
-    return std::chrono::duration<double, std::nano>(t - origin_).count();
+  // G(t) modulo 2^64: the units generated since origin_ (wrapping is harmless, only differences
+  // of nearby values are used).
+  std::uint64_t units_at(time_point t) const noexcept {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t - origin_).count();
+    if (ns <= 0) return 0;
+    return static_cast<std::uint64_t>(static_cast<u128>(ns) * num_ / den_);
   }
 
-  // Takes `cost` nanoseconds' worth of tokens now. The clock is read after the state is loaded,
-  // so every take that `zero` reflects read the clock no later than we did: a refusal is right
-  // at the time we read it, even if this thread was preempted in between. After a failed CAS
-  // (`zero` reloaded, perhaps newer than our reading) a take still goes ahead on the old
-  // reading (an earlier time only means fewer tokens), but a refusal re-reads the clock first.
-  bool take(double cost) noexcept(nothrow_clock) {
+  // Where the empty level goes after taking `cost` at `now`: a bucket fuller than burst is
+  // capped first. Differences are taken modulo 2^64 and read as signed.
+  std::uint64_t after_take(std::uint64_t zero, std::uint64_t now, std::uint64_t cost) const {
+    const auto level = static_cast<std::int64_t>(now - zero);
+    const std::uint64_t base =
+        level > static_cast<std::int64_t>(burst_units_) ? now - burst_units_ : zero;
+    return base + cost;
+  }
+
+  // Takes `cost` units now. The clock is read after the state is loaded, so every take that
+  // `zero` reflects read the clock no later than we did: a refusal is right at the time we read
+  // it, even if this thread was preempted in between. After a failed CAS (`zero` reloaded,
+  // perhaps newer than our reading) a take still goes ahead on the old reading (an earlier time
+  // only means fewer tokens), but a refusal re-reads the clock first.
+  bool take(std::uint64_t cost) noexcept(nothrow_clock) {
     // acquire: pairs with the release of the CAS below; the writer's clock read happens before
     // ours, so on a monotonic clock its `now` is <= ours.
-    double zero = zero_.load(std::memory_order_acquire);
-    double now = elapsed_ns(clock_.now());
+    std::uint64_t zero = zero_.load(std::memory_order_acquire);
+    std::uint64_t now = units_at(clock_.now());
     bool fresh = true;  // `now` was read after `zero` was loaded
     for (;;) {
-      const double next = std::max(zero, now - burst_ns_) + cost;  // empty before: full now
-      if (next > now + slack_ns_) {  // not enough tokens: no write at all
+      const std::uint64_t next = after_take(zero, now, cost);
+      if (static_cast<std::int64_t>(next - now) > 0) {  // not enough tokens: no write at all
         if (fresh) return false;
-        now = elapsed_ns(clock_.now());
+        now = units_at(clock_.now());
         fresh = true;
         continue;
       }
@@ -252,28 +327,44 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
     }
   }
 
-  duration wait_for_cost(double cost, double now) const noexcept {
+  // How long from `t` until `cost` units are there: exact, integer throughout, saturating at
+  // duration::max() (never) instead of overflowing.
+  duration wait_for_cost(std::uint64_t cost, time_point t) const noexcept {
+    const auto ns = std::max<std::int64_t>(
+        0, std::chrono::duration_cast<std::chrono::nanoseconds>(t - origin_).count());
+    const u128 scaled = static_cast<u128>(ns) * num_;  // = G(t) * den_ + rem
+    const auto now = static_cast<std::uint64_t>(scaled / den_);
+    const auto rem = static_cast<std::uint64_t>(scaled % den_);
     // relaxed: a snapshot; the caller re-checks with take().
-    const double zero = zero_.load(std::memory_order_relaxed);
-    const double due = std::max(zero, now - burst_ns_) + cost;
-    if (due <= now + slack_ns_) return duration::zero();
-    auto wait = std::chrono::ceil<duration>(std::chrono::duration<double, std::nano>(due - now));
+    const std::uint64_t due = after_take(zero_.load(std::memory_order_relaxed), now, cost);
+    const auto short_by = static_cast<std::int64_t>(due - now);
+    if (short_by <= 0) return duration::zero();
+    if (num_ == 0) return duration::max();
+    // The least w with (ns + w) * num_ >= (G(t) + short_by) * den_.
+    const u128 w = (static_cast<u128>(short_by) * den_ - rem + num_ - 1) / num_;
+    constexpr auto most = static_cast<u128>(std::chrono::nanoseconds::max().count());
+    const auto wait = detail::saturating_ceil<duration>(
+        std::chrono::nanoseconds(static_cast<std::int64_t>(w >= most ? most : w)));
     return std::max(wait, duration(1));
   }
 
   const double rate_;
   const std::uint64_t burst_;
-  const double ns_per_token_;
-  const double burst_ns_;
-  const double slack_ns_;
+  const int shift_;               // one token is 2^shift_ units
+  const int den_shift_;           // den_ = 1e9 << den_shift_
+  const std::uint64_t num_;       // units per ns = num_ / den_
+  const std::uint64_t den_;
+  const std::uint64_t burst_units_;
   [[no_unique_address]] const Clock clock_;
   const time_point origin_;
-  // The time (ns since origin_) at which the bucket was or will be empty: tokens at time t are
-  // min(burst, (t - zero_) / ns_per_token_). On its own cache line: it is the only written word.
-  alignas(detail::false_sharing_range) std::atomic<double> zero_{0};
-  char pad_[detail::false_sharing_range - sizeof(std::atomic<double>)] = {};
+  // The level (in units, modulo 2^64) at which the bucket was or will be empty: the tokens at
+  // time t are min(burst, (G(t) - zero_) / 2^shift_). On its own cache line: it is the only
+  // written word.
+  alignas(detail::false_sharing_range) std::atomic<std::uint64_t> zero_{0};
+  char pad_[detail::false_sharing_range - sizeof(std::atomic<std::uint64_t>)] = {};
 
-  static_assert(std::atomic<double>::is_always_lock_free, "token_bucket relies on a lock-free CAS");
+  static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
+                "token_bucket relies on a lock-free CAS");
 };
 
 /// An exact sliding-window limiter: admits n at time t only if the admissions in (t - window, t]
@@ -322,18 +413,7 @@ class sliding_window_log : public detail::limiter_waits<sliding_window_log<Clock
   status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
     check_n("sliding_window_log::acquire", n);
     if (n == 0) return status::ok;
-    time_point at{};
-    return detail::acquire_loop(
-        clock_, until, st,
-        [&](time_point) {
-          std::lock_guard lock(mu_);
-          at = clock_.now();
-          return admit_locked(n, at);
-        },
-        [&](time_point) {
-          std::lock_guard lock(mu_);
-          return wait_locked(n, at);
-        });
+    return this->locked_acquire_until(n, until, st);
   }
 
   /// How many more could be admitted now. Thread-safe.
@@ -377,6 +457,9 @@ class sliding_window_log : public detail::limiter_waits<sliding_window_log<Clock
   }
 
   bool admit_locked(std::uint64_t n, time_point now) {
+    // Never older than the newest entry: the log stays in time order (under mu_ with a
+    // monotonic clock the reading is never older anyway).
+    if (size_ > 0 && now < at_(size_ - 1).at) now = at_(size_ - 1).at;
     expire_locked(now);
     if (total_ + n > limit_) return false;
     if (size_ > 0 && at_(size_ - 1).at == now) {
@@ -472,26 +555,14 @@ class sliding_window_counter : public detail::limiter_waits<sliding_window_count
   status acquire_until(std::uint64_t n, time_point until, std::stop_token st = {}) {
     check_n("sliding_window_counter::acquire", n);
     if (n == 0) return status::ok;
-    time_point at{};
-    return detail::acquire_loop(
-        clock_, until, st,
-        [&](time_point) {
-          std::lock_guard lock(mu_);
-          at = clock_.now();
-          return admit_locked(n, at);
-        },
-        [&](time_point) {
-          std::lock_guard lock(mu_);
-          return wait_locked(n, at);
-        });
+    return this->locked_acquire_until(n, until, st);
   }
 
   /// The estimated room now (limit minus the weighted estimate, rounded down). Approximate by
   /// design. Thread-safe.
   std::uint64_t available() const {
     std::lock_guard lock(mu_);
-    auto now = clock_.now();
-    roll_locked(now);
+    const auto now = roll_locked(clock_.now());
     auto used = weighted_locked(now);  // in limit * window units
     auto cap = static_cast<u128>(limit_) * ticks(window_);
     return used >= cap ? 0 : static_cast<std::uint64_t>((cap - used) / ticks(window_));
@@ -528,12 +599,17 @@ class sliding_window_counter : public detail::limiter_waits<sliding_window_count
     return time_point(duration(static_cast<typename duration::rep>(index * window_.count())));
   }
 
-  void roll_locked(time_point now) const {
+  // Moves to the window of `now`, never back: returns `now`, or the start of the current window
+  // if `now` is older (a reading taken before another thread rolled forward must not wipe the
+  // newer window's admissions; under mu_ with a monotonic clock it does not happen).
+  time_point roll_locked(time_point now) const {
     auto idx = index_of(now);
-    if (idx == index_) return;
+    if (idx < index_) return start_of(index_);
+    if (idx == index_) return now;
     prev_ = idx == index_ + 1 ? curr_ : 0;
     curr_ = 0;
     index_ = idx;
+    return now;
   }
 
   // (current + previous * (1 - f)) * window, in ticks: exact.
@@ -544,7 +620,7 @@ class sliding_window_counter : public detail::limiter_waits<sliding_window_count
   }
 
   bool admit_locked(std::uint64_t n, time_point now) {
-    roll_locked(now);
+    now = roll_locked(now);
     if (weighted_locked(now) + static_cast<u128>(n) * ticks(window_) >
         static_cast<u128>(limit_) * ticks(window_))
       return false;
@@ -561,7 +637,7 @@ class sliding_window_counter : public detail::limiter_waits<sliding_window_count
   }
 
   duration wait_locked(std::uint64_t n, time_point now) const {
-    roll_locked(now);
+    now = roll_locked(now);
     const u128 w = ticks(window_);
     const auto into = static_cast<u128>((now - start_of(index_)).count());
     // In this window: prev_ weighted, curr_ fixed.
@@ -651,10 +727,12 @@ class concurrency_limiter {
     return permit(this);
   }
 
-  /// A permit, or nullopt if none came within `d` (real time). Thread-safe.
+  /// A permit, or nullopt if none came within `d` (real time). Saturates: duration::max() of
+  /// any duration type (and deadline<>::never().remaining()) waits without a time limit.
+  /// Thread-safe.
   template <class Rep, class Period>
   std::optional<permit> acquire_for(std::chrono::duration<Rep, Period> d, std::stop_token st = {}) {
-    auto until = detail::event_count::clock::now() + std::chrono::ceil<std::chrono::nanoseconds>(d);
+    const auto until = detail::time_after<detail::event_count::clock>(d);  // saturates
     if (!wait_until_taken(until, st)) return std::nullopt;
     return permit(this);
   }

@@ -162,11 +162,11 @@ auto retry(const retry_policy& policy, F&& f, const deadline<Clock>& dl, std::st
           static_cast<double>(delay.count()) * (1.0 - policy.jitter * unit(rng))));
     }
     const auto now = dl.clock().now();
-    const auto wait = std::chrono::ceil<typename Clock::duration>(delay);
+    const auto wait = detail::saturating_ceil<typename Clock::duration>(delay);
     if (!dl.is_never() && (now >= dl.when() || wait > dl.when() - now))
       std::rethrow_exception(error);  // the next attempt would start past the deadline
     if (policy.on_retry) policy.on_retry(attempt, error, delay);
-    const auto wake = wait > Clock::time_point::max() - now ? Clock::time_point::max() : now + wait;
+    const auto wake = detail::saturating_add(now, wait);  // the one saturating computation
     if (sleep_until(dl, wake, st) != status::ok) std::rethrow_exception(error);
   }
 }

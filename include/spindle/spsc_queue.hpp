@@ -12,11 +12,14 @@
 // Guarantees:
 // - Capacity is fixed at construction; the slots are allocated once, and no operation allocates
 //   afterwards. T needs a noexcept move constructor, move assignment and destructor.
-// - Wait-free fast path without a locked instruction or a fence: each slot carries a turn
+// - Wait-free push and pop (no loop that another thread can prolong): each slot carries a turn
 //   number, so the producer and the consumer look only at the slot they hand over, never at
 //   each other's index (no index cache line bounces between them per item).
-//   close() and the sleep path pay for the store-load ordering instead (membarrier, see
-//   detail/ring.hpp).
+//   The store-load orderings the fast path needs (push's busy flag against close(); the
+//   wake-up check in wait_set::notify()) are fence_light(): with membarrier(2) (Linux >= 4.14,
+//   PRIVATE_EXPEDITED) only a compiler barrier, and close() and the sleep path pay a system
+//   call instead; without membarrier each is a full fence (x86: mfence or a locked
+//   instruction). No CAS or other read-modify-write on the fast path either way.
 // - Blocking calls spin briefly, then sleep in the kernel (detail::wait_set, a futex): a thread
 //   blocked on an empty or full queue uses no CPU while it waits.
 #pragma once
@@ -62,6 +65,10 @@ class spsc_queue : public detail::queue_facade<spsc_queue<T>, T> {
 
  public:
   using value_type = T;
+  /// One thread pushes and one pops at a time (see channel.hpp: multi_producer_v): worker_pool,
+  /// fan_in and pipelines refuse it where they would use several.
+  static constexpr bool multi_producer = false;
+  static constexpr bool multi_consumer = false;
 
   /// Makes an empty queue with room for `capacity` items; `options` tunes how blocking calls
   /// wait. Allocates the slots, once. Throws std::invalid_argument if capacity is 0.

@@ -37,6 +37,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <stop_token>
+#include <string>  // std::to_string
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -90,13 +91,19 @@ class worker_pool {
   using value_type = typename C::value_type;
 
   /// Starts `workers` threads that pop from `source` and call handler(std::move(item)).
-  /// `source` must outlive the pool. Throws std::invalid_argument if workers == 0. Allocates.
+  /// `source` must outlive the pool. Throws std::invalid_argument if workers == 0, or if
+  /// workers > 1 on a channel that takes one consumer (multi_consumer(source) is false).
+  /// Allocates.
   template <class F>
     requires std::is_invocable_v<F&, value_type&&>
   worker_pool(C& source, std::size_t workers, F handler, worker_pool_options options = {})
       : source_(source), handler_(std::move(handler)), opts_(std::move(options)) {
     if (workers == 0)
       throw std::invalid_argument("spindle::worker_pool: workers must be >= 1, got 0");
+    if (workers > 1 && !multi_consumer(source))  // several threads would pop a single-ended one
+      throw std::invalid_argument("spindle::worker_pool: " + std::to_string(workers) +
+                                  " workers on a single-consumer channel (spsc_queue); use 1 "
+                                  "worker or a multi-consumer channel");
     counters_ = std::make_unique<counter[]>(workers);
     n_ = workers;
     threads_.reserve(workers);

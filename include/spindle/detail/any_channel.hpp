@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "../channel.hpp"
+#include "../clock.hpp"  // detail::saturating_ceil
 #include "../status.hpp"
 
 namespace spindle {
@@ -47,12 +48,15 @@ struct any_channel_vtable {
   status (*try_push_copy)(void*, const T&);
   status (*try_push_move)(void*, T&&);
   status (*push_for)(void*, T&&, std::chrono::nanoseconds);
+  status (*push_stop)(void*, T&&, std::stop_token);
   status (*pop)(void*, T&);
   status (*pop_stop)(void*, T&, std::stop_token);
   status (*try_pop)(void*, T&);
   status (*pop_for)(void*, T&, std::chrono::nanoseconds);
   void (*close)(void*);
   bool (*closed)(const void*);
+  bool multi_producer;  // the target's multi_producer_v
+  bool multi_consumer;  // the target's multi_consumer_v
 };
 
 template <class C, class T>
@@ -78,6 +82,20 @@ inline constexpr any_channel_vtable<T> any_channel_vtable_for = {
     [](void* c, T&& v, std::chrono::nanoseconds d) -> status {
       return static_cast<C*>(c)->push_for(std::move(v), d);
     },
+    [](void* c, T&& v, std::stop_token st) -> status {
+      C& ch = *static_cast<C*>(c);
+      if constexpr (requires { { ch.push(std::move(v), st) } -> std::same_as<status>; }) {
+        return ch.push(std::move(v), std::move(st));
+      } else {
+        // A target without a stop-aware push (a Redis channel, whose push rarely waits):
+        // push_for slices of 10 ms, looking at the stop request between them.
+        for (;;) {
+          if (st.stop_requested()) return status::cancelled;
+          status s = ch.push_for(std::move(v), std::chrono::milliseconds(10));
+          if (s != status::timeout) return s;
+        }
+      }
+    },
     [](void* c, T& out) -> status { return static_cast<C*>(c)->pop(out); },
     [](void* c, T& out, std::stop_token st) -> status {
       return static_cast<C*>(c)->pop(out, std::move(st));
@@ -88,6 +106,8 @@ inline constexpr any_channel_vtable<T> any_channel_vtable_for = {
     },
     [](void* c) { static_cast<C*>(c)->close(); },
     [](const void* c) -> bool { return static_cast<bool>(static_cast<const C*>(c)->closed()); },
+    multi_producer_v<C>,
+    multi_consumer_v<C>,
 };
 
 }  // namespace detail
@@ -122,6 +142,12 @@ class any_channel {
   }
   /// Blocks while full. Returns ok | closed (on closed `v` is not moved from).
   status push(T&& v) { return vt_->push_move(target_, std::move(v)); }
+  /// Blocks while full; a stop request on `st` ends the wait. Returns ok | closed | cancelled
+  /// (`v` moved from only on ok). Targets without a stop-aware push are pushed in push_for
+  /// slices of 10 ms, looking at `st` between them.
+  status push(T&& v, std::stop_token st) {
+    return vt_->push_stop(target_, std::move(v), std::move(st));
+  }
   /// Never blocks. Returns ok | full | closed.
   status try_push(const T& v)
     requires std::copy_constructible<T>
@@ -130,11 +156,11 @@ class any_channel {
   }
   /// Never blocks. Returns ok | full | closed (`v` untouched unless ok).
   status try_push(T&& v) { return vt_->try_push_move(target_, std::move(v)); }
-  /// Blocks while full, at most `d`. Returns ok | timeout | closed.
+  /// Blocks while full, at most `d` (saturating: duration::max() means no limit). Returns
+  /// ok | timeout | closed.
   template <class Rep, class Period>
   status push_for(T&& v, std::chrono::duration<Rep, Period> d) {
-    return vt_->push_for(target_, std::move(v),
-                         std::chrono::duration_cast<std::chrono::nanoseconds>(d));
+    return vt_->push_for(target_, std::move(v), detail::saturating_ceil<std::chrono::nanoseconds>(d));
   }
   /// Blocks while empty. Returns ok | closed (closed only once drained).
   status pop(T& out) { return vt_->pop(target_, out); }
@@ -142,10 +168,11 @@ class any_channel {
   status pop(T& out, std::stop_token st) { return vt_->pop_stop(target_, out, std::move(st)); }
   /// Never blocks. Returns ok | empty | closed.
   status try_pop(T& out) { return vt_->try_pop(target_, out); }
-  /// Blocks while empty, at most `d`. Returns ok | timeout | closed.
+  /// Blocks while empty, at most `d` (saturating: duration::max() means no limit). Returns
+  /// ok | timeout | closed.
   template <class Rep, class Period>
   status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    return vt_->pop_for(target_, out, std::chrono::duration_cast<std::chrono::nanoseconds>(d));
+    return vt_->pop_for(target_, out, detail::saturating_ceil<std::chrono::nanoseconds>(d));
   }
   /// The next value, or nullopt once closed and drained. Blocks while empty.
   std::optional<T> pop()
@@ -159,6 +186,12 @@ class any_channel {
   void close() { vt_->close(target_); }
   /// Whether the target is closed.
   bool closed() const { return vt_->closed(target_); }
+
+  /// Whether several threads may push to the target at once (see multi_producer_v). What
+  /// spindle::multi_producer(any_channel) answers.
+  bool target_multi_producer() const noexcept { return vt_->multi_producer; }
+  /// Whether several threads may pop from the target at once (see multi_consumer_v).
+  bool target_multi_consumer() const noexcept { return vt_->multi_consumer; }
 
   /// Whether two any_channels refer to the same channel.
   friend bool operator==(const any_channel& a, const any_channel& b) noexcept {

@@ -52,12 +52,12 @@ class queue_facade {
   /// As push(), waiting at most `d`. Returns ok | timeout | closed; `v` is moved from only on ok.
   template <class Rep, class Period>
   status push_for(T&& v, std::chrono::duration<Rep, Period> d) {
-    auto deadline = deadline_after(d);
+    const auto deadline = time_after<wait_clock>(d);  // saturates: max() means never
     return push_wait(mover{v}, nullptr, &deadline);
   }
   template <class Rep, class Period>
   status push_for(const T& v, std::chrono::duration<Rep, Period> d) {
-    auto deadline = deadline_after(d);
+    const auto deadline = time_after<wait_clock>(d);  // saturates: max() means never
     return push_wait(copier{v}, nullptr, &deadline);
   }
 
@@ -78,7 +78,7 @@ class queue_facade {
   /// As pop(out), waiting at most `d`. Returns ok | timeout | closed.
   template <class Rep, class Period>
   status pop_for(T& out, std::chrono::duration<Rep, Period> d) {
-    auto deadline = deadline_after(d);
+    const auto deadline = time_after<wait_clock>(d);  // saturates: max() means never
     return pop_wait(assign{out}, nullptr, &deadline);
   }
 
