@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <exception>  // std::terminate
 #include <stop_token>
+#include <thread>  // std::this_thread::yield
 
 #include "config.hpp"
 
@@ -72,6 +73,29 @@ inline void seq_cst_fence() noexcept {
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #pragma GCC diagnostic pop
 #endif
+}
+
+/// The one spin-then-sleep policy of spindle's thread_pool, futures and actors: a thread about to
+/// sleep first polls its condition up to `default_spin` times (a pause instruction between
+/// polls, yielding the core every 64 polls, so that on a busy machine the thread it waits for
+/// can run), then sleeps in the kernel. Spinning is a latency shortcut only: every caller is
+/// correct with 0 polls. This constant is the one place to tune it; thread_pool_options::spin
+/// and actor_options::spin override it per object.
+inline constexpr unsigned default_spin = 2048;
+
+/// Polls `ready()` up to `polls` times as described for default_spin; returns ready()'s last
+/// answer (true as soon as it is true). Never sleeps in the kernel.
+template <class Ready>
+bool spin_until(Ready&& ready, unsigned polls) {
+  for (unsigned i = 0; i < polls; ++i) {
+    if (ready()) return true;
+    if ((i & 63) == 63) {
+      std::this_thread::yield();
+    } else {
+      cpu_relax();
+    }
+  }
+  return ready();
 }
 
 /// Whether asymmetric fences are available: membarrier(2) with PRIVATE_EXPEDITED (Linux >= 4.14),
