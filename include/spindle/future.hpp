@@ -311,7 +311,7 @@ class future {
   template <class Rep, class Period>
   status wait_for(std::chrono::duration<Rep, Period> d) const {
     check("wait_for");
-    auto deadline = detail::time_after<detail::event_count::clock>(d);
+    auto deadline = detail::time_after<detail::wake_one_event_count::clock>(d);
     return state_->wait_until(deadline) ? status::ok : status::timeout;
   }
 

@@ -18,7 +18,7 @@
 //   job:      set_job() stores the callable that fulfils the state; the first of run_job() (the
 //             pool's queue entry) and a wait() on a worker of the same pool to claim it
 //             (fetch_or(claimed)) runs it; the other does nothing.
-//   waiters:  the event_count protocol on `ready`; the producer notifies after setting it.
+//   waiters:  the wake_one_event_count protocol on `ready`; the producer notifies after setting it.
 #pragma once
 
 #include <atomic>
@@ -94,7 +94,7 @@ class state_base {
 
   /// Blocks until ready or `deadline`; true if ready. Never runs the job (a job may take longer
   /// than the deadline).
-  bool wait_until(event_count::clock::time_point deadline) noexcept {
+  bool wait_until(wake_one_event_count::clock::time_point deadline) noexcept {
     if (spin_until([&] { return ready(); }, default_spin)) return true;
     while (!ready()) {
       auto key = waiters_.prepare_wait();
@@ -233,7 +233,7 @@ class state_base {
   continuation continuation_;
   move_function<void()> job_;       // see set_job()
   const void* job_owner_ = nullptr;  // the pool whose workers may claim job_
-  event_count waiters_;
+  wake_one_event_count waiters_;
 };
 
 /// The state for a future<T>: state_base plus the value storage.
