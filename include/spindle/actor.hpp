@@ -35,7 +35,9 @@
 //   only closes the mailbox. Called from a task on the only worker of the actor's executor (an
 //   executor with in_worker() and size(), as thread_pool) while a turn is queued there, it
 //   would wait for itself: it throws std::logic_error at once instead (the mailbox is closed;
-//   a later stop() from another thread finishes the job).
+//   a later stop() from another thread finishes the job). The destructor cannot throw, nor
+//   return while a queued turn refers to the actor: there the same error ends in
+//   std::terminate, with its message, instead of a hang.
 // - No allocation per message: the mailbox is a fixed ring. ask() allocates (its job and future).
 // - User code never runs under the mailbox lock.
 #pragma once
@@ -119,7 +121,7 @@ class actor {
   actor(const actor&) = delete;
   actor& operator=(const actor&) = delete;
 
-  /// Calls stop().
+  /// Calls stop() (see the header for the one case where that terminates).
   ~actor() { stop(); }
 
   /// Queues `m`. Blocks while the mailbox is full. Returns ok | closed (after stop()). On an

@@ -152,8 +152,9 @@ class pool_core {
       queue_.push(std::move(t));
       // relaxed: a hint for spinning workers, which then take mu_ (the real hand-over).
       queued_hint_.store(queue_.size(), std::memory_order_relaxed);
-      // relaxed: written under mu_; pending() is approximate, wait_idle() reads it under mu_.
-      pending_.fetch_add(1, std::memory_order_relaxed);
+      // relaxed: only written under mu_ (a load and a store, no read-modify-write); pending()
+      // is approximate, and wait_idle() reads it under mu_.
+      pending_.store(pending_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       wake = sleepers_ != 0;  // Invariant: see the header (each push wakes a sleeper if any)
     }
     if (wake) work_cv_.notify_one();
@@ -164,9 +165,10 @@ class pool_core {
     pool_core& c = *self;
     current_pool() = &c;
     task t;
-    while (c.take(t)) {
+    bool finished = false;  // a task ran since the last take(): take() counts it done
+    while (c.take(t, finished)) {
       c.run_task(t);
-      c.finish_one();
+      finished = true;
     }
     current_pool() = nullptr;
   }
@@ -174,6 +176,7 @@ class pool_core {
   /// Blocks until no task is queued or running.
   void wait_idle() {
     std::unique_lock lock(mu_);
+    // relaxed: written under mu_, which orders the tasks' effects before this read.
     idle_cv_.wait(lock, [&] { return pending_.load(std::memory_order_relaxed) == 0; });
   }
 
@@ -196,9 +199,19 @@ class pool_core {
   std::mutex join_mu;
 
  private:
-  // Takes the next task into `t`; false once closed and nothing is queued or running.
-  bool take(task& t) {
+  // Counts the previous task done if `finished` (under the same lock hold, so a task costs one
+  // lock hold on the worker side), then takes the next task into `t`; false once closed and
+  // nothing is queued or running.
+  bool take(task& t, bool finished) {
     std::unique_lock lock(mu_);
+    if (finished) {
+      const std::size_t left = pending_.load(std::memory_order_relaxed) - 1;  // see push()
+      pending_.store(left, std::memory_order_relaxed);
+      if (left == 0) {
+        idle_cv_.notify_all();                // wait_idle()
+        if (closing_) work_cv_.notify_all();  // the workers may exit now
+      }
+    }
     for (;;) {
       if (!queue_.empty()) {
         queue_.pop_into(t);
@@ -224,20 +237,6 @@ class pool_core {
       ++sleepers_;
       work_cv_.wait(lock);
       --sleepers_;
-    }
-  }
-
-  void finish_one() {
-    // relaxed would do for the count; acq_rel orders the task's effects before a wait_idle()
-    // that reads 0 (it reads under mu_, which we take below before notifying).
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      bool closing;
-      {
-        std::lock_guard lock(mu_);
-        closing = closing_;
-      }
-      idle_cv_.notify_all();
-      if (closing) work_cv_.notify_all();  // the workers may exit now
     }
   }
 
@@ -279,8 +278,11 @@ class pool_core {
   task_fifo queue_;                  // guarded by mu_
   std::size_t sleepers_ = 0;         // guarded by mu_: workers blocked in work_cv_
   bool closing_ = false;             // guarded by mu_
-  std::atomic<std::size_t> queued_hint_{0};  // relaxed copy of queue_.size() for spinners
-  std::atomic<std::size_t> pending_{0};      // queued + running; incremented under mu_
+  // Relaxed copy of queue_.size() for spinners; on its own cache line, so that spinning does
+  // not pull the mutex's line away from the thread that holds it.
+  alignas(false_sharing_range) std::atomic<std::size_t> queued_hint_{0};
+  alignas(false_sharing_range) std::atomic<std::size_t> pending_{0};  // queued + running;
+                                                                      // written under mu_
 };
 
 }  // namespace detail
