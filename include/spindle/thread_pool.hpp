@@ -27,8 +27,9 @@
 //   "a task that waits for a later task of the same burst is never stuck behind it".
 //
 // Guarantees:
-//   - Tasks start in the order they were queued (one FIFO, ordered by the lock), except a task
-//     that a get() on a worker runs early (below).
+//   - Tasks are taken from the queue in the order they were queued (one FIFO, ordered by the
+//     lock), so with one worker they start in that order; the exception is a task that a get()
+//     on a worker runs early (below).
 //   - Visibility: everything a thread did before post()/submit() is visible to the task.
 //   - No allocation per task for callables of 48 bytes or less (submit: 40 bytes of callable
 //     and arguments, plus the future's shared state); the queue grows geometrically and never
