@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -262,28 +263,37 @@ class rendezvous {
 
 TEST_CASE("N tasks meeting at a rendezvous on a fresh pool of N workers all meet (1000 pools)") {
   // Attacks: a post that skips the wake-up because a worker spins, and a spinner that takes one
-  // task and wakes nobody: the other tasks then sit queued while workers sleep.
+  // task and wakes nobody: the other tasks then sit queued while workers sleep. Each pool lives
+  // in a fresh child process, where the workers start slowly (copy-on-write faults) and the
+  // posts meet them in every state: the old code stranded tasks in 4 of 300 such children.
   constexpr int n = 4;
+#if defined(__SANITIZE_THREAD__)
+  constexpr int reps = 200;  // a child under ThreadSanitizer costs ~50 ms
+#else
+  constexpr int reps = 1000;
+#endif
   int failed_at = -1;
-  for (int rep = 0; rep < 1000 && failed_at < 0; ++rep) {
-    std::atomic<int> met{0};
-    {
-      thread_pool pool(n);
+  for (int rep = 0; rep < reps && failed_at < 0; ++rep) {
+    std::fflush(nullptr);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      // The child waits for the tasks before the pool's destructor, whose shutdown wakes every
+      // worker and would hide a stranded task; a stuck child exits without destroying it.
+      auto* pool = new thread_pool(n);
       auto meet = std::make_shared<rendezvous>(n);
-      // Not synchronisation: pauses that make the posts find the workers in the state that
-      // strands tasks: all asleep but one, which a first task has just woken and which is now
-      // spinning (the pause after it varies, so some repetition hits the spin).
-      std::this_thread::sleep_for(2ms);
-      pool.post([] {});
-      auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(rep % 50 * 4);
-      while (std::chrono::steady_clock::now() < until) {
-      }
+      auto all_met = std::make_shared<rendezvous>(n + 1);  // the tasks and this thread
       for (int i = 0; i < n; ++i)
-        pool.post([meet, &met] {
-          if (meet->arrive_and_wait_for(5s)) met.fetch_add(1, std::memory_order_relaxed);
+        pool->post([meet, all_met] {
+          if (meet->arrive_and_wait_for(5s)) all_met->arrive_and_wait_for(5s);
         });
+      if (!all_met->arrive_and_wait_for(5s)) ::_exit(1);
+      delete pool;
+      ::_exit(0);
     }
-    if (met.load() != n) failed_at = rep;
+    int st = 0;
+    REQUIRE(::waitpid(pid, &st, 0) == pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed_at = rep;
   }
   CHECK(failed_at == -1);
 }
