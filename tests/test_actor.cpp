@@ -13,6 +13,11 @@
 #include <string>
 #include <vector>
 
+#include <csignal>
+#include <cstdio>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <spindle/thread_pool.hpp>
 
 #include "support/lifetime.hpp"
@@ -132,13 +137,141 @@ TEST_CASE("a handler exception goes to on_error and the actor goes on") {
   CHECK(errors == std::vector<std::string>{"odd 1", "odd 3", "odd 5"});
 }
 
-TEST_CASE("without on_error a handler exception is counted and dropped") {
+namespace {
+// Runs `body` in a child process and returns how it ended (waitpid status): for behaviour that
+// ends the process (std::terminate) or, on broken code, hangs (the child is killed after 20 s).
+template <class Body>
+int in_child(Body body) {
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);  // not doctest's crash report: the parent checks the signal
+    ::alarm(20);                    // a hang ends as SIGALRM
+    body();
+    ::_exit(0);
+  }
+  int st = 0;
+  REQUIRE(::waitpid(pid, &st, 0) == pid);
+  return st;
+}
+}  // namespace
+
+TEST_CASE("without on_error a handler exception terminates the program, with a message") {
+  // Attacks lost exceptions: the old default counted the exception and dropped it unseen.
+  int st = in_child([] {
+    ::close(2);  // the message goes to stderr; keep the test output clean
+    spindle::actor<int> a([](int x) {
+      if (x == 1) throw std::runtime_error("one");
+    });
+    for (int i = 0; i < 3; ++i) (void)a.send(i);
+    a.stop();
+  });
+  CHECK(WIFSIGNALED(st));
+  CHECK(WTERMSIG(st) == SIGABRT);
+}
+
+TEST_CASE("an exception thrown by on_error itself terminates the program") {
+  int st = in_child([] {
+    ::close(2);
+    spindle::thread_pool pool(1);
+    spindle::actor<int> a(pool, [](int) { throw std::runtime_error("handler"); },
+                          {.on_error = [](std::exception_ptr) { throw std::logic_error("on_error"); }});
+    (void)a.send(1);
+    a.stop();
+  });
+  CHECK(WIFSIGNALED(st));
+  CHECK(WTERMSIG(st) == SIGABRT);
+}
+
+TEST_CASE("failures counts the handler exceptions handed to on_error") {
+  std::atomic<int> seen{0};
   spindle::actor<int> a([](int x) {
     if (x == 1) throw std::runtime_error("one");
-  });
+  }, {.on_error = [&](std::exception_ptr) { ++seen; }});
   for (int i = 0; i < 3; ++i) REQUIRE(a.send(i) == status::ok);
   a.stop();
   CHECK(a.failures() == 1);
+  CHECK(seen.load() == 1);
+}
+
+TEST_CASE("a handler that sends to an actor and then asks it gets the answer") {
+  // Attacks run-next: b's turn, deferred onto the sending worker, waited for the handler that
+  // waits for b's answer. Workers are idle, so nothing may stand in the way.
+  int failed_at = -1;
+  for (int rep = 0; rep < 50 && failed_at < 0; ++rep) {
+    spindle::thread_pool pool(2);
+    int b_handled = 0;  // b's state: touched only inside b
+    spindle::actor<int> b(pool, [&](int) { ++b_handled; });
+    std::atomic<bool> answered{false};
+    spindle::actor<int> a(pool, [&](int) {
+      REQUIRE(b.send(1) == status::ok);
+      auto f = b.ask([&] { return b_handled; });
+      answered = f.wait_for(5s) == status::ok && f.get() == 1;
+    });
+    REQUIRE(a.send(0) == status::ok);
+    a.stop();
+    b.stop();
+    if (!answered.load()) failed_at = rep;
+  }
+  CHECK(failed_at == -1);
+}
+
+TEST_CASE("a handler that sends to one actor and asks a third, which asks the first, gets the answer") {
+  int failed_at = -1;
+  for (int rep = 0; rep < 50 && failed_at < 0; ++rep) {
+    spindle::thread_pool pool(3);
+    spindle::actor<int> b(pool, [](int) {});
+    spindle::actor<int> c(pool, [](int) {});
+    std::atomic<bool> answered{false};
+    spindle::actor<int> a(pool, [&](int) {
+      REQUIRE(b.send(1) == status::ok);
+      auto f = c.ask([&] { return b.ask([] { return 5; }).get(); });
+      answered = f.wait_for(5s) == status::ok && f.get() == 5;
+    });
+    REQUIRE(a.send(0) == status::ok);
+    a.stop();
+    c.stop();
+    b.stop();
+    if (!answered.load()) failed_at = rep;
+  }
+  CHECK(failed_at == -1);
+}
+
+TEST_CASE("stop from a task of the actor's own one-thread pool throws at once instead of hanging") {
+  // In a child: the old code hung for ever (stop waited for a turn queued behind its caller).
+  int st = in_child([] {
+    spindle::thread_pool pool(1);
+    std::atomic<int> handled{0};
+    spindle::actor<int> a(pool, [&](int) { ++handled; });
+    auto f = pool.submit([&] {
+      (void)a.send(1);  // a's turn is now queued behind this task
+      try {
+        a.stop();
+        return 0;
+      } catch (const std::logic_error& e) {
+        return std::string(e.what()).find("actor::stop") != std::string::npos ? 1 : 2;
+      }
+    });
+    int r = f.get();
+    a.stop();  // from outside: handles the message
+    ::_exit(r == 1 && handled.load() == 1 ? 0 : 3);
+  });
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+}
+
+TEST_CASE("stop from a task of a many-thread pool handles the queue and returns") {
+  spindle::thread_pool pool(2);
+  std::atomic<int> handled{0};
+  spindle::actor<int> a(pool, [&](int) { ++handled; });
+  auto f = pool.submit([&] {
+    for (int i = 0; i < 100; ++i) (void)a.send(i);
+    a.stop();
+    return handled.load();
+  });
+  REQUIRE(f.wait_for(60s) == status::ok);
+  CHECK(f.get() == 100);
 }
 
 TEST_CASE("stop from inside the handler closes the mailbox without deadlock") {

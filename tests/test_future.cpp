@@ -11,6 +11,8 @@
 #include <string>
 #include <thread>
 
+#include <spindle/deadline.hpp>
+
 #include "support/lifetime.hpp"
 #include "support/threads.hpp"
 
@@ -316,4 +318,42 @@ TEST_CASE("many cross-thread hand-offs each deliver their value") {
   for (auto& f : fs) sum += f.get();
   REQUIRE(g.join_within(30s));
   CHECK(sum == static_cast<long>(n) * (n - 1) / 2);
+}
+
+TEST_CASE("wait_for with hours::max() or deadline::never().remaining() waits without a limit") {
+  // Attacks the deadline computation: now() + hours::max() overflows (the old code timed out
+  // within microseconds).
+  for (int which = 0; which < 2; ++which) {
+    promise<int> p;
+    auto f = p.get_future();
+    std::thread setter([&] {
+      std::this_thread::sleep_for(20ms);  // not synchronisation: lets wait_for block first
+      p.set_value(7);
+    });
+    status st = which == 0 ? f.wait_for(std::chrono::hours::max())
+                           : f.wait_for(spindle::deadline<>::never().remaining());
+    setter.join();
+    CHECK(st == status::ok);
+    CHECK(f.get() == 7);
+  }
+  promise<int> p;
+  auto f = p.get_future();
+  CHECK(f.wait_for(std::chrono::nanoseconds::min()) == status::timeout);  // the past: at once
+}
+
+TEST_CASE("a chain of 100,000 then continuations runs without overflowing the stack") {
+  // Attacks recursion: each continuation used to call the next one's (SIGSEGV at 100,000).
+  constexpr int n = 100000;
+  promise<int> p;
+  future<int> f = p.get_future();
+  for (int i = 0; i < n; ++i) f = f.then([](int v) { return v + 1; });
+  p.set_value(0);
+  REQUIRE(f.ready());
+  CHECK(f.get() == n);
+  // The same with an exception flowing through every link, and with a void chain.
+  promise<void> q;
+  future<void> g = q.get_future();
+  for (int i = 0; i < n; ++i) g = g.then([] {});
+  q.set_exception(std::make_exception_ptr(std::runtime_error("head")));
+  CHECK_THROWS_WITH_AS(g.get(), "head", std::runtime_error);
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <spindle/clock.hpp>
+#include <spindle/deadline.hpp>
 #include <spindle/thread_pool.hpp>
 
 #include "support/threads.hpp"
@@ -278,4 +279,42 @@ TEST_CASE("many gathers in a row conserve every result") {
     for (auto& o : spindle::gather_all(pool, calls, 10s)) total += o.value();
   }
   CHECK(total == 200L * 28);
+}
+
+TEST_CASE("a call that returns at once comes back as a value beside one that blocks until stopped") {
+  // Attacks private runs: a worker that claimed the blocking call and the instant ones behind
+  // it in one run reported the instant ones as timed out (gather_all) or threw "the deadline
+  // passed" (gather_first).
+  int failed_at = -1;
+  for (int rep = 0; rep < 20 && failed_at < 0; ++rep) {
+    spindle::thread_pool pool(2);
+    std::atomic<bool> saw_stop{false};
+    std::vector<call> calls{[&](std::stop_token st) { return wait_for_stop(st, saw_stop); }};
+    for (int i = 1; i < 8; ++i) calls.push_back([i](std::stop_token) { return i; });
+    auto out = spindle::gather_all(pool, calls, 300ms);
+    bool good = out[0].timed_out();
+    for (std::size_t i = 1; i < out.size(); ++i) good = good && out[i].has_value();
+    std::vector<call> two{[&](std::stop_token st) { return wait_for_stop(st, saw_stop); },
+                          [](std::stop_token) { return 42; }};
+    try {
+      good = good && spindle::gather_first(pool, two, 5s) == 42;
+    } catch (const spindle::timeout_error&) {
+      good = false;
+    }
+    if (!good) failed_at = rep;
+  }
+  CHECK(failed_at == -1);
+}
+
+TEST_CASE("gather_* with hours::max() or deadline::never().remaining() wait without a limit") {
+  // Attacks the deadline computation: now() + hours::max() overflowed to the past, so every
+  // call was reported timed out at once.
+  spindle::thread_pool pool(2);
+  std::vector<call> calls{[](std::stop_token) { return 1; }, [](std::stop_token) { return 2; }};
+  auto all = spindle::gather_all(pool, calls, std::chrono::hours::max());
+  REQUIRE(all.size() == 2);
+  CHECK(all[0].value() == 1);
+  CHECK(all[1].value() == 2);
+  CHECK(spindle::gather_first(pool, calls, spindle::deadline<>::never().remaining()) >= 1);
+  CHECK(spindle::gather_quorum(pool, calls, 2, std::chrono::nanoseconds::max()).size() == 2);
 }

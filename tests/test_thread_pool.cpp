@@ -5,12 +5,19 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <semaphore>
 #include <stdexcept>
+#include <thread>
 #include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "support/allocations.hpp"
 #include "support/threads.hpp"
@@ -157,8 +164,8 @@ TEST_CASE("wait_idle and shutdown from inside a worker throw std::logic_error") 
   CHECK(pool.submit([&pool] { return pool.in_worker(); }).get());
 }
 
-TEST_CASE("a blocking get inside a worker runs queued tasks instead of deadlocking") {
-  thread_pool pool(1);  // one worker: the inner task can only run if the outer one helps
+TEST_CASE("a blocking get inside a worker runs the awaited task itself if it has not started") {
+  thread_pool pool(1);  // one worker: the inner task can only run if the get() runs it
   auto outer = pool.submit([&pool] {
     auto inner = pool.submit([] { return 20; });
     return inner.get() + 1;
@@ -228,4 +235,209 @@ TEST_CASE("workers that went to sleep wake for each new task") {
   pool.wait_idle();
   // With a short spin the workers sleep between these tasks: no wake-up may be lost.
   for (int i = 0; i < 50; ++i) CHECK(pool.submit([i] { return i; }).get() == i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile tests of the work-conserving invariant (see the top of thread_pool.hpp). Each waits
+// with a generous bound instead of forever, so that a stranded task fails the test instead of
+// hanging it; each repeats its pattern and stops at the first failure.
+
+namespace {
+// N parties meet here; arrive_and_wait_for() returns false if the others did not all come in
+// time (a std::latch would hang the test instead).
+class rendezvous {
+ public:
+  explicit rendezvous(int n) : left_(n) {}
+  bool arrive_and_wait_for(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    if (--left_ == 0) cv_.notify_all();
+    return cv_.wait_for(lock, limit, [&] { return left_ <= 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int left_;
+};
+}  // namespace
+
+TEST_CASE("N tasks meeting at a rendezvous on a fresh pool of N workers all meet (1000 pools)") {
+  // Attacks: a post that skips the wake-up because a worker spins, and a spinner that takes one
+  // task and wakes nobody: the other tasks then sit queued while workers sleep. Each pool lives
+  // in a fresh child process, where the workers start slowly (copy-on-write faults) and the
+  // posts meet them in every state: the old code stranded tasks in 4 of 300 such children.
+  constexpr int n = 4;
+#if defined(__SANITIZE_THREAD__)
+  constexpr int reps = 200;  // a child under ThreadSanitizer costs ~50 ms
+#else
+  constexpr int reps = 1000;
+#endif
+  int failed_at = -1;
+  for (int rep = 0; rep < reps && failed_at < 0; ++rep) {
+    std::fflush(nullptr);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      // The child waits for the tasks before the pool's destructor, whose shutdown wakes every
+      // worker and would hide a stranded task; a stuck child exits without destroying it.
+      auto* pool = new thread_pool(n);
+      auto meet = std::make_shared<rendezvous>(n);
+      auto all_met = std::make_shared<rendezvous>(n + 1);  // the tasks and this thread
+      for (int i = 0; i < n; ++i)
+        pool->post([meet, all_met] {
+          if (meet->arrive_and_wait_for(5s)) all_met->arrive_and_wait_for(5s);
+        });
+      if (!all_met->arrive_and_wait_for(5s)) ::_exit(1);
+      delete pool;
+      ::_exit(0);
+    }
+    int st = 0;
+    REQUIRE(::waitpid(pid, &st, 0) == pid);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed_at = rep;
+  }
+  CHECK(failed_at == -1);
+}
+
+TEST_CASE("a task that waits for a later task of the same burst is never stuck behind it") {
+  // Attacks private runs: with the workers busy, post T0 (waits on a semaphore), T1 (releases
+  // it) and six empty tasks; a worker that claims T0 and T1 in one run blocks in T0 while T1,
+  // queued behind it in that run, can never run, although the other worker is idle.
+  int failed_at = -1;
+  for (int rep = 0; rep < 200 && failed_at < 0; ++rep) {
+    thread_pool pool(2);
+    test_support::start_gate gate;
+    std::atomic<int> busy{0};
+    for (int i = 0; i < 2; ++i)
+      pool.post([&] {
+        busy.fetch_add(1);
+        gate.wait();
+      });
+    while (busy.load() != 2) std::this_thread::yield();
+    std::binary_semaphore sem(0);
+    std::atomic<bool> acquired{false};
+    pool.post([&] { acquired = sem.try_acquire_for(5s); });
+    pool.post([&] { sem.release(); });
+    for (int i = 0; i < 6; ++i) pool.post([] {});
+    gate.open();
+    pool.wait_idle();
+    if (!acquired.load()) failed_at = rep;
+  }
+  CHECK(failed_at == -1);
+}
+
+namespace {
+// A lock that a test can try for a bounded time, even from the thread that holds it (where a
+// std::mutex would be undefined behaviour).
+struct flag_lock {
+  std::atomic<bool> held{false};
+  void lock() { held.store(true); }
+  void unlock() { held.store(false); }
+  bool try_lock_for(std::chrono::milliseconds limit) {
+    auto end = std::chrono::steady_clock::now() + limit;
+    bool expected = false;
+    while (!held.compare_exchange_weak(expected, true)) {
+      expected = false;
+      if (std::chrono::steady_clock::now() > end) return false;
+      std::this_thread::yield();
+    }
+    return true;
+  }
+};
+}  // namespace
+
+TEST_CASE("get on a worker never runs an unrelated task that needs a lock the caller holds") {
+  // Attacks helping: a get() that runs queued tasks on its own stack runs `u`, which needs the
+  // lock its caller holds until get() returns.
+  int failed_at = -1;
+  for (int rep = 0; rep < 20 && failed_at < 0; ++rep) {
+    thread_pool pool(1);
+    flag_lock m;
+    std::atomic<bool> u_locked{false};
+    auto outer = pool.submit([&] {
+      m.lock();
+      pool.post([&] {
+        u_locked = m.try_lock_for(2s);
+        if (u_locked) m.unlock();
+      });
+      int v = pool.submit([] { return 1; }).get();
+      m.unlock();
+      return v;
+    });
+    CHECK(outer.get() == 1);
+    pool.wait_idle();
+    if (!u_locked.load()) failed_at = rep;
+  }
+  CHECK(failed_at == -1);
+}
+
+TEST_CASE("get on a worker never runs an unrelated task that waits for what the caller does next") {
+  // Attacks helping: `u` waits for a promise the outer task sets after its get() returns.
+  int failed_at = -1;
+  for (int rep = 0; rep < 20 && failed_at < 0; ++rep) {
+    thread_pool pool(1);
+    spindle::promise<void> after;
+    auto after_f = after.get_future();
+    std::atomic<bool> u_saw{false};
+    auto outer = pool.submit([&] {
+      pool.post([&] { u_saw = after_f.wait_for(2s) == spindle::status::ok; });
+      int v = pool.submit([] { return 2; }).get();
+      after.set_value();
+      return v;
+    });
+    CHECK(outer.get() == 2);
+    pool.wait_idle();
+    if (!u_saw.load()) failed_at = rep;
+  }
+  CHECK(failed_at == -1);
+}
+
+TEST_CASE("a one-thread pool runs nested submit and get, however deep, without other tasks") {
+  // get() on the only worker runs the awaited task itself (it has not started): nested 200 deep,
+  // with an unrelated task queued before each inner one that must not run inside the get().
+  thread_pool pool(1);
+  std::atomic<int> unrelated_inside{0};
+  std::atomic<int> depth_now{0};
+  struct nest {
+    thread_pool* pool;
+    std::atomic<int>* unrelated_inside;
+    std::atomic<int>* depth_now;
+    int operator()(int n) const {
+      if (n == 0) return 0;
+      depth_now->fetch_add(1);
+      pool->post([u = unrelated_inside, d = depth_now] {
+        if (d->load() != 0) u->fetch_add(1);  // ran while a get() was waiting
+      });
+      int r = pool->submit(*this, n - 1).get() + 1;
+      depth_now->fetch_sub(1);
+      return r;
+    }
+  };
+  auto f = pool.submit(nest{&pool, &unrelated_inside, &depth_now}, 200);
+  REQUIRE(f.wait_for(60s) == spindle::status::ok);
+  CHECK(f.get() == 200);
+  pool.wait_idle();
+  CHECK(unrelated_inside.load() == 0);
+}
+
+TEST_CASE("a pool destroyed by one of its own tasks does not terminate the program") {
+  // Run in a child process: the old behaviour was std::terminate (a throwing destructor).
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::atomic<int> ran{0};
+    std::atomic<bool> done{false};
+    auto* pool = new thread_pool(2);
+    for (int i = 0; i < 100; ++i) pool->post([&ran] { ran.fetch_add(1); });
+    pool->post([pool, &done] {
+      delete pool;  // closes the pool; the queued tasks still run
+      done = true;
+    });
+    for (int i = 0; i < 2000 && !(done.load() && ran.load() == 100); ++i)
+      std::this_thread::sleep_for(5ms);  // a bound, not synchronisation: the child reports
+    ::_exit(done.load() && ran.load() == 100 ? 0 : 3);
+  }
+  int st = 0;
+  REQUIRE(::waitpid(pid, &st, 0) == pid);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
 }

@@ -5,15 +5,16 @@
 #include <atomic>
 #include <chrono>
 #include <thread>
+#include <type_traits>
 
 #include "support/threads.hpp"
 
 using namespace std::chrono_literals;
-using spindle::detail::event_count;
+using spindle::detail::wake_one_event_count;
 
 namespace {
-// The waiter side of the event_count protocol, for a flag.
-void wait_for_flag(event_count& ec, const std::atomic<bool>& flag) {
+// The waiter side of the wake_one_event_count protocol, for a flag.
+void wait_for_flag(wake_one_event_count& ec, const std::atomic<bool>& flag) {
   while (!flag.load(std::memory_order_acquire)) {
     auto key = ec.prepare_wait();
     if (flag.load(std::memory_order_acquire)) {
@@ -25,8 +26,8 @@ void wait_for_flag(event_count& ec, const std::atomic<bool>& flag) {
 }
 }  // namespace
 
-TEST_CASE("event_count wakes a sleeping waiter once the condition is set") {
-  event_count ec;
+TEST_CASE("wake_one_event_count wakes a sleeping waiter once the condition is set") {
+  wake_one_event_count ec;
   std::atomic<bool> flag{false};
   test_support::thread_group g;
   g.spawn([&] { wait_for_flag(ec, flag); });
@@ -36,8 +37,8 @@ TEST_CASE("event_count wakes a sleeping waiter once the condition is set") {
   CHECK(ec.waiters() == 0);
 }
 
-TEST_CASE("event_count loses no wake-up over many hand-offs between two threads") {
-  event_count ping, pong;
+TEST_CASE("wake_one_event_count loses no wake-up over many hand-offs between two threads") {
+  wake_one_event_count ping, pong;
   std::atomic<int> turn{0};
   constexpr int rounds = 20000;
   test_support::thread_group g;
@@ -71,24 +72,24 @@ TEST_CASE("event_count loses no wake-up over many hand-offs between two threads"
   CHECK(turn.load() == 2 * rounds);
 }
 
-TEST_CASE("event_count wait_until returns false when the deadline passes without a notify") {
-  event_count ec;
+TEST_CASE("wake_one_event_count wait_until returns false when the deadline passes without a notify") {
+  wake_one_event_count ec;
   auto key = ec.prepare_wait();
-  CHECK_FALSE(ec.wait_until(key, event_count::clock::now() + 1ms));
+  CHECK_FALSE(ec.wait_until(key, wake_one_event_count::clock::now() + 1ms));
   CHECK(ec.waiters() == 0);
   key = ec.prepare_wait();
-  CHECK_FALSE(ec.wait_until(key, event_count::clock::now() - 1s));  // already past
+  CHECK_FALSE(ec.wait_until(key, wake_one_event_count::clock::now() - 1s));  // already past
 }
 
-TEST_CASE("event_count wait_until returns true when notified before the deadline") {
-  event_count ec;
+TEST_CASE("wake_one_event_count wait_until returns true when notified before the deadline") {
+  wake_one_event_count ec;
   auto key = ec.prepare_wait();
   ec.notify_one();  // the epoch moves: the wait returns at once
-  CHECK(ec.wait_until(key, event_count::clock::now() + 1h));
+  CHECK(ec.wait_until(key, wake_one_event_count::clock::now() + 1h));
 }
 
-TEST_CASE("event_count wait with a stop token returns when a stop is requested") {
-  event_count ec;
+TEST_CASE("wake_one_event_count wait with a stop token returns when a stop is requested") {
+  wake_one_event_count ec;
   std::stop_source stop;
   test_support::thread_group g;
   std::atomic<bool> stopped{false};
@@ -106,7 +107,7 @@ TEST_CASE("event_count wait with a stop token returns when a stop is requested")
 }
 
 TEST_CASE("notify with no waiter does nothing and costs no epoch change") {
-  event_count ec;
+  wake_one_event_count ec;
   ec.notify_all();
   auto k = ec.prepare_wait();
   ec.cancel_wait();
@@ -115,13 +116,13 @@ TEST_CASE("notify with no waiter does nothing and costs no epoch change") {
   ec.cancel_wait();
 }
 
-using spindle::detail::wait_set;
+using spindle::detail::wake_all_event_count;
 
-TEST_CASE("wait_set loses no wake-up over many hand-offs between two threads") {
-  wait_set ping, pong;
+TEST_CASE("wake_all_event_count loses no wake-up over many hand-offs between two threads") {
+  wake_all_event_count ping, pong;
   std::atomic<int> turn{0};
   constexpr int rounds = 20000;
-  auto await = [](wait_set& ws, std::atomic<int>& t, int want) {
+  auto await = [](wake_all_event_count& ws, std::atomic<int>& t, int want) {
     while (t.load(std::memory_order_acquire) != want) {
       auto k = ws.prepare_wait();
       if (t.load(std::memory_order_acquire) == want) {
@@ -148,8 +149,8 @@ TEST_CASE("wait_set loses no wake-up over many hand-offs between two threads") {
   CHECK(turn.load() == 2 * rounds);
 }
 
-TEST_CASE("wait_set notify clears the registrations of the epoch it ends") {
-  wait_set ws;
+TEST_CASE("wake_all_event_count notify clears the registrations of the epoch it ends") {
+  wake_all_event_count ws;
   auto k = ws.prepare_wait();
   CHECK(ws.waiters() == 1);
   ws.notify();
@@ -159,15 +160,15 @@ TEST_CASE("wait_set notify clears the registrations of the epoch it ends") {
   CHECK(ws.waiters() == 0);
 }
 
-TEST_CASE("wait_set wait_until returns false at the deadline and withdraws the waiter") {
-  wait_set ws;
+TEST_CASE("wake_all_event_count wait_until returns false at the deadline and withdraws the waiter") {
+  wake_all_event_count ws;
   auto k = ws.prepare_wait();
-  CHECK_FALSE(ws.wait_until(k, wait_set::clock::now() + 1ms));
+  CHECK_FALSE(ws.wait_until(k, wake_all_event_count::clock::now() + 1ms));
   CHECK(ws.waiters() == 0);
 }
 
-TEST_CASE("wait_set wait with a stop token returns when a stop is requested") {
-  wait_set ws;
+TEST_CASE("wake_all_event_count wait with a stop token returns when a stop is requested") {
+  wake_all_event_count ws;
   std::stop_source stop;
   test_support::thread_group g;
   g.spawn([&] {
@@ -177,4 +178,19 @@ TEST_CASE("wait_set wait with a stop token returns when a stop is requested") {
   stop.request_stop();
   CHECK(g.join_within(30s));
   CHECK(ws.waiters() == 0);
+}
+
+TEST_CASE("the old names wait_set and event_count still name the two event counts") {
+  static_assert(std::is_same_v<spindle::detail::wait_set, spindle::detail::wake_all_event_count>);
+  static_assert(std::is_same_v<spindle::detail::event_count, spindle::detail::wake_one_event_count>);
+}
+
+TEST_CASE("spin_until stops polling as soon as the condition holds, and gives up after the budget") {
+  int polls = 0;
+  CHECK(spindle::detail::spin_until([&] { return ++polls == 5; }, 100));
+  CHECK(polls == 5);
+  polls = 0;
+  CHECK_FALSE(spindle::detail::spin_until([&] { return ++polls < 0; }, 100));
+  CHECK(polls == 101);  // 100 polls and the final answer
+  CHECK_FALSE(spindle::detail::spin_until([] { return false; }, 0));
 }

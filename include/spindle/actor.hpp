@@ -16,27 +16,38 @@
 //   is visible to the thread that gets the future's value.
 // - Backpressure: the mailbox holds actor_options::mailbox_capacity messages; send() blocks while
 //   it is full, try_send() returns full. A handler that blocks (a send to a full mailbox, a wait
-//   on ask()) holds its worker: it deadlocks when it waits on its own actor, or on an actor that
-//   needs the same executor and no other worker is free (a one-thread pool).
+//   on ask()) holds its worker, as any blocking task does: it deadlocks when it waits on its own
+//   actor, or on an actor that needs the same executor when no other worker is free (a
+//   one-thread pool). With a free worker, send-then-ask, ask to a third actor and nested asks
+//   all work: every turn is an ordinary task of the executor, taken by any idle worker.
 // - On an executor the actor owns no thread: a send to an idle actor posts one task, which handles
 //   up to actor_options::batch messages and then posts itself again if more are queued, so actors
-//   sharing a pool take turns (fairness) and never run two handlers of one actor at once.
-//   Run-next: when a handler sends to an idle actor on the same executor, that actor's turn runs
-//   next on the same worker (no queue round trip, no wake-up of another thread), up to a chain
-//   of detail::run_next_budget turns; then turns are posted again, so other tasks are not starved.
+//   sharing a pool take turns (fairness) and never run two handlers of one actor at once. A turn
+//   is never deferred onto the sending worker: it is posted, so an idle worker can take it.
 // - Errors: an exception from the handler goes to actor_options::on_error (on the actor's
-//   thread) and the actor goes on; without on_error it is counted (failures()) and dropped.
-//   An exception from an ask() function goes to its future.
+//   thread) and the actor goes on; failures() counts them. No exception vanishes unseen: without
+//   on_error, or when on_error itself throws, the exception is printed to stderr and
+//   std::terminate() is called (the rule of std::thread and of thread_pool::post). An exception
+//   from an ask() function goes to its future.
 // - stop() closes the mailbox (send returns closed; ask's future holds spindle::closed_error),
 //   handles every message already queued, then joins the actor's thread (or waits for its last
 //   task on the executor). Idempotent. The destructor calls it. From inside the handler, stop()
-//   only closes the mailbox.
+//   only closes the mailbox. Called from a task on the only worker of the actor's executor (an
+//   executor with in_worker() and size(), as thread_pool) while a turn is queued there, it
+//   would wait for itself: it throws std::logic_error at once instead (the mailbox is closed;
+//   a later stop() from another thread finishes the job). The destructor cannot throw, nor
+//   return while a queued turn refers to the actor: there the same error ends in
+//   std::terminate, with its message, instead of a hang.
 // - No allocation per message: the mailbox is a fixed ring. ask() allocates (its job and future).
 // - User code never runs under the mailbox lock.
 #pragma once
 
 #include <atomic>
+#include <algorithm>
+#include <climits>  // UINT_MAX
+#include <concepts>
 #include <condition_variable>
+#include <cstdio>  // std::fprintf for an unhandled exception
 #include <cstddef>
 #include <exception>
 #include <functional>
@@ -57,40 +68,21 @@
 
 namespace spindle {
 
-namespace detail {
-
-/// The executor turn now running on this thread, if any. A handler that sends to an idle actor
-/// on the same executor hands that actor's turn to this runner ("run next") instead of posting
-/// it: the worker runs it as soon as the current turn ends, without a queue round trip or a
-/// wake-up of another thread. A chain of such hand-offs is bounded (run_next_budget), after
-/// which turns are posted as usual, so other tasks on the executor are not starved.
-struct actor_runner {
-  const void* executor = nullptr;       // the executor the running turn belongs to
-  void (*next_turn)(void*) = nullptr;   // the deferred turn, if any
-  void* next_self = nullptr;
-};
-
-inline constexpr int run_next_budget = 128;
-
-inline actor_runner*& current_actor_runner() noexcept {
-  thread_local actor_runner* runner = nullptr;
-  return runner;
-}
-
-}  // namespace detail
 
 /// Options of an actor.
 struct actor_options {
   /// Messages the mailbox holds before send() blocks. >= 1.
   std::size_t mailbox_capacity = 1024;
-  /// Called with each exception the handler throws (on the actor's thread).
+  /// Called with each exception the handler throws (on the actor's thread). If empty, or if it
+  /// throws, the exception is printed and std::terminate() is called.
   std::function<void(std::exception_ptr)> on_error = {};
   /// Messages handled per turn on an executor before the actor yields its worker (fairness);
   /// also the most messages taken from the mailbox in one lock. >= 1.
   std::size_t batch = 64;
-  /// Spin iterations an idle actor thread polls its mailbox before it sleeps (own thread only).
-  /// Spinning saves a kernel wake-up when messages come in quick succession; 0 sleeps at once.
-  std::size_t spin = 4000;
+  /// Polls an idle actor thread makes of its mailbox before it sleeps (own thread only; see
+  /// detail::spin_until). Spinning saves a kernel wake-up when messages come in quick
+  /// succession; 0 sleeps at once.
+  std::size_t spin = detail::default_spin;
 };
 
 /// An actor receiving messages of type Msg (see the header comment). Neither copyable nor
@@ -114,15 +106,22 @@ class actor {
     requires std::is_invocable_v<Handler&, Msg&&>
   actor(E& ex, Handler h, actor_options opts = {}) : actor(init_tag{}, std::move(h), opts) {
     executor_ = static_cast<void*>(&ex);
-    post_ = [](void* e, actor* self) {
-      static_cast<E*>(e)->post([self] { run_turns(self); });
-    };
+    post_ = [](void* e, actor* self) { static_cast<E*>(e)->post([self] { self->drain(); }); };
+    if constexpr (requires(E& x) {
+                    { x.in_worker() } -> std::convertible_to<bool>;
+                    { x.size() } -> std::convertible_to<std::size_t>;
+                  }) {
+      sole_worker_ = [](void* e) {
+        auto& x = *static_cast<E*>(e);
+        return x.in_worker() && x.size() == 1;
+      };
+    }
   }
 
   actor(const actor&) = delete;
   actor& operator=(const actor&) = delete;
 
-  /// Calls stop().
+  /// Calls stop() (see the header for the one case where that terminates).
   ~actor() { stop(); }
 
   /// Queues `m`. Blocks while the mailbox is full. Returns ok | closed (after stop()). On an
@@ -149,14 +148,13 @@ class actor {
     promise<R> p;
     auto fut = p.get_future();
     envelope e(std::in_place_index<1>, std::make_unique<ask_job<F, R>>(std::move(f), std::move(p)));
-    // Never run-next: the caller may wait for the future inside a handler on the same executor.
-    if (push(e, true, false) != status::ok) std::get<1>(e)->refuse();
+    if (push(e, true) != status::ok) std::get<1>(e)->refuse();
     return fut;
   }
 
   /// Closes the mailbox, handles what is queued, and joins the actor's thread (or waits for its
   /// last task on the executor). Idempotent. From inside the handler it only closes the mailbox.
-  /// Thread-safe.
+  /// Throws std::logic_error if it would wait for itself (see the header). Thread-safe.
   void stop() {
     {
       std::lock_guard lock(mu_);
@@ -170,8 +168,12 @@ class actor {
       if (thread_.joinable()) thread_.join();
       return;
     }
-    if (undefer_here()) post_(executor_, this);  // our turn waits behind the caller's
     std::unique_lock lock(mu_);
+    if (scheduled_ && sole_worker_ != nullptr && sole_worker_(executor_))
+      throw std::logic_error(
+          "spindle::actor::stop: called from the only worker of the actor's executor while its "
+          "turn is queued there (it would wait for itself); the mailbox is closed, call stop() "
+          "again from another thread");
     idle_.wait(lock, [&] { return !scheduled_; });
     if (count_ > 0) {
       // The executor refused a task earlier: handle what is left here.
@@ -181,7 +183,7 @@ class actor {
     }
   }
 
-  /// Handler exceptions dropped for want of an on_error callback. Thread-safe.
+  /// Handler exceptions handed to on_error. Thread-safe.
   std::size_t failures() const noexcept { return failures_.load(std::memory_order_relaxed); }
 
   /// The mailbox capacity.
@@ -250,21 +252,13 @@ class actor {
     return handler_thread_.load(std::memory_order_relaxed) == std::this_thread::get_id();
   }
 
-  // Moves `e` into the mailbox (only on ok). `defer`: an idle actor's turn may be handed to this
-  // worker's runner (run next) instead of posted.
-  status push(envelope& e, bool block, bool defer = true) {
+  // Moves `e` into the mailbox (only on ok); posts a turn if the actor was idle.
+  status push(envelope& e, bool block) {
     bool post = false;
     {
       std::unique_lock lock(mu_);
       while (!closed_ && count_ == ring_.size()) {
         if (!block) return status::full;
-        if (undefer_here()) {
-          // Our turn waits behind the caller's on this thread: post it, or we wait forever.
-          lock.unlock();
-          post_(executor_, this);
-          lock.lock();
-          continue;
-        }
         ++push_waiters_;
         not_full_.wait(lock);
         --push_waiters_;
@@ -284,12 +278,6 @@ class actor {
       }
     }
     if (post) {
-      detail::actor_runner* r = detail::current_actor_runner();
-      if (defer && r != nullptr && r->executor == executor_ && r->next_turn == nullptr) {
-        r->next_turn = &turn_thunk;  // run next on this worker, once the current turn ends
-        r->next_self = this;
-        return status::ok;
-      }
       try {
         post_(executor_, this);
       } catch (...) {
@@ -327,19 +315,32 @@ class actor {
       std::get<1>(e)->run();
       return;
     }
+    std::exception_ptr error;
     try {
       handler_->call(std::move(std::get<0>(e)));
+      return;
     } catch (...) {
-      if (on_error_) {
-        try {
-          on_error_(std::current_exception());
-        } catch (...) {
-          failures_.fetch_add(1, std::memory_order_relaxed);  // on_error failed: drop
-        }
-      } else {
-        failures_.fetch_add(1, std::memory_order_relaxed);
-      }
+      error = std::current_exception();
     }
+    if (!on_error_) unhandled(error, "the handler threw and there is no on_error");
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    try {
+      on_error_(error);
+    } catch (...) {
+      unhandled(std::current_exception(), "on_error threw");
+    }
+  }
+
+  // No exception vanishes unseen: print it and terminate (see the header).
+  [[noreturn]] static void unhandled(const std::exception_ptr& e, const char* why) noexcept {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      std::fprintf(stderr, "spindle::actor: %s: %s\n", why, ex.what());
+    } catch (...) {
+      std::fprintf(stderr, "spindle::actor: %s (a non-std exception)\n", why);
+    }
+    std::terminate();
   }
 
   void handle_all(std::vector<envelope>& local) {
@@ -354,9 +355,9 @@ class actor {
     std::vector<envelope> local;
     local.reserve(batch_);
     for (;;) {
-      // Spin briefly before sleeping: a reply often arrives within microseconds.
-      for (std::size_t i = 0; i < spin_ && count_hint_.load(std::memory_order_relaxed) == 0; ++i)
-        detail::cpu_relax();
+      // Spin briefly before sleeping (latency only): a reply often arrives within microseconds.
+      detail::spin_until([&] { return count_hint_.load(std::memory_order_relaxed) != 0; },
+                         static_cast<unsigned>(std::min<std::size_t>(spin_, UINT_MAX)));
       {
         std::unique_lock lock(mu_);
         while (count_ == 0 && !closed_) {
@@ -369,38 +370,6 @@ class actor {
       }
       handle_all(local);
     }
-  }
-
-  // Requires nothing. If this actor's turn is deferred on this thread's runner, withdraws it and
-  // returns true (the caller must then post the turn).
-  bool undefer_here() noexcept {
-    detail::actor_runner* r = detail::current_actor_runner();
-    if (r == nullptr || r->next_self != this || r->next_turn == nullptr) return false;
-    r->next_turn = nullptr;
-    r->next_self = nullptr;
-    return true;
-  }
-
-  static void turn_thunk(void* self) { static_cast<actor*>(self)->drain(); }
-
-  // The task posted to the executor: runs this actor's turn, then the turns handed to this
-  // worker by run-next (see detail::actor_runner), up to a budget; the rest are posted.
-  static void run_turns(actor* first) {
-    detail::actor_runner runner;
-    runner.executor = first->executor_;
-    detail::actor_runner*& slot = detail::current_actor_runner();
-    detail::actor_runner* outer = slot;
-    slot = &runner;
-    void (*turn)(void*) = &turn_thunk;
-    void* self = first;
-    for (int budget = detail::run_next_budget; turn != nullptr; --budget) {
-      runner.next_turn = nullptr;
-      if (budget == 1) slot = outer;  // the last turn of the chain posts what it wakes
-      turn(self);
-      turn = runner.next_turn;
-      self = runner.next_self;
-    }
-    slot = outer;
   }
 
   // One turn on the executor: up to batch_ messages, then yield the worker.
@@ -454,6 +423,7 @@ class actor {
   const std::size_t spin_;
   void* executor_ = nullptr;                 // null: own thread
   void (*post_)(void*, actor*) = nullptr;    // posts drain() to executor_
+  bool (*sole_worker_)(void*) = nullptr;     // is the caller the executor's only worker?
   std::thread thread_;                       // own-thread mode
   std::mutex join_mu_;                       // serialises stop()'s join
   std::atomic<std::thread::id> handler_thread_{};

@@ -17,8 +17,17 @@
 //   - An exception stored in a future skips every `then` callable and reaches the end of the
 //     chain; an exception thrown by a callable does too.
 //   - A promise destroyed without a result stores spindle::broken_promise.
-//   - Blocking get()/wait() on a worker thread of a spindle::thread_pool does not deadlock on
-//     queued work: the worker runs that pool's queued tasks while it waits (it "helps").
+//   - Waiting (get()/wait()/wait_for()) sleeps in the kernel after a short spin
+//     (detail::spin_until). On a worker of a spindle::thread_pool, get()/wait() for a future of
+//     that pool's submit() runs the awaited task itself if no worker has started it yet; it
+//     never runs any other task. Otherwise it simply blocks, as std::future does. So nested
+//     submit() + get() works on a one-thread pool, and a get() never runs unrelated work while
+//     its caller holds a lock or owes a promise (thread_pool.hpp says more).
+//   - A chain of then() continuations of any length runs in constant stack depth: a
+//     continuation that fulfils the next state hands that state's continuation back to a loop
+//     instead of calling it.
+//   - wait_for(d) saturates: duration::max() (and deadline<>::never().remaining()) never times
+//     out.
 //
 // Lifetime: a future owns the result; get() moves it out and leaves the future invalid. then()
 // consumes the future (valid() is false afterwards).
@@ -33,6 +42,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "deadline.hpp"  // detail::time_after: the one saturating deadline computation
 #include "detail/future_state.hpp"
 #include "errors.hpp"
 #include "status.hpp"
@@ -95,27 +105,42 @@ class producer {
   shared_state<T>* get() const noexcept { return s_.get(); }
   state_ref<T> share() const noexcept { return s_.share(); }
 
-  /// Runs f(args...) and stores its result or its exception.
+  /// Runs f(args...) and stores its result or its exception; runs the state's continuation
+  /// chain, if any. The producer is empty afterwards.
   template <class F, class... A>
   void fulfil(F&& f, A&&... a) noexcept {
+    state_base::run_handed_back(fulfil_tail(std::forward<F>(f), std::forward<A>(a)...));
+  }
+
+  void set_exception(std::exception_ptr e) noexcept { s_->set_exception(std::move(e)); }
+
+  /// As fulfil(), but for the end of a continuation: instead of running the state's own
+  /// continuation (a nested call), returns the state, with this producer's reference, if it has
+  /// one to run (see state_base::run_chain); else nullptr. The producer is empty afterwards.
+  template <class F, class... A>
+  state_base* fulfil_tail(F&& f, A&&... a) noexcept {
     std::exception_ptr error;
     try {
       if constexpr (std::is_void_v<std::invoke_result_t<F, A...>>) {
         std::invoke(std::forward<F>(f), std::forward<A>(a)...);
-        s_->set_value();
+        s_->store_value();
       } else {
-        s_->set_value(std::invoke(std::forward<F>(f), std::forward<A>(a)...));
+        s_->store_value(std::invoke(std::forward<F>(f), std::forward<A>(a)...));
       }
-      return;
     } catch (...) {
       error = std::current_exception();
     }
-    // Published after the catch block has ended, so that this thread no longer holds the
+    // Stored after the catch block has ended, so that this thread no longer holds the
     // in-flight exception when the consumer gets it.
-    s_->set_exception(std::move(error));
+    if (error) s_->store_exception(std::move(error));
+    return hand_over();
   }
 
-  void set_exception(std::exception_ptr e) noexcept { s_->set_exception(std::move(e)); }
+  /// As set_exception(), for the end of a continuation (see fulfil_tail()).
+  state_base* fail_tail(std::exception_ptr e) noexcept {
+    s_->store_exception(std::move(e));
+    return hand_over();
+  }
 
   void abandon() noexcept {
     if (s_ && !s_->satisfied_by_producer()) {
@@ -130,6 +155,13 @@ class producer {
   }
 
  private:
+  state_base* hand_over() noexcept {
+    state_base* s = s_.detach();  // this producer's reference now travels with s
+    if (s->mark_ready()) return s;
+    s->release();
+    return nullptr;
+  }
+
   state_ref<T> s_;
 };
 
@@ -266,19 +298,20 @@ class future {
     return state_->ready();
   }
 
-  /// Blocks until the result is there. On a thread_pool worker, runs queued tasks of that pool
-  /// meanwhile. Throws std::logic_error if !valid().
+  /// Blocks until the result is there (see the header: on a worker of the pool whose submit()
+  /// made this future, runs the task itself if it has not started). Throws std::logic_error if
+  /// !valid().
   void wait() const {
     check("wait");
     state_->wait();
   }
 
-  /// Blocks until the result is there or `d` passed. Returns ok | timeout.
+  /// Blocks until the result is there or `d` passed. Returns ok | timeout. Saturates:
+  /// duration::max() waits without a time limit. Never runs the task itself (see wait()).
   template <class Rep, class Period>
   status wait_for(std::chrono::duration<Rep, Period> d) const {
     check("wait_for");
-    auto deadline = detail::event_count::clock::now() +
-                    std::chrono::duration_cast<detail::event_count::clock::duration>(d);
+    auto deadline = detail::time_after<detail::wake_one_event_count::clock>(d);
     return state_->wait_until(deadline) ? status::ok : status::timeout;
   }
 
@@ -305,15 +338,17 @@ class future {
     detail::shared_state<T>* raw = src.get();
     // The source state stays alive while it runs its continuation: whoever runs it holds a
     // reference (the producer while publishing, or `src` below).
-    raw->set_continuation([raw, p = std::move(p), f = std::forward<F>(f)]() mutable {
-      if (raw->has_exception()) {
-        p.set_exception(raw->exception());
-      } else if constexpr (std::is_void_v<T>) {
-        p.fulfil(f);
-      } else {
-        p.fulfil(f, std::move(raw->value()));
-      }
-    });
+    raw->set_continuation(
+        [raw, p = std::move(p), f = std::forward<F>(f)]() mutable -> detail::state_base* {
+          // Tail position: the next state's continuation is handed back, not called (constant
+          // stack depth for any chain length).
+          if (raw->has_exception()) return p.fail_tail(raw->exception());
+          if constexpr (std::is_void_v<T>) {
+            return p.fulfil_tail(f);
+          } else {
+            return p.fulfil_tail(f, std::move(raw->value()));
+          }
+        });
     return std::move(out);
   }
 

@@ -18,7 +18,10 @@
 // - No exception is lost: a call's exception is its outcome (gather_all) or, when no success
 //   comes, the exception thrown to the caller (the last one in completion order).
 // - Everything a call did before returning is visible to the caller that receives its result.
-// - Time comes from a Clock (steady_clock by default; manual_clock in tests).
+// - Time comes from a Clock (steady_clock by default; manual_clock in tests). The timeout
+//   saturates: duration::max() (and deadline<>::never().remaining()) means no limit.
+// - On a thread_pool every call is an ordinary task that any idle worker takes, so a call that
+//   returns at once is never held behind one that blocks (thread_pool.hpp's invariant).
 // - Allocates: the shared state, one stop_source per call, and a task per call.
 #pragma once
 
@@ -37,6 +40,7 @@
 #include <vector>
 
 #include "clock.hpp"
+#include "deadline.hpp"  // detail::saturating_add
 #include "errors.hpp"
 
 namespace spindle {
@@ -156,8 +160,8 @@ struct gather_state {
 template <class R, class E, class F, class Clock, class Rep, class Per>
 std::shared_ptr<gather_state<R>> scatter(E& ex, std::vector<F>& calls, std::size_t need,
                                          std::chrono::duration<Rep, Per> timeout, const Clock& clock) {
-  const auto deadline =
-      clock.now() + std::chrono::ceil<typename Clock::duration>(timeout);
+  // Saturates: duration::max() (and deadline<>::never().remaining()) means no limit.
+  const auto deadline = detail::saturating_add(clock.now(), timeout);
   auto state = std::make_shared<gather_state<R>>(calls.size(), need);
   {
     std::lock_guard lock(state->mu);

@@ -5,12 +5,19 @@
 //   seq_cst_fence()      a full fence (store-load ordering) that also builds under ThreadSanitizer.
 //   fence_light/heavy    asymmetric fences (membarrier): the fast path pays a compiler barrier,
 //                        the thread about to sleep pays a system call.
-//   wait_set             an event count (Vyukov, Folly): waiters register, re-check their
-//                        condition, then sleep in the kernel (a futex); a notify costs a load when
-//                        nobody waits and one wake-up call per sleep episode otherwise. Supports
-//                        deadlines and std::stop_token.
-//   event_count          the same protocol with notify_one(), for waiters of which one should
-//                        wake (a pool's idle workers).
+//   default_spin, spin_until
+//                        the one spin-then-sleep policy (how long a thread polls before it
+//                        sleeps), tunable in one place.
+//   The pair of event counts (Vyukov, Folly): waiters register, re-check their condition, then
+//   sleep in the kernel (a futex). They differ in who wakes and who pays for the fence:
+//   wake_all_event_count  notify() wakes every registered waiter and starts a new epoch, so the
+//                        notifies that follow cost a load; the store-load fence is asymmetric
+//                        (the waiter pays a membarrier system call, the notifier a compiler
+//                        barrier). For queues: a notify on every push, waiters rare.
+//   wake_one_event_count notify_one() or notify_all(); symmetric fences (a seq_cst fence on both
+//                        sides, no system call unless someone sleeps). For futures, limiters and
+//                        one-of-N sleepers.
+//   wait_set, event_count  the old names of the two (aliases, kept for existing call sites).
 //
 // The protocol (waiter / notifier):
 //
@@ -34,6 +41,7 @@
 #include <cstdint>
 #include <exception>  // std::terminate
 #include <stop_token>
+#include <thread>  // std::this_thread::yield
 
 #include "config.hpp"
 
@@ -72,6 +80,29 @@ inline void seq_cst_fence() noexcept {
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #pragma GCC diagnostic pop
 #endif
+}
+
+/// The one spin-then-sleep policy of spindle's thread_pool, futures and actors: a thread about to
+/// sleep first polls its condition up to `default_spin` times (a pause instruction between
+/// polls, yielding the core every 64 polls, so that on a busy machine the thread it waits for
+/// can run), then sleeps in the kernel. Spinning is a latency shortcut only: every caller is
+/// correct with 0 polls. This constant is the one place to tune it; thread_pool_options::spin
+/// and actor_options::spin override it per object.
+inline constexpr unsigned default_spin = 2048;
+
+/// Polls `ready()` up to `polls` times as described for default_spin; returns ready()'s last
+/// answer (true as soon as it is true). Never sleeps in the kernel.
+template <class Ready>
+bool spin_until(Ready&& ready, unsigned polls) {
+  for (unsigned i = 0; i < polls; ++i) {
+    if (ready()) return true;
+    if ((i & 63) == 63) {
+      std::this_thread::yield();
+    } else {
+      cpu_relax();
+    }
+  }
+  return ready();
 }
 
 /// Whether asymmetric fences are available: membarrier(2) with PRIVATE_EXPEDITED (Linux >= 4.14),
@@ -135,14 +166,14 @@ inline void fence_heavy() noexcept {
 ///
 /// Protocol (see the header comment): key = prepare_wait(); re-check the condition; then wait(key) or
 /// cancel_wait(key). Never allocates. Thread-safe. Spurious wake-ups happen.
-class wait_set {
+class wake_all_event_count {
  public:
   using key = std::uint32_t;
   using clock = std::chrono::steady_clock;
 
-  wait_set() = default;
-  wait_set(const wait_set&) = delete;
-  wait_set& operator=(const wait_set&) = delete;
+  wake_all_event_count() = default;
+  wake_all_event_count(const wake_all_event_count&) = delete;
+  wake_all_event_count& operator=(const wake_all_event_count&) = delete;
 
   /// Registers a waiter in the current epoch; the caller re-checks its condition next.
   key prepare_wait() noexcept {
@@ -270,20 +301,20 @@ class wait_set {
   std::atomic<std::uint64_t> word_{0};  // epoch << 32 | waiters registered in this epoch
 };
 
-/// A condition-agnostic sleep/wake primitive with notify_one: the protocol of wait_set (key =
+/// A condition-agnostic sleep/wake primitive with notify_one: the protocol of wake_all_event_count (key =
 /// prepare_wait(); re-check; wait(key) or cancel_wait()), for waiters of which one at a time
-/// should wake (idle workers of a pool). Its waiter count stays up until a woken waiter runs
-/// again, so a notify soon after a wake-up may make a redundant wake-up call; where every waiter
-/// should wake, wait_set is cheaper.
+/// should wake. Its waiter count stays up until a woken waiter runs again, so a notify soon after
+/// a wake-up may make a redundant wake-up call; where every waiter should wake on a hot notify
+/// path, wake_all_event_count is cheaper.
 /// Never allocates. Thread-safe. Spurious wake-ups happen; callers re-check their condition.
-class event_count {
+class wake_one_event_count {
  public:
   using key = std::uint32_t;
   using clock = std::chrono::steady_clock;
 
-  event_count() = default;
-  event_count(const event_count&) = delete;
-  event_count& operator=(const event_count&) = delete;
+  wake_one_event_count() = default;
+  wake_one_event_count(const wake_one_event_count&) = delete;
+  wake_one_event_count& operator=(const wake_one_event_count&) = delete;
 
   /// Announces a waiter and returns the key to pass to wait(). The caller must re-check its
   /// condition after this call, then call wait(key) or cancel_wait().
@@ -389,5 +420,10 @@ class event_count {
   std::atomic<key> epoch_{0};               // bumped by each notify that found waiters
   std::atomic<std::uint32_t> waiters_{0};   // announced waiters
 };
+
+/// Old names, kept so that existing call sites build: wait_set is wake_all_event_count,
+/// event_count is wake_one_event_count. New code uses the new names.
+using wait_set = wake_all_event_count;
+using event_count = wake_one_event_count;
 
 }  // namespace spindle::detail
