@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <string_view>
 
+#include "ascii.hpp"  // iequals
+
 namespace spindle::redis::detail {
 
 /// Calls f(arg) for each argument of one encoded command, in order, until f returns false.
@@ -27,17 +29,6 @@ void for_each_encoded_arg(std::string_view enc, F f) {
     if (!f(arg)) return;
     pos = eol + 2 + len + 2;
   }
-}
-
-/// True if `a` equals `upper` ignoring ASCII case (`upper` is upper case).
-inline bool iequals(std::string_view a, std::string_view upper) noexcept {
-  if (a.size() != upper.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char c = a[i];
-    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-    if (c != upper[i]) return false;
-  }
-  return true;
 }
 
 /// Why a shared connection must not carry the encoded command `enc`, or nullptr if it may.

@@ -16,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+#include "ascii.hpp"  // iequals
+
 namespace spindle::redis::detail {
 
 struct command_keys {
@@ -144,16 +146,6 @@ inline const command_keys* find_command(std::string_view name) noexcept {
   return it != t.end() && it->name == u ? &*it : nullptr;
 }
 
-inline bool iequals(std::string_view a, std::string_view b) noexcept {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'a' && x <= 'z') x = static_cast<char>(x - 'a' + 'A');
-    if (y >= 'a' && y <= 'z') y = static_cast<char>(y - 'a' + 'A');
-    if (x != y) return false;
-  }
-  return true;
-}
 
 /// Appends to `out` the argument positions of the keys of `args` (args[0] is the command) as
 /// `spec` places them. Positions past the end are ignored, and a numkeys that is not a number
