@@ -16,3 +16,5 @@
 #include "spindle/redis/rate_limit.hpp"  // token_bucket, sliding_window (Lua, server TIME)
 #include "spindle/redis/stream.hpp"      // stream with consumer group, claim, dead-letter
 #include "spindle/redis/topic.hpp"       // publish, subscribe, psubscribe
+#include "spindle/redis/cache.hpp"       // cache-aside with stampede protection, local level
+#include "spindle/redis/lock.hpp"        // distributed_lock: fencing tokens, lease renewal
