@@ -281,7 +281,7 @@ class cache {
       if (code == 1) {
         std::optional<T> v = decode(r[1].str());
         (waited ? waited_ : hits_).fetch_add(1, std::memory_order_relaxed);
-        if (co_.local_capacity > 0) local_put(key, v, epoch);
+        if (co_.local_capacity > 0) local_put(key, v, epoch, co_.local_ttl);
         return v;
       }
       if (code == 2) {
@@ -304,6 +304,8 @@ class cache {
           fill(key, token, "n", jittered(co_.negative_ttl));
         else
           fill(key, token, "", ttl);
+        if (co_.local_capacity > 0 && (v || co_.negative_ttl.count() > 0))
+          local_put(key, v, epoch, v ? ttl : co_.negative_ttl);
         return v;
       }
       waited = true;
@@ -384,7 +386,9 @@ class cache {
   }
 
   // Keeps `v` unless an invalidation arrived since `epoch` was read (before the Redis read).
-  void local_put(std::string_view key, const std::optional<T>& v, std::uint64_t epoch) {
+  // Kept for the shorter of local_ttl and `ttl`.
+  void local_put(std::string_view key, const std::optional<T>& v, std::uint64_t epoch,
+                 std::chrono::milliseconds ttl) {
     std::lock_guard lock(lmu_);
     check_resubscribed();
     if (epoch_.load(std::memory_order_acquire) != epoch) return;  // pairs with on_message
@@ -399,7 +403,7 @@ class cache {
     }
     order_.push_back(k);
     local_.emplace(std::move(k), local_entry{v, spindle::detail::time_after<std::chrono::steady_clock>(
-                                                    co_.local_ttl),
+                                                    std::min(co_.local_ttl, ttl)),
                                              std::prev(order_.end())});
   }
 
