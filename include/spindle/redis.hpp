@@ -19,3 +19,4 @@
 #include "spindle/redis/topic.hpp"       // publish, subscribe, psubscribe
 #include "spindle/redis/cache.hpp"       // cache-aside with stampede protection, local level
 #include "spindle/redis/lock.hpp"        // distributed_lock: fencing tokens, lease renewal
+#include "spindle/redis/transaction.hpp"  // MULTI/EXEC checked, WATCH check-and-set loop
