@@ -248,3 +248,25 @@ TEST_CASE("the local level evicts its oldest entry at capacity and expires after
   c.get_or_compute("2", 60s, [] { return -1; });
   CHECK(c.stats().local_hits == 1);
 }
+
+TEST_CASE("set replaces the value everywhere: other objects drop their local copy and hear of it") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  std::promise<void> heard[2];
+  std::atomic<int> calls{0};
+  redis::cache<std::string> a("set", local(srv.port()));
+  redis::cache<std::string> b("set", local(srv.port()),
+                              {.local_capacity = 16, .local_ttl = 60s,
+                               .on_invalidate = [&](const std::string& k) {
+                                 int i = calls.fetch_add(1);
+                                 if (k == "k" && i < 2) heard[i].set_value();
+                               }});
+  a.set("k", "v1", 60s);
+  REQUIRE(heard[0].get_future().wait_for(20s) == std::future_status::ready);
+  CHECK(b.get_or_compute("k", 60s, [] { return std::string("never"); }) == "v1");
+  CHECK(b.local_size() == 1);
+  a.set("k", "v2", 60s);
+  REQUIRE(heard[1].get_future().wait_for(20s) == std::future_status::ready);
+  CHECK(b.local_size() == 0);  // dropped before on_invalidate ran
+  CHECK(b.get_or_compute("k", 60s, [] { return std::string("never"); }) == "v2");
+}

@@ -48,14 +48,15 @@
 // keys spread over the cluster):
 //   {name:key}:v     the value: "v" + Codec::encode(value), or "n" (a cached nullopt), PX ttl
 //   {name:key}:l     the compute lock: the computing caller's random token, PX lock_lease
-//   channel {name}:events   "f" + key when a value was stored (or a computation failed),
-//                           "i" + key when it was invalidated
+//   channel {name}:events   "f" + key when a computed value was stored (or a computation
+//                           failed), "i" + key when it was invalidated or replaced by set()
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>  // std::function: on_invalidate
 #include <list>
 #include <mutex>
 #include <optional>
@@ -92,6 +93,10 @@ struct cache_options {
   std::size_t local_capacity = 0;
   /// How long a local entry is served without asking Redis. >= 1 ms.
   std::chrono::milliseconds local_ttl{1000};
+  /// Called on the subscription thread with the key of each invalidation received (from any
+  /// process, this one included), after the local copy was dropped. Must not throw (an
+  /// exception goes to nobody: it is dropped). May be empty.
+  std::function<void(const std::string& key)> on_invalidate = {};
 };
 
 /// Counts of what get_or_compute did, for this object. Approximate under concurrency.
@@ -193,14 +198,15 @@ class cache {
     }
   }
 
-  /// Stores `value` for `ttl` (jittered) and wakes waiters of `key`. Drops this object's local
-  /// copy. Throws like get_or_compute. Thread-safe.
+  /// Stores `value` for `ttl` (jittered), wakes waiters of `key` and publishes the key as
+  /// invalidated, so every cache object of this name drops its local copy. Throws like
+  /// get_or_compute. Thread-safe.
   void set(std::string_view key, const T& value, std::chrono::milliseconds ttl) {
     if (ttl.count() < 1)
       throw std::invalid_argument("redis::cache::set: ttl must be >= 1 ms, got " +
                                   std::to_string(ttl.count()));
     drop_local(key);
-    fill(key, "", "v" + Codec::encode(value), jittered(ttl));
+    fill(key, "", "v" + Codec::encode(value), jittered(ttl), 'i');
   }
 
   /// Deletes the value of `key` and publishes the invalidation, so every cache object of this
@@ -313,11 +319,12 @@ class cache {
     }
   }
 
+  // `kind`: 'f' (filled: wakes waiters) or 'i' (replaced: also drops local copies).
   void fill(std::string_view key, const std::string& token, const std::string& payload,
-            std::chrono::milliseconds ttl) {
+            std::chrono::milliseconds ttl, char kind = 'f') {
     auto c = pool_.acquire();
     fill_.run(*c, {value_key(key), lock_key(key)},
-              {token, payload, std::to_string(ttl.count()), channel_, "f" + std::string(key)});
+              {token, payload, std::to_string(ttl.count()), channel_, kind + std::string(key)});
   }
 
   // ---- waiting for another caller's computation
@@ -360,6 +367,12 @@ class cache {
       // lookup_or_compute, so a value read before this invalidation is not kept locally.
       epoch_.fetch_add(1, std::memory_order_acq_rel);
       drop_local(key);
+      if (co_.on_invalidate) {
+        try {
+          co_.on_invalidate(key);
+        } catch (...) {  // documented: dropped
+        }
+      }
     }
     {
       std::lock_guard lock(wmu_);
