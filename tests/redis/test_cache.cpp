@@ -270,3 +270,28 @@ TEST_CASE("set replaces the value everywhere: other objects drop their local cop
   CHECK(b.local_size() == 0);  // dropped before on_invalidate ran
   CHECK(b.get_or_compute("k", 60s, [] { return std::string("never"); }) == "v2");
 }
+
+TEST_CASE("after its subscription reconnects, a cache drops its whole local level "
+          "(invalidations sent meanwhile were lost)") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  std::atomic<int> heard_other{0};
+  redis::cache<std::string> a("re", local(srv.port()));
+  redis::cache<std::string> b("re", local(srv.port()),
+                              {.local_capacity = 16, .local_ttl = 60s,
+                               .on_invalidate = [&](const std::string& k) {
+                                 if (k == "other") heard_other.fetch_add(1);
+                               }});
+  CHECK(b.get_or_compute("k", 60s, [] { return std::string("v1"); }) == "v1");
+  CHECK(b.local_size() == 1);
+  srv.restart();  // no persistence: the value is gone, and so is any message sent meanwhile
+  // Until b hears a.invalidate("other"), its subscription is not back yet.
+  REQUIRE(eventually([&] {
+    try {
+      a.invalidate("other");
+    } catch (const redis::error&) {  // a's connection noticing the restart
+    }
+    return heard_other.load() > 0;
+  }));
+  CHECK(b.get_or_compute("k", 60s, [] { return std::string("v2"); }) == "v2");
+}
