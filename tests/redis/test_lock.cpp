@@ -158,11 +158,13 @@ TEST_CASE("a holder stalled past its lease cannot release its successor's lock, 
   fenced_store store;
   auto stale = m.try_lock();
   REQUIRE(stale);
-  // The stale holder "pauses": it does nothing while its lease runs out and B takes the lock.
-  auto b = m.lock_for(10s);
+  // The stale holder "pauses": it does nothing while its lease runs out and B takes the lock
+  // (with a lease that outlasts the test, however slow the machine).
+  redis::distributed_lock m_b("stale", local(srv.port()), {.lease = 60s, .renew = false});
+  auto b = m_b.lock_for(10s);
   REQUIRE(b);
   CHECK(b->fence() > stale->fence());
-  CHECK(b->extend(10s));  // B keeps it for the rest of the test
+  CHECK(b->extend(60s));
   CHECK(store.write(b->fence(), 2));
   // The stale holder wakes up and acts on its old belief.
   CHECK_FALSE(store.write(stale->fence(), 1));
@@ -179,11 +181,13 @@ TEST_CASE("renewal keeps a lock past its lease while the holder lives") {
   redis_server srv;
   std::atomic<int> lost{0};
   redis::distributed_lock m("renew", local(srv.port()),
-                            {.lease = 100ms, .on_lost = [&](std::uint64_t) { lost.fetch_add(1); }});
+                            {.lease = 1s, .on_lost = [&](std::uint64_t) { lost.fetch_add(1); }});
   auto h = m.try_lock();
   REQUIRE(h);
   redis::distributed_lock other("renew", local(srv.port()), {.renew = false});
-  CHECK_FALSE(other.lock_for(500ms));  // five leases long, tried every few ms
+  // Two and a half leases, tried every few ms. (The lease leaves 2/3 of a second of slack for
+  // a late renewal: a 100 ms lease was lost under ASan on a busy 2-core machine.)
+  CHECK_FALSE(other.lock_for(2500ms));
   CHECK_FALSE(h->lost());
   CHECK(h->release());
   CHECK(lost.load() == 0);  // a release is not a loss
