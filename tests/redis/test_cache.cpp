@@ -295,3 +295,30 @@ TEST_CASE("after its subscription reconnects, a cache drops its whole local leve
   }));
   CHECK(b.get_or_compute("k", 60s, [] { return std::string("v2"); }) == "v2");
 }
+
+TEST_CASE("get_or_compute_for gives up waiting on timeout or a stop request, without calling fn") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::cache<int> c("for", local(srv.port()), {.recheck = 60s});
+  redis::connection conn(local(srv.port()));
+  conn.command("SET", "{for:k}:l", "someone-computing", "PX", 60000);
+  int calls = 0;
+  auto fn = [&] { return ++calls; };
+  CHECK_FALSE(c.get_or_compute_for("k", 10s, fn, 20ms).has_value());
+  std::stop_source src;
+  auto f = std::async(std::launch::async, [&] {
+    return c.get_or_compute_for("k", 10s, fn, std::chrono::hours::max(), src.get_token());
+  });
+  REQUIRE(eventually([&] { return c.waiting() == 1; }));
+  src.request_stop();
+  REQUIRE(f.wait_for(20s) == std::future_status::ready);  // not the 60 s recheck
+  CHECK_FALSE(f.get().has_value());
+  CHECK(calls == 0);
+  conn.command("DEL", "{for:k}:l");
+  auto v = c.get_or_compute_for("k", 10s, fn, std::chrono::nanoseconds::max());
+  REQUIRE(v.has_value());
+  CHECK(*v == 1);
+  auto neg = c.get_or_compute_for("n", 10s, [] { return std::optional<int>{}; }, 1s);
+  REQUIRE(neg.has_value());         // an answer came...
+  CHECK_FALSE(neg->has_value());    // ...and it is "no such value"
+}

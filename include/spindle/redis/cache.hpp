@@ -5,7 +5,8 @@
 //   auto u = users.get_or_compute("42", 60s, [] { return load_user_from_db(42); });
 //   users.invalidate("42");                           // every process forgets it
 //
-// Defines cache_options, cache_stats and cache<T, Codec>.
+// Defines cache_options, cache_stats and cache<T, Codec>: get_or_compute, get_or_compute_for
+// (gives up waiting after a duration or on a stop request), set, invalidate.
 //
 // get_or_compute(key, ttl, fn) returns the cached value of `key`, or on a miss computes it with
 // fn(), stores it for `ttl` and returns it. On a miss exactly one caller - across every thread
@@ -61,6 +62,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -179,23 +181,19 @@ class cache {
   /// ttl < 1 ms, redis::error on I/O failure, and what fn throws. Thread-safe.
   template <class F>
   auto get_or_compute(std::string_view key, std::chrono::milliseconds ttl, F&& fn) {
-    using R = std::invoke_result_t<F&>;
-    constexpr bool optional_fn = detail::is_optional<R>::value;
-    if (ttl.count() < 1)
-      throw std::invalid_argument("redis::cache::get_or_compute: ttl must be >= 1 ms, got " +
-                                  std::to_string(ttl.count()));
-    std::optional<T> v = lookup_or_compute(key, ttl, optional_fn, [&]() -> std::optional<T> {
-      if constexpr (optional_fn) {
-        return fn();
-      } else {
-        return std::optional<T>(fn());
-      }
-    });
-    if constexpr (optional_fn) {
-      return v;
-    } else {
-      return std::move(*v);
-    }
+    return std::move(*run("get_or_compute", key, ttl, fn,
+                          std::chrono::steady_clock::time_point::max(), {}));
+  }
+
+  /// As get_or_compute, but gives up waiting for another caller's computation after `d`
+  /// (saturating: duration::max() means no limit) or once a stop is requested on `st`, and then
+  /// returns nullopt (this caller did not run fn). A caller that computes runs fn to its end.
+  /// The result is std::optional of what get_or_compute returns. Thread-safe.
+  template <class F, class Rep, class Period>
+  auto get_or_compute_for(std::string_view key, std::chrono::milliseconds ttl, F&& fn,
+                          std::chrono::duration<Rep, Period> d, std::stop_token st = {}) {
+    return run("get_or_compute_for", key, ttl, fn,
+               spindle::detail::time_after<std::chrono::steady_clock>(d), st);
   }
 
   /// Stores `value` for `ttl` (jittered), wakes waiters of `key` and publishes the key as
@@ -262,13 +260,48 @@ class cache {
     return Codec::decode(std::string_view(stored).substr(1));
   }
 
+  // get_or_compute's result type for fn: T, or std::optional<T> for an optional-returning fn.
+  template <class F>
+  using result_for = std::conditional_t<detail::is_optional<std::invoke_result_t<F&>>::value,
+                                        std::optional<T>, T>;
+
+  // get_or_compute until `until` or a stop on `st` (then nullopt).
+  template <class F>
+  std::optional<result_for<F>> run(const char* fn_name, std::string_view key,
+                                   std::chrono::milliseconds ttl, F& fn,
+                                   std::chrono::steady_clock::time_point until,
+                                   const std::stop_token& st) {
+    constexpr bool optional_fn = detail::is_optional<std::invoke_result_t<F&>>::value;
+    if (ttl.count() < 1)
+      throw std::invalid_argument(std::string("redis::cache::") + fn_name +
+                                  ": ttl must be >= 1 ms, got " + std::to_string(ttl.count()));
+    auto v = lookup_or_compute(key, ttl, optional_fn, until, st, [&]() -> std::optional<T> {
+      if constexpr (optional_fn) {
+        return fn();
+      } else {
+        return std::optional<T>(fn());
+      }
+    });
+    if (!v) return std::nullopt;
+    if constexpr (optional_fn) {
+      return std::move(*v);
+    } else {
+      return std::move(**v);
+    }
+  }
+
+  // The value (inner nullopt: a cached or computed nullopt), or nullopt once `until` passed or
+  // a stop was requested while waiting for another caller's computation.
   template <class Compute>
-  std::optional<T> lookup_or_compute(std::string_view key, std::chrono::milliseconds ttl,
-                                     bool accept_negative, Compute compute) {
+  std::optional<std::optional<T>> lookup_or_compute(std::string_view key,
+                                                    std::chrono::milliseconds ttl,
+                                                    bool accept_negative,
+                                                    std::chrono::steady_clock::time_point until,
+                                                    const std::stop_token& st, Compute compute) {
     if (co_.local_capacity > 0)
       if (auto hit = local_get(key)) {
         local_hits_.fetch_add(1, std::memory_order_relaxed);
-        return std::move(*hit);
+        return hit;  // engaged: a local hit
       }
     const std::string vkey = value_key(key), lkey = lock_key(key), token = detail::random_token();
     const std::string lease = std::to_string(co_.lock_lease.count());
@@ -288,7 +321,7 @@ class cache {
         std::optional<T> v = decode(r[1].str());
         (waited ? waited_ : hits_).fetch_add(1, std::memory_order_relaxed);
         if (co_.local_capacity > 0) local_put(key, v, epoch, co_.local_ttl);
-        return v;
+        return std::optional<std::optional<T>>(std::in_place, std::move(v));
       }
       if (code == 2) {
         w.leave();
@@ -312,10 +345,14 @@ class cache {
           fill(key, token, "", ttl);
         if (co_.local_capacity > 0 && (v || co_.negative_ttl.count() > 0))
           local_put(key, v, epoch, v ? ttl : co_.negative_ttl);
-        return v;
+        return std::optional<std::optional<T>>(std::in_place, std::move(v));
       }
       waited = true;
-      w.wait(std::min(co_.recheck, std::chrono::milliseconds(r[1].integer() + 1)));
+      if (st.stop_requested() || std::chrono::steady_clock::now() >= until) return std::nullopt;
+      auto next = spindle::detail::saturating_add(
+          std::chrono::steady_clock::now(),
+          std::min(co_.recheck, std::chrono::milliseconds(r[1].integer() + 1)));
+      w.wait(std::min(next, until), st);
     }
   }
 
@@ -347,9 +384,9 @@ class cache {
       auto it = c_.waiting_.find(key_);
       if (--it->second.waiters == 0) c_.waiting_.erase(it);
     }
-    void wait(std::chrono::milliseconds d) {
+    void wait(std::chrono::steady_clock::time_point t, const std::stop_token& st) {
       std::unique_lock lock(c_.wmu_);
-      c_.wcv_.wait_for(lock, d, [&] { return c_.waiting_[key_].gen != gen_; });
+      c_.wcv_.wait_until(lock, st, t, [&] { return c_.waiting_[key_].gen != gen_; });
     }
 
    private:
@@ -459,7 +496,7 @@ class cache {
 
   // Lock order: lmu_ and wmu_ are never held together.
   mutable std::mutex wmu_;
-  std::condition_variable wcv_;
+  std::condition_variable_any wcv_;  // _any: waits end on a stop request too
   std::unordered_map<std::string, wait_entry> waiting_;  // guarded by wmu_
 
   mutable std::mutex lmu_;
