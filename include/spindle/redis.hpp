@@ -17,5 +17,9 @@
 #include "spindle/redis/resp.hpp"
 #include "spindle/redis/queue.hpp"       // reliable list queue (processing list, ack, leases)
 #include "spindle/redis/rate_limit.hpp"  // token_bucket, sliding_window (Lua, server TIME)
+#include "spindle/redis/keyed_rate_limit.hpp"  // per-key fixed/sliding window, token bucket
 #include "spindle/redis/stream.hpp"      // stream with consumer group, claim, dead-letter
 #include "spindle/redis/topic.hpp"       // publish, subscribe, psubscribe
+#include "spindle/redis/cache.hpp"       // cache-aside with stampede protection, local level
+#include "spindle/redis/lock.hpp"        // distributed_lock: fencing tokens, lease renewal
+#include "spindle/redis/transaction.hpp"  // MULTI/EXEC checked, WATCH check-and-set loop

@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
+#include <stop_token>
 #include <spindle/rate_limit.hpp>
 #include <spindle/redis/rate_limit.hpp>
 #include <string>
@@ -139,3 +141,64 @@ TEST_CASE("two processes sharing one key together never exceed the limit") {
   }
 }
 #endif
+
+TEST_CASE("redis limiters' timed acquire returns timeout at once when room cannot come in time") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::token_bucket tb("tf", local(srv.port()), 1.0, 1);  // one token per second
+  redis::sliding_window sw("tf", local(srv.port()), 1, 60s);
+  CHECK(tb.try_acquire());
+  CHECK(sw.try_acquire());
+  auto start = std::chrono::steady_clock::now();
+  CHECK(tb.acquire_for(1, 50ms) == spindle::status::timeout);
+  CHECK(sw.acquire_for(1, 5s) == spindle::status::timeout);  // room only in a minute
+  CHECK(tb.acquire_until(1, std::chrono::steady_clock::now()) == spindle::status::timeout);
+  CHECK(std::chrono::steady_clock::now() - start < 2s);  // did not sleep the 5 s away
+  CHECK(tb.acquire_for(1, 5s) == spindle::status::ok);     // the token comes within a second
+  CHECK(tb.acquire_for(0, 0ms) == spindle::status::ok);    // nothing asked, nothing to wait for
+}
+
+TEST_CASE("redis limiters' retry_after names the wait and takes nothing") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::token_bucket tb("ra", local(srv.port()), 10.0, 2);  // a token per 100 ms
+  redis::sliding_window sw("ra", local(srv.port()), 2, 60s);
+  CHECK(tb.retry_after() == 0ms);
+  CHECK(tb.retry_after(2) == 0ms);
+  CHECK(tb.retry_after(2) == 0ms);  // a dry run: the two tokens are still there
+  CHECK(tb.try_acquire(2));
+  auto w = tb.retry_after(1);
+  CHECK(w > 0ms);
+  CHECK(w <= 100ms);
+  CHECK(sw.try_acquire(2));
+  auto ws = sw.retry_after();
+  CHECK(ws > 58s);
+  CHECK(ws <= 61s);
+  CHECK_THROWS_AS(tb.retry_after(3), std::invalid_argument);
+  CHECK_THROWS_AS(sw.retry_after(3), std::invalid_argument);
+  CHECK_THROWS_AS(tb.acquire_for(3, 1s), std::invalid_argument);
+  CHECK_THROWS_AS(sw.acquire_until(3, std::chrono::steady_clock::now()), std::invalid_argument);
+}
+
+TEST_CASE("a waiting redis acquire ends promptly with cancelled on a stop request, also with "
+          "an unlimited acquire_for") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::token_bucket tb("st", local(srv.port()), 0.001, 1);  // the next token in 1000 s
+  redis::sliding_window sw("st", local(srv.port()), 1, 1000s);
+  CHECK(tb.try_acquire());
+  CHECK(sw.try_acquire());
+  std::stop_source s1, s2;
+  auto a = std::async(std::launch::async, [&] { return tb.acquire(1, s1.get_token()); });
+  auto b = std::async(std::launch::async, [&] {
+    return sw.acquire_for(1, std::chrono::hours::max(), s2.get_token());
+  });
+  s1.request_stop();
+  s2.request_stop();
+  REQUIRE(a.wait_for(10s) == std::future_status::ready);
+  REQUIRE(b.wait_for(10s) == std::future_status::ready);
+  CHECK(a.get() == spindle::status::cancelled);
+  CHECK(b.get() == spindle::status::cancelled);
+  redis::token_bucket fresh("st2", local(srv.port()), 1.0, 1);
+  CHECK(fresh.acquire_for(1, std::chrono::nanoseconds::max()) == spindle::status::ok);
+}

@@ -6,7 +6,13 @@
 //   sw.acquire();                                                        // waits for room
 //
 // Defines token_bucket and sliding_window; both model spindle::rate_limiter
-// (bool try_acquire(n = 1), void acquire(n = 1)).
+// (bool try_acquire(n = 1), void acquire(n = 1)) and have the waits of the in-process limiters:
+// acquire(n, stop_token) -> ok | cancelled, acquire_for(n, d) / acquire_until(n, t) -> ok |
+// timeout | cancelled (timeout at once when the room cannot come in time even if nobody else
+// takes any; acquire_for saturates: duration::max() means no limit), and retry_after(n): how long
+// until n would be granted if nobody else took any (a Retry-After figure; changes nothing).
+// Waits sleep for the time the server names (at most 1 s between tries); they never spin.
+// For one limit per IP, user or API key on one object, see keyed_rate_limit.hpp.
 //
 // Guarantees: one Lua script per decision (EVALSHA, loaded again on NOSCRIPT), so processes
 // sharing a key never exceed the limit together; time is the server's (TIME), so client clock
@@ -24,127 +30,92 @@
 //   {name}:sw:seq      counter naming the grants                     (sliding_window)
 #pragma once
 
-#include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <stdexcept>
+#include <stop_token>
 #include <string>
-#include <thread>
 
-#include "spindle/redis/codec.hpp"
-#include "spindle/redis/detail/scripts.hpp"
+#include "spindle/deadline.hpp"
+#include "spindle/redis/detail/limit.hpp"
 #include "spindle/redis/options.hpp"
 #include "spindle/redis/pool.hpp"
+#include "spindle/status.hpp"
 
 namespace spindle::redis {
 
 namespace detail {
-/// The blocking loop both Redis limiters share: `run()` asks the server (one script call) and
-/// returns 0 once granted, else the milliseconds until it could be; sleeps that long (at most
-/// 1 s, so a grant freed by others is not missed for long) and asks again.
-template <class Run>
-void acquire_by_server_wait(Run run) {
-  for (;;) {
-    std::int64_t wait = run();
-    if (wait == 0) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::min<std::int64_t>(wait, 1000)));
+/// The forms every single-key Redis limiter offers, on top of limit_core with the key prefix
+/// "{name}". Derived only names itself in error messages.
+class single_key_limiter {
+ public:
+  /// Takes n if there is room now. Returns false if not (always if n exceeds the capacity).
+  /// One round trip. Throws redis::error on I/O failure. Thread-safe.
+  bool try_acquire(std::uint64_t n = 1) {
+    if (n > core_.most()) return false;
+    return core_.run(prefix_, n, false) == 0;
   }
-}
+  /// Takes n, waiting (sleeping for the time the server names) as long as it takes.
+  /// Throws std::invalid_argument if n exceeds the capacity. Thread-safe.
+  void acquire(std::uint64_t n = 1) {
+    (void)core_.acquire_until("acquire", prefix_, n, std::chrono::steady_clock::time_point::max(),
+                              {});
+  }
+  /// As acquire(n); returns ok, or cancelled once a stop is requested on `st` (nothing taken).
+  status acquire(std::uint64_t n, std::stop_token st) {
+    return core_.acquire_until("acquire", prefix_, n, std::chrono::steady_clock::time_point::max(),
+                               st);
+  }
+  /// As acquire(n), waiting until `until` at the latest: ok | timeout | cancelled.
+  status acquire_until(std::uint64_t n, std::chrono::steady_clock::time_point until,
+                       std::stop_token st = {}) {
+    return core_.acquire_until("acquire_until", prefix_, n, until, st);
+  }
+  /// As acquire(n), waiting at most `d` (saturating: duration::max() means no limit).
+  template <class Rep, class Period>
+  status acquire_for(std::uint64_t n, std::chrono::duration<Rep, Period> d,
+                     std::stop_token st = {}) {
+    return core_.acquire_until("acquire_for", prefix_, n,
+                               spindle::detail::time_after<std::chrono::steady_clock>(d), st);
+  }
+  /// How long until n would be granted if nobody else took any; zero if now. Changes nothing.
+  /// Throws std::invalid_argument if n exceeds the capacity. Thread-safe.
+  std::chrono::milliseconds retry_after(std::uint64_t n = 1) {
+    return core_.retry_after("retry_after", prefix_, n);
+  }
+
+ protected:
+  single_key_limiter(const char* what, limit_algorithm a, const std::string& name, options o,
+                     pool_options po, double rate, std::uint64_t most,
+                     std::chrono::milliseconds window)
+      : core_(what, a, name, std::move(o), po, rate, most, window), prefix_("{" + name + "}") {}
+  ~single_key_limiter() = default;
+
+ private:
+  limit_core core_;
+  std::string prefix_;
+};
 }  // namespace detail
 
 /// A token bucket on Redis. See the header comment.
-class token_bucket {
+class token_bucket : public detail::single_key_limiter {
  public:
   /// Throws std::invalid_argument if the name is empty, rate_per_second <= 0 or burst == 0.
   /// Connects lazily. Allocates.
   token_bucket(std::string name, options o, double rate_per_second, std::uint64_t burst,
                pool_options po = {.max_connections = 4})
-      : key_("{" + name + "}:tb"), rate_(rate_per_second), burst_(burst), pool_(std::move(o), po) {
-    if (name.empty()) throw std::invalid_argument("redis::token_bucket: empty name");
-    if (!(rate_per_second > 0))
-      throw std::invalid_argument("redis::token_bucket: rate_per_second must be > 0, got " +
-                                  std::to_string(rate_per_second));
-    if (burst == 0) throw std::invalid_argument("redis::token_bucket: burst must be >= 1, got 0");
-  }
-
-  /// Takes n tokens if there are. Returns false if not (always if n > burst). Thread-safe.
-  bool try_acquire(std::uint64_t n = 1) {
-    if (n > burst_) return false;
-    return run(n) == 0;
-  }
-  /// Takes n tokens, waiting (sleeping for the time the server says) until there are.
-  /// Throws std::invalid_argument if n > burst. Thread-safe.
-  void acquire(std::uint64_t n = 1) {
-    if (n > burst_)
-      throw std::invalid_argument("redis::token_bucket::acquire: n = " + std::to_string(n) +
-                                  " exceeds burst " + std::to_string(burst_));
-    detail::acquire_by_server_wait([&] { return run(n); });
-  }
-
- private:
-  std::int64_t run(std::uint64_t n) {
-    auto c = pool_.acquire();
-    return script_
-        .run(*c, {key_}, {codec<double>::encode(rate_), std::to_string(burst_), std::to_string(n)})
-        .integer();
-  }
-
-  std::string key_;
-  double rate_;
-  std::uint64_t burst_;
-  pool pool_;
-  detail::script script_{detail::lua_token_bucket};
+      : single_key_limiter("redis::token_bucket", detail::limit_algorithm::token_bucket, name,
+                           std::move(o), po, rate_per_second, burst, {}) {}
 };
 
 /// An exact sliding-window limiter on Redis. See the header comment.
-class sliding_window {
+class sliding_window : public detail::single_key_limiter {
  public:
   /// Throws std::invalid_argument if the name is empty, limit == 0 or window <= 0.
   /// Connects lazily. Allocates.
   sliding_window(std::string name, options o, std::uint64_t limit, std::chrono::milliseconds window,
                  pool_options po = {.max_connections = 4})
-      : key_("{" + name + "}:sw"),
-        seq_("{" + name + "}:sw:seq"),
-        limit_(limit),
-        window_(window),
-        pool_(std::move(o), po) {
-    if (name.empty()) throw std::invalid_argument("redis::sliding_window: empty name");
-    if (limit == 0) throw std::invalid_argument("redis::sliding_window: limit must be >= 1, got 0");
-    if (window.count() <= 0)
-      throw std::invalid_argument("redis::sliding_window: window must be > 0 ms, got " +
-                                  std::to_string(window.count()));
-  }
-
-  /// Records n grants if the window has room. Returns false if not (always if n > limit).
-  /// Thread-safe.
-  bool try_acquire(std::uint64_t n = 1) {
-    if (n > limit_) return false;
-    return run(n) == 0;
-  }
-  /// Records n grants, waiting until the window has room. Throws std::invalid_argument if
-  /// n > limit. Thread-safe.
-  void acquire(std::uint64_t n = 1) {
-    if (n > limit_)
-      throw std::invalid_argument("redis::sliding_window::acquire: n = " + std::to_string(n) +
-                                  " exceeds limit " + std::to_string(limit_));
-    detail::acquire_by_server_wait([&] { return run(n); });
-  }
-
- private:
-  std::int64_t run(std::uint64_t n) {
-    if (n == 0) return 0;
-    auto c = pool_.acquire();
-    return script_
-        .run(*c, {key_, seq_},
-             {std::to_string(limit_), std::to_string(window_.count()), std::to_string(n)})
-        .integer();
-  }
-
-  std::string key_, seq_;
-  std::uint64_t limit_;
-  std::chrono::milliseconds window_;
-  pool pool_;
-  detail::script script_{detail::lua_sliding_window};
+      : single_key_limiter("redis::sliding_window", detail::limit_algorithm::sliding_window, name,
+                           std::move(o), po, 0.0, limit, window) {}
 };
 
 }  // namespace spindle::redis
