@@ -471,6 +471,72 @@ TEST_CASE("a consumer whose lease was recovered by another drops its prefetched 
   CHECK(c.pending() == 0);
 }
 
+TEST_CASE("a consumer whose lease is gone moves no item into its processing list before it "
+          "holds a lease again") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  redis::queue<int> c("nolease", o, {.visibility_timeout = 60s, .poll_interval = 20ms});
+  redis::queue<int> producer("nolease", o);
+  // Each round the lease entry vanishes (another consumer recovered it, or a failover lost it)
+  // while c is idle; c's next pop must take a lease before it moves anything.
+  for (int i = 0; i < 20; ++i) {
+    REQUIRE(producer.push(i) == status::ok);
+    r.command("ZREM", "{nolease}:consumers", c.consumer_id());
+    redis::queue<int>::delivery d;
+    REQUIRE(c.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == i);
+    CHECK_FALSE(r.command("ZSCORE", "{nolease}:consumers", c.consumer_id()).is_nil());
+    CHECK(c.ack(d));
+  }
+  CHECK(c.pending() == 0);
+}
+
+TEST_CASE("a heartbeat that finds its lease gone requeues what its processing list holds") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  redis::queue<int> c("hblost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  REQUIRE(c.push(7) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(c.try_pop_delivery(d) == status::ok);
+  // The lease entry is lost (a failover) while the processing list survives: the heartbeat
+  // (every 100 ms) must give the item back rather than re-create the lease over the list.
+  r.command("ZREM", "{hblost}:consumers", c.consumer_id());
+  CHECK(eventually([&] { return r.command("LLEN", "{hblost}:ready").integer() == 1; }, 3s));
+  CHECK_FALSE(c.ack(d));  // forfeit
+  redis::queue<int> other("hblost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  redis::queue<int>::delivery e;
+  REQUIRE(other.try_pop_delivery(e) == status::ok);
+  CHECK(e.value == 7);
+  CHECK(e.deliveries == 2);
+  CHECK(other.ack(e));
+  CHECK(other.pending() == 0);
+}
+
+TEST_CASE("a sweep requeues a processing list that no lease covers") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  // A consumer known to the queue whose lease entry is gone (a failover) and who then died.
+  r.command("LPUSH", "{sweep}:proc:ghost", "9:0:42");
+  r.command("SADD", "{sweep}:known", "ghost");
+  r.command("SET", "{sweep}:pending", 1);
+  redis::queue<int> c("sweep", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  CHECK(c.recover() == 1);
+  redis::queue<int>::delivery d;
+  REQUIRE(c.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 42);
+  CHECK(d.id == 9);
+  CHECK(d.deliveries == 2);
+  CHECK(c.ack(d));
+  CHECK(c.pending() == 0);
+  CHECK(r.command("SISMEMBER", "{sweep}:known", "ghost").integer() == 0);
+}
+
 TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {
   if (!redis_server::available()) return;
   redis_server srv;

@@ -102,7 +102,7 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   stream(std::string name, options o, stream_options so = {})
       : name_(std::move(name)),
         so_(std::move(so)),
-        pool_(std::move(o), {.max_connections = check(so_)}),
+        pool_(checked(std::move(o), so_), {.max_connections = so_.max_connections}),
         closed_("{" + name_ + "}:closed") {
     if (name_.empty()) throw std::invalid_argument("redis::stream: empty name");
     std::string tag = "{" + name_ + "}";
@@ -216,10 +216,11 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   using clock = std::chrono::steady_clock;
   using time_point = clock::time_point;
 
-  static std::size_t check(const stream_options& so) {
+  static options checked(options o, const stream_options& so) {
     if (so.group.empty()) throw std::invalid_argument("redis::stream: empty group name");
-    return detail::check_consumer_options("redis::stream", so.visibility_timeout,
-                                          so.poll_interval, so.max_connections);
+    detail::check_consumer_options("redis::stream", so.visibility_timeout, so.poll_interval,
+                                   so.max_connections, o.io_timeout);
+    return o;
   }
 
   status push_once(const std::string& payload) {
