@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <spindle/channel.hpp>
@@ -19,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/process.hpp"
 #include "support/redis_server.hpp"
 #include "support/threads.hpp"
 
@@ -36,6 +38,11 @@ extern char** environ;
 namespace {
 redis::options local(std::uint16_t port) {
   return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
+}
+
+// redis-cli next to the redis-server the fixture runs: the foreign producer of the tests.
+std::string redis_cli() {
+  return (std::filesystem::path(redis_server::binary()).parent_path() / "redis-cli").string();
 }
 
 // Polls `pred` until it holds or `limit` passes (waiting on another process's state).
@@ -535,6 +542,103 @@ TEST_CASE("a sweep requeues a processing list that no lease covers") {
   CHECK(c.ack(d));
   CHECK(c.pending() == 0);
   CHECK(r.command("SISMEMBER", "{sweep}:known", "ghost").integer() == 0);
+}
+
+TEST_CASE("a bare payload pushed by redis-cli is a first delivery, counted pending") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<std::string> q("foreign", o, {.poll_interval = 20ms});
+  REQUIRE(q.push(std::string("ours")) == status::ok);
+  auto r = test_support::run({redis_cli(), "-p", std::to_string(srv.port()), "LPUSH",
+                              "{foreign}:ready", "hello", "x:y:payload"},
+                             10s);
+  REQUIRE(r.exited(0));
+  redis::queue<std::string>::delivery d;
+  std::vector<std::string> got;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(q.pop_delivery_for(d, 5s) == status::ok);
+    CHECK(d.deliveries == 1);
+    got.push_back(d.value);
+    CHECK(q.ack(d));
+  }
+  CHECK(got == std::vector<std::string>{"ours", "hello", "x:y:payload"});
+  CHECK(q.pending() == 0);
+  CHECK(q.dead_letter_size() == 0);
+}
+
+TEST_CASE("a poison payload in a prefetched batch is dead-lettered alone, with its reason") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  // int queue; "oops" does not decode. Pushed as envelopes by a producer in another language.
+  r.command("LPUSH", "{poison}:ready", "1:0:10", "2:0:oops", "3:0:30", "4:0:40");
+  r.command("SET", "{poison}:pending", 4);
+  redis::queue<int> q("poison", o, {.poll_interval = 20ms, .prefetch = 4});
+  std::vector<int> got;
+  redis::queue<int>::delivery d;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(q.try_pop_delivery(d) == status::ok);
+    got.push_back(d.value);
+    CHECK(d.deliveries == 1);
+    CHECK(q.ack(d));
+  }
+  CHECK(got == std::vector<int>{10, 30, 40});
+  CHECK(q.try_pop_delivery(d) == status::empty);
+  REQUIRE(q.dead_letter_size() == 1);
+  redis::queue<int>::delivery dead;
+  REQUIRE(q.try_pop_dead(dead) == status::ok);
+  CHECK(dead.id == 2);
+  CHECK(dead.deliveries == 1);
+  CHECK(dead.reason == "undecodable payload");
+  CHECK(q.pending() == 0);
+}
+
+TEST_CASE("a dead letter reports max_deliveries deliveries and the reason") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<std::string> q("dlcount", local(srv.port()),
+                              {.max_deliveries = 5, .poll_interval = 20ms});
+  REQUIRE(q.push(std::string("bad")) == status::ok);
+  redis::queue<std::string>::delivery d;
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(q.try_pop_delivery(d) == status::ok);
+    CHECK(q.nack(d));
+  }
+  redis::queue<std::string>::delivery dead;
+  REQUIRE(q.try_pop_dead(dead) == status::ok);
+  CHECK(dead.value == "bad");
+  CHECK(dead.deliveries == 5);
+  CHECK(dead.reason == "max_deliveries");
+  CHECK(q.pending() == 0);
+}
+
+TEST_CASE("a poll_interval not shorter than io_timeout is refused") {
+  redis::options o{.io_timeout = 100ms};
+  CHECK_THROWS_AS(redis::queue<int>("q", o, {.poll_interval = 100ms}), std::invalid_argument);
+  CHECK_THROWS_AS(redis::queue<int>("q", o, {.poll_interval = 1s}), std::invalid_argument);
+  CHECK_NOTHROW(redis::queue<int>("q", o, {.poll_interval = 99ms}));
+  CHECK_NOTHROW(redis::queue<int>("q", {.io_timeout = 0ms}, {.poll_interval = 1s}));
+}
+
+TEST_CASE("push_for on a full queue polls at most once per poll_interval once backed off") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<int> q("backoff", o, {.max_length = 1, .poll_interval = 1ms});
+  REQUIRE(q.push(1) == status::ok);
+  redis::connection r(o);
+  r.command("CONFIG", "RESETSTAT");
+  CHECK(q.push_for(2, 700ms) == status::timeout);
+  std::string stats = r.command("INFO", "commandstats").str();
+  auto at = stats.find("cmdstat_evalsha:calls=");
+  REQUIRE(at != std::string::npos);
+  long calls = std::stol(stats.substr(at + 22));
+  MESSAGE("push scripts in 700 ms at poll_interval 1 ms: " << calls);
+  // 1 ms per attempt: about 700. The unclamped doubling overflowed after ~64 attempts and then
+  // spun without sleeping (tens of thousands).
+  CHECK(calls < 1400);
 }
 
 TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {
