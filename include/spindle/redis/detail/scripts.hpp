@@ -294,10 +294,18 @@ redis.call('PEXPIRE', KEYS[2], window + 1000)
 return 0
 )lua";
 
-// ---- redis::stream. Entries carry fields v (payload) and d (deliveries before this entry was
-// (re)added); an entry's delivery count is d plus the group's count for it.
+// ---- redis::stream. KEYS of every stream script: stream, dead-letter stream, closed.
+// Entries carry field v (payload) and optionally d (deliveries before the entry was added; 0 or
+// absent for a first delivery); an entry's delivery count is d plus the group's count for it
+// (XPENDING). Dead letters: {v, id (the original id), group, deliveries (made), reason}.
+// Acknowledging is XACK only: the stream is a log that every group reads in full; retention is
+// separate (lua_stream_trim, XADD MAXLEN / MINID).
 
 inline constexpr std::string_view lua_stream_prelude = R"lua(
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function field(fields, name)
   for i = 1, #fields, 2 do if fields[i] == name then return fields[i + 1] end end
   return nil
@@ -307,51 +315,53 @@ local function pending_count(s, g, id)
   if #p == 0 then return nil, nil end
   return p[1][2], tonumber(p[1][4])
 end
+local function dead_letter(g, id, payload, made, reason)
+  redis.call('XADD', KEYS[2], '*', 'v', payload or '', 'id', id, 'group', g,
+             'deliveries', made, 'reason', reason)
+  redis.call('XACK', KEYS[1], g, id)
+end
 )lua";
 
-// KEYS: stream, closed. ARGV: payload, maxlen (0: none). Returns 1 pushed, -1 closed.
+// ARGV: payload, max length (0: none; XADD MAXLEN, exact), max age ms (0: none; then XTRIM
+// MINID of the server time less the age). Returns 1 pushed, -1 closed.
 inline constexpr std::string_view lua_stream_push = R"lua(
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'v', ARGV[1], 'd', 0)
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'v', ARGV[1])
 else
-  redis.call('XADD', KEYS[1], '*', 'v', ARGV[1], 'd', 0)
+  redis.call('XADD', KEYS[1], '*', 'v', ARGV[1])
 end
+local age = tonumber(ARGV[3])
+if age > 0 then redis.call('XTRIM', KEYS[1], 'MINID', (now_ms() - age) .. '-0') end
 return 1
 )lua";
 
-// KEYS: stream, dead, closed. ARGV: group, consumer, min idle ms, max deliveries, cursor, then
-// the ids of this consumer's handled deliveries to ack first (XACK + XDEL of each one it still
-// holds; one it no longer holds is skipped, as an ack of it would fail).
-// Claims a stale delivery (dead-lettering those past max deliveries), else reads a new one.
-// Returns {1, id, payload, deliveries, cursor}, {0, cursor} none, {-1, cursor} closed and
-// drained: nothing new and no entry pending in the group (held by any consumer, live or dead,
-// and so possibly requeued by a nack or claimed after its lease).
+// ARGV: group, consumer, min idle ms, max deliveries, cursor, then the ids of this consumer's
+// handled deliveries to ack first (XACK of each one it still holds; one it no longer holds is
+// skipped, as an ack of it would fail).
+// Claims a stale delivery (idle for min idle: its holder died, stalled, or never received it;
+// dead-lettering those past max deliveries), else reads a new one.
+// Returns {1, id, payload (nil if the entry has no v field), deliveries, cursor}, {0, cursor}
+// none, {-1, cursor} closed and drained: nothing new and no entry pending in the group.
 inline constexpr std::string_view lua_stream_pop = R"lua(
 local s, g, me = KEYS[1], ARGV[1], ARGV[2]
 local max = tonumber(ARGV[4])
 local cursor = ARGV[5]
 for i = 6, #ARGV do
-  if pending_count(s, g, ARGV[i]) == me then
-    redis.call('XACK', s, g, ARGV[i])
-    redis.call('XDEL', s, ARGV[i])
-  end
+  if pending_count(s, g, ARGV[i]) == me then redis.call('XACK', s, g, ARGV[i]) end
 end
 for i = 1, 16 do
   local r = redis.call('XAUTOCLAIM', s, g, me, ARGV[3], cursor, 'COUNT', 1)
   cursor = r[1]
-  local es = r[2]
-  if #es > 0 then
-    local id, fields = es[1][1], es[1][2]
+  local e = r[2][1]
+  if e then
+    local id, fields = e[1], e[2]
     local _, count = pending_count(s, g, id)
     local total = tonumber(field(fields, 'd') or 0) + (count or 1)
     if max > 0 and total > max then
-      redis.call('XADD', KEYS[2], '*', 'v', field(fields, 'v') or '', 'id', id,
-                 'deliveries', total - 1)
-      redis.call('XACK', s, g, id)
-      redis.call('XDEL', s, id)
+      dead_letter(g, id, field(fields, 'v'), total - 1, 'max_deliveries')
     else
-      return {1, id, field(fields, 'v') or '', total, cursor}
+      return {1, id, field(fields, 'v') or false, total, cursor}
     end
   elseif cursor == '0-0' then
     break
@@ -360,7 +370,7 @@ end
 local r = redis.call('XREADGROUP', 'GROUP', g, me, 'COUNT', 1, 'STREAMS', s, '>')
 if r and #r[1][2] > 0 then
   local e = r[1][2][1]
-  return {1, e[1], field(e[2], 'v') or '', tonumber(field(e[2], 'd') or 0) + 1, cursor}
+  return {1, e[1], field(e[2], 'v') or false, tonumber(field(e[2], 'd') or 0) + 1, cursor}
 end
 if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('XPENDING', s, g)[1] == 0 then
   return {-1, cursor}
@@ -368,38 +378,99 @@ end
 return {0, cursor}
 )lua";
 
-// KEYS: stream, dead. ARGV: group, consumer, id, mode (ack | nack), max deliveries.
+// ARGV: group, consumer, id, mode (ack | nack | dead), max deliveries, reason (dead), visibility
+// ms. ack: XACK. nack: the entry stays pending but becomes claimable at once (its idle time is
+// set past the visibility timeout; the claim counts the next delivery), or is dead-lettered once
+// it reached max deliveries. dead: dead-lettered with the reason.
 // Returns 1 acked / requeued, 2 dead-lettered, -1 not held by this consumer (claimed by
 // another after the lease expired, or already settled).
 inline constexpr std::string_view lua_stream_settle = R"lua(
 local s, g, me, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local owner, count = pending_count(s, g, id)
 if owner ~= me then return -1 end
+if ARGV[4] == 'ack' then
+  redis.call('XACK', s, g, id)
+  return 1
+end
 local e = redis.call('XRANGE', s, id, id)
-redis.call('XACK', s, g, id)
-redis.call('XDEL', s, id)
-if ARGV[4] == 'ack' or #e == 0 then return 1 end
-local fields = e[1][2]
+local fields = {}
+if #e > 0 then fields = e[1][2] end
 local total = tonumber(field(fields, 'd') or 0) + count
 local max = tonumber(ARGV[5])
-if max > 0 and total >= max then
-  redis.call('XADD', KEYS[2], '*', 'v', field(fields, 'v') or '', 'id', id, 'deliveries', total)
+if ARGV[4] == 'dead' or #e == 0 or (max > 0 and total >= max) then
+  local reason = ARGV[6]
+  if ARGV[4] ~= 'dead' then reason = 'max_deliveries' end
+  if #e == 0 then reason = 'trimmed' end
+  dead_letter(g, id, field(fields, 'v'), total, reason)
   return 2
 end
-redis.call('XADD', s, '*', 'v', field(fields, 'v') or '', 'd', total)
+redis.call('XCLAIM', s, g, me, 0, id, 'IDLE', tonumber(ARGV[7]) + 1, 'JUSTID')
 return 1
 )lua";
 
-// KEYS: stream. ARGV: group, consumer. Renews this consumer's deliveries (resets their idle
-// time without counting a delivery). Returns how many.
+// ARGV: group, consumer, visibility ms, id... (the deliveries this object handed out and has
+// not settled). Renews those that this consumer still holds (XCLAIM JUSTID resets the idle
+// time without counting a delivery) and nothing else: an entry in its PEL that it never handed
+// out (a lost reply) goes stale and is claimed. Then deletes consumers of the group that hold
+// nothing and were idle longer than the visibility timeout (a live one is re-created by its
+// next read). Returns how many deliveries were renewed.
 inline constexpr std::string_view lua_stream_heartbeat = R"lua(
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, ARGV[2])
-if #p == 0 then return 0 end
-local args = {KEYS[1], ARGV[1], ARGV[2], 0}
-for _, e in ipairs(p) do args[#args + 1] = e[1] end
-args[#args + 1] = 'JUSTID'
-redis.call('XCLAIM', unpack(args))
-return #p
+local s, g, me = KEYS[1], ARGV[1], ARGV[2]
+local args = {s, g, me, 0}
+for i = 4, #ARGV do
+  if pending_count(s, g, ARGV[i]) == me then args[#args + 1] = ARGV[i] end
+end
+local n = #args - 4
+if n > 0 then
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
+end
+local vis = tonumber(ARGV[3])
+local cs = redis.call('XINFO', 'CONSUMERS', s, g)
+for i = 1, math.min(#cs, 256) do
+  local c = cs[i]
+  local name, pending, idle = field(c, 'name'), tonumber(field(c, 'pending')), tonumber(field(c, 'idle'))
+  if name ~= me and pending == 0 and idle > vis then
+    redis.call('XGROUP', 'DELCONSUMER', s, g, name)
+  end
+end
+return n
+)lua";
+
+// ARGV: group, consumer. Leaves: deletes this consumer from the group if it holds nothing.
+// Returns 1 deleted, 0 kept (its entries are claimed by others after the visibility timeout).
+inline constexpr std::string_view lua_stream_leave = R"lua(
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+)lua";
+
+// Trims the entries that every group of the stream has acknowledged: below the oldest pending
+// entry of each group, or up to and including its last delivered id when none is pending
+// (XTRIM MINID). Returns how many entries were trimmed.
+inline constexpr std::string_view lua_stream_trim = R"lua(
+local function less(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok or #groups == 0 then return 0 end
+local bound = nil
+for _, gi in ipairs(groups) do
+  local g = field(gi, 'name')
+  local b = field(gi, 'last-delivered-id')
+  if tonumber(field(gi, 'pending')) > 0 then
+    b = redis.call('XPENDING', KEYS[1], g)[2]
+  else
+    local ms, seq = string.match(b, '^(%d+)-(%d+)$')
+    b = ms .. '-' .. (tonumber(seq) + 1)
+  end
+  if bound == nil or less(b, bound) then bound = b end
+end
+if bound == '0-0' then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', bound)
 )lua";
 
 /// True for error replies that pass by themselves (a server loading its data after a restart,
