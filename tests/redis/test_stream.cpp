@@ -418,7 +418,7 @@ TEST_CASE("stream: two consumer processes, one killed holding entries: nothing l
   REQUIRE(reap(producer, st));
   CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
   REQUIRE(eventually([&] { return c.command("SCARD", "xs:done").integer() == n; }, 30s));
-  c.command("SET", "{xs}:closed", "1");
+  c.command("SET", "{xs}:stream:closed", "1");  // what close() sets
   REQUIRE(reap(survivor, st));
   CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
   std::map<std::string, int> count;
