@@ -670,6 +670,30 @@ TEST_CASE("worker_pool acks after the handler and a throwing handler leads to de
   CHECK(q.in_flight() == 0);
 }
 
+TEST_CASE("worker_pool over a Redis queue outlives an outage longer than the retry window") {
+  if (!redis_server::available()) return;
+  redis_server srv({.appendonly = true});
+  redis::queue<int> q("outage", local(srv.port()),
+                      {.poll_interval = 20ms, .retry_window = 100ms});
+  std::atomic<int> handled{0}, errors{0};
+  spindle::worker_pool wp(
+      q, 2, [&](int) { handled.fetch_add(1, std::memory_order_relaxed); },
+      {.on_error = [&](std::exception_ptr) { errors.fetch_add(1, std::memory_order_relaxed); }});
+  REQUIRE(q.push(1) == status::ok);
+  REQUIRE(eventually([&] { return handled.load() == 1; }));
+  srv.kill();
+  // Down for several retry windows: each worker's pop throws, is reported, and retried.
+  REQUIRE(eventually([&] { return errors.load() >= 4; }));
+  srv.start();
+  REQUIRE(q.push(2) == status::ok);
+  REQUIRE(q.push(3) == status::ok);
+  CHECK(eventually([&] { return handled.load() == 3; }, 20s));
+  MESSAGE("errors reported during the outage: " << errors.load());
+  q.close();
+  wp.join();
+  CHECK(q.pending() == 0);
+}
+
 TEST_CASE("threads sharing a queue lose and duplicate nothing") {
   if (!redis_server::available()) return;
   redis_server srv;
