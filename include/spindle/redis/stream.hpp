@@ -425,10 +425,18 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     return last_.settle([&](const std::string& id) { return settle(id, mode) > 0; });
   }
 
+  // Settles one entry. Whatever the outcome (a failure in flight leaves it unknown), the entry
+  // is no longer renewed: if it is still pending it goes stale and is claimed.
   std::int64_t settle(const std::string& id, const char* mode, const char* reason = "") {
-    auto c = pool_.acquire();
-    auto r = settle_.run(*c, keys_, {so_.group, consumer_, id, mode, max_arg_, reason, vis_arg_})
-                 .integer();
+    std::int64_t r = 0;
+    try {
+      auto c = pool_.acquire();
+      r = settle_.run(*c, keys_, {so_.group, consumer_, id, mode, max_arg_, reason, vis_arg_})
+              .integer();
+    } catch (...) {
+      held_.settled(id);
+      throw;
+    }
     held_.settled(id);
     return r;
   }
