@@ -641,6 +641,58 @@ TEST_CASE("push_for on a full queue polls at most once per poll_interval once ba
   CHECK(calls < 1400);
 }
 
+TEST_CASE("prefetching threads whose lease keeps vanishing lose nothing and hold nothing") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  redis::queue<int> q("churnlease", o,
+                      {.visibility_timeout = 300ms, .poll_interval = 5ms, .prefetch = 4});
+  constexpr int n = 600;
+  std::mutex mu;
+  std::set<int> seen;
+  test_support::thread_group g;
+  for (int t = 0; t < 3; ++t)
+    g.spawn([&] {
+      redis::queue<int>::delivery d;
+      while (q.pop_delivery(d) == status::ok) {
+        {
+          std::lock_guard lock(mu);
+          seen.insert(d.value);
+        }
+        q.ack(d);  // fails for a delivery whose lease was lost meanwhile: it comes back
+      }
+    });
+  std::vector<int> items(n);
+  for (int i = 0; i < n; ++i) items[i] = i;
+  REQUIRE(q.push_all(items) == status::ok);
+  // The lease entry vanishes again and again while fetches, buffer hand-outs and heartbeats
+  // run: every re-take must requeue exactly what the processing list holds, and a fetch
+  // racing with it must never leave envelopes behind (the fence; generation of holdings).
+  int faults = 0;
+  while (faults < 200) {
+    r.command("ZREM", "{churnlease}:consumers", q.consumer_id());
+    ++faults;
+    {
+      std::lock_guard lock(mu);
+      if (seen.size() == std::size_t{n}) break;
+    }
+    std::this_thread::sleep_for(1ms);  // the fault's rhythm, not a synchronisation
+  }
+  REQUIRE(eventually(
+      [&] {
+        std::lock_guard lock(mu);
+        return seen.size() == std::size_t{n};
+      },
+      20s));
+  q.close();
+  REQUIRE(g.join_within(20s));  // closed needs pending 0: nothing held for ever
+  MESSAGE("lease removals: " << faults);
+  CHECK(q.pending() == 0);
+  CHECK(q.in_flight() == 0);
+  CHECK(q.size() == 0);
+}
+
 TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {
   if (!redis_server::available()) return;
   redis_server srv;
