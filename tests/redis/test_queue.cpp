@@ -63,6 +63,33 @@ TEST_CASE("a queue refuses an empty name and zero timeouts") {
   CHECK_THROWS_AS(redis::queue<int>("q", {}, {.poll_interval = 0ms}), std::invalid_argument);
 }
 
+TEST_CASE("the channels refuse a server older than 6.2 (LMOVE, XAUTOCLAIM)") {
+  using redis::detail::version_at_least;
+  CHECK_FALSE(version_at_least("6.0.16", 6, 2));
+  CHECK_FALSE(version_at_least("5.0.7", 6, 2));
+  CHECK(version_at_least("6.2.0", 6, 2));
+  CHECK(version_at_least("7.0.15", 6, 2));
+  CHECK(version_at_least("10.0.0", 6, 2));
+  CHECK_FALSE(version_at_least("", 6, 2));
+  CHECK_FALSE(version_at_least("garbage", 6, 2));
+}
+
+TEST_CASE("a server whose maxmemory-policy may evict keys is reported; noeviction is not") {
+  if (!redis_server::available()) return;
+  redis_server lru({.extra = {"--maxmemory-policy", "allkeys-lru"}});
+  redis::connection c(local(lru.port()));
+  std::string w = redis::detail::check_server(c, "redis::queue");
+  CHECK(w.find("allkeys-lru") != std::string::npos);
+  redis_server plain;
+  redis::connection p(local(plain.port()));
+  CHECK(redis::detail::check_server(p, "redis::queue").empty());
+  redis::queue<int> q("lru", local(lru.port()));  // works, with the warning on stderr
+  REQUIRE(q.push(1) == status::ok);
+  int v = 0;
+  REQUIRE(q.try_pop(v) == status::ok);
+  CHECK(q.ack_last());
+}
+
 TEST_CASE("push and pop move values in FIFO order with ok, empty and timeout statuses") {
   if (!redis_server::available()) return;
   redis_server srv;

@@ -38,6 +38,7 @@
 #include <shared_mutex>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -94,12 +95,22 @@ inline std::string seconds_arg(std::chrono::milliseconds ms) {
   return std::string(buf, r.ptr);
 }
 
+/// True if the version "major.minor[.patch]" is at least major.minor; false for anything else.
+inline bool version_at_least(std::string_view v, int major, int minor) {
+  int a = 0, b = 0;
+  auto r = std::from_chars(v.data(), v.data() + v.size(), a);
+  if (r.ec != std::errc{} || r.ptr == v.data() + v.size() || *r.ptr != '.') return false;
+  auto r2 = std::from_chars(r.ptr + 1, v.data() + v.size(), b);
+  if (r2.ec != std::errc{}) return false;
+  return a > major || (a == major && b >= minor);
+}
+
 /// Checks, once per object, what the Redis channels need of the server: version >= 6.2 (LMOVE,
 /// XAUTOCLAIM, BLPOP with a decimal timeout) - throws redis::error naming `who` otherwise - and
 /// maxmemory-policy noeviction (any other policy may evict a queue's keys: that is printed once
-/// on stderr, as BullMQ warns). Throws redis::error on I/O failure.
-inline void check_server(connection& c, const char* who) {
-  std::string info = c.command("INFO", "server").str();
+/// per process on stderr, as BullMQ warns). Returns that warning ("" if none). Throws
+/// redis::error on I/O failure.
+inline std::string check_server(connection& c, const char* who) {
   auto field = [](const std::string& text, std::string_view key) -> std::string {
     auto at = text.find(key);
     if (at == std::string::npos) return {};
@@ -107,23 +118,16 @@ inline void check_server(connection& c, const char* who) {
     auto end = text.find_first_of("\r\n", begin);
     return text.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
   };
-  std::string v = field(info, "redis_version:");
-  int major = 0, minor = 0;
-  auto r = std::from_chars(v.data(), v.data() + v.size(), major);
-  if (r.ptr != v.data() + v.size() && *r.ptr == '.')
-    std::from_chars(r.ptr + 1, v.data() + v.size(), minor);
-  if (!v.empty() && (major < 6 || (major == 6 && minor < 2)))
+  std::string v = field(c.command("INFO", "server").str(), "redis_version:");
+  if (!v.empty() && !version_at_least(v, 6, 2))
     throw error(std::string(who) + ": needs Redis >= 6.2 (LMOVE, XAUTOCLAIM), the server is " + v);
   std::string policy = field(c.command("INFO", "memory").str(), "maxmemory_policy:");
-  if (!policy.empty() && policy != "noeviction") {
-    static std::once_flag warned;
-    std::call_once(warned, [&] {
-      std::fprintf(stderr,
-                   "%s: warning: the server's maxmemory-policy is %s, not noeviction: Redis may "
-                   "evict queue keys and lose jobs\n",
-                   who, policy.c_str());
-    });
-  }
+  if (policy.empty() || policy == "noeviction") return {};
+  std::string warning = std::string(who) + ": warning: the server's maxmemory-policy is " +
+                        policy + ", not noeviction: Redis may evict queue keys and lose jobs";
+  static std::once_flag warned;
+  std::call_once(warned, [&] { std::fprintf(stderr, "%s\n", warning.c_str()); });
+  return warning;
 }
 
 /// The client side of a consumer's lease (see the header comment): what this object handed out
