@@ -465,11 +465,12 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     if (!registered_.load(std::memory_order_acquire)) {  // pairs with the release below
       std::call_once(start_once_, [&] {
         detail::check_server(c, "redis::queue");
-        take(c);
+        take(c, std::nullopt);
         registered_.store(true, std::memory_order_release);  // publishes the lease to ~queue
         hb_.start(qo_.visibility_timeout / 3, [this] {
           auto hc = pool_.acquire();
-          if (heartbeat_.run(*hc, keys_, {consumer_, vis_arg_}).integer() < 0) take(*hc);
+          auto seen = held_.generation();
+          if (heartbeat_.run(*hc, keys_, {consumer_, vis_arg_}).integer() < 0) take(*hc, seen);
           recover_expired(*hc);
           flush_acks(*hc);
         });
@@ -488,9 +489,12 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   // recorded is forfeit: the buffer goes back unchanged, the rest of the processing list is
   // requeued, handed-out deliveries' acks will fail). Exclusive fence: no fetch is between the
   // server and held_ meanwhile. If the script fails in flight, the buffer stays in the
-  // processing list and the next take (the lease is still lost) requeues it.
-  void take(connection& c) {
+  // processing list and the next take (the lease is still lost) requeues it. `seen`: the lease
+  // generation when the loss was observed; if another thread took the lease since, nothing is
+  // done (taking it twice would forfeit what was fetched under the new lease).
+  void take(connection& c, std::optional<std::uint64_t> seen) {
     std::unique_lock fence(held_.fence);
+    if (seen && held_.generation() != *seen) return;
     std::vector<std::string> args{consumer_, vis_arg_, max_arg_};
     auto back = held_.forfeit();
     args.insert(args.end(), std::make_move_iterator(back.begin()),
@@ -536,6 +540,7 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
       std::vector<std::string> args{consumer_,
                                     n == qo_.prefetch ? prefetch_arg_ : std::to_string(n), vis_arg_};
       std::shared_lock fence(held_.fence);
+      auto seen = held_.generation();  // stable while the fence is held shared
       acks_.append_to(args);
       reply r;
       try {
@@ -551,7 +556,7 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
           throw error("redis::queue::fetch: the lease of " + name_ +
                       " was lost again right after it was taken (visibility_timeout " + vis_arg_ +
                       " ms too short?)");
-        take(c);
+        take(c, seen);
         continue;
       }
       for (auto a = args.begin() + 3; a != args.end(); ++a) held_.settled(*a);
