@@ -138,7 +138,9 @@ class fault_run {
     REQUIRE(eventually([&] { return all_done(); }, 40s));
     REQUIRE(eventually([&] { return ch_.dead_letter_size() == bad_.size(); }, 20s));
     ch_.close();
-    for (auto& [tag, w] : workers_) {
+    for (auto& entry : workers_) {
+      const std::string& tag = entry.first;  // named: clang 14 captures no structured binding
+      auto& w = entry.second;
       if (faulted_.count(tag) != 0 && w->pid() <= 0) continue;  // killed
       auto r = w->finish(20s);
       INFO("worker " << tag << " stderr: " << r.err);
@@ -158,7 +160,9 @@ class fault_run {
     }
     for (const auto& g : good_) CHECK_MESSAGE(count.count(g) == 1, g << " never handled");
     long dups = 0;
-    for (const auto& [item, k] : count) {
+    for (const auto& entry : count) {
+      const std::string& item = entry.first;
+      const int k = entry.second;
       if (k < 2) continue;
       dups += k - 1;
       if (all_faulted_) continue;
