@@ -582,6 +582,9 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     if (s != status::empty) return s;
     if (block.count() <= 0) return status::empty;
     // A token means "something was added": fetch again. Stale tokens only cost a fetch.
+    // Invariant: nothing moves outside the fenced fetch; attacked by "a consumer whose lease is
+    // gone moves no item ..." and, for items that come without a token, by "a bare payload
+    // pushed by redis-cli ..." (seen within poll_interval).
     c.command("BLPOP", keys_[7], detail::seconds_arg(block));
     s = fetch(c, qo_.prefetch, e);
     return s;
@@ -591,7 +594,7 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   // reply reaching us: give back (count unchanged) every held envelope this object never
   // handed out or buffered. Exclusive fence: no other thread's fetch is in flight, so every
   // envelope it moved is already recorded.
-  // Invariant: attacked by "a lost fetch reply gives its items back uncounted ..."
+  // Invariant: attacked by "a fetch whose reply was lost gives its item back uncounted ..."
   // (test_queue.cpp).
   void return_stranded(connection& c) {
     std::unique_lock fence(held_.fence);

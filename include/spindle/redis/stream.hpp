@@ -295,6 +295,9 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     group_ready_.store(true, std::memory_order_relaxed);
   }
 
+  // Renews exactly what this object handed out and has not settled.
+  // Invariant: attacked by "an entry whose reply was lost is not renewed by its consumer's
+  // heartbeat: another claims it" (test_stream.cpp).
   void start_heartbeat() {
     hb_.start(so_.visibility_timeout / 3, [this] {
       auto c = pool_.acquire();
