@@ -73,6 +73,19 @@ local function requeue_one(e, max)
   redis.call('RPUSH', KEYS[3], id .. ':' .. made .. ':' .. rest)
   return 1
 end
+-- Envelopes ARGV[first..] (in hand-out order) never handed out: from this consumer's processing
+-- list back to the pop end of the ready list, count unchanged. Returns how many.
+local function give_back(first)
+  local n = 0
+  for i = #ARGV, first, -1 do
+    if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
+      redis.call('RPUSH', KEYS[3], ARGV[i])
+      n = n + 1
+    end
+  end
+  signal(KEYS[8], n)
+  return n
+end
 local function requeue_all(proc, max)
   local n = 0
   while true do
@@ -148,14 +161,7 @@ return {0, acked}
 // is known. Returns how many items went back.
 inline constexpr std::string_view lua_queue_take = R"lua(
 local now = now_ms()
-local back = 0
-for i = #ARGV, 4, -1 do
-  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[3], ARGV[i])
-    back = back + 1
-  end
-end
-signal(KEYS[8], back)
+local back = give_back(4)
 local n = requeue_all(KEYS[2], tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('SADD', KEYS[9], ARGV[1])
@@ -227,15 +233,7 @@ return r
 // holds (else they are, or will be, requeued by recovery). Returns how many, -1 lease lost.
 inline constexpr std::string_view lua_queue_give_back = R"lua(
 if not lease_live(KEYS[1], ARGV[1], now_ms()) then return -1 end
-local n = 0
-for i = #ARGV, 2, -1 do
-  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[3], ARGV[i])
-    n = n + 1
-  end
-end
-signal(KEYS[8], n)
-return n
+return give_back(2)
 )lua";
 
 // ARGV: consumer. Leaves: drops the lease and forgets the consumer if nothing is held.
