@@ -40,6 +40,9 @@
 //     consumer), an item goes to the dead-letter list instead, recording max_deliveries
 //     deliveries and the reason "max_deliveries". An item whose payload Codec::decode rejects is
 //     dead-lettered at once (reason "undecodable payload"); its batch-mates are unaffected.
+//   - Dead letters are kept until taken (try_pop_dead): the dead-letter list and its reasons
+//     grow with them, never trimmed (a bound would drop failed jobs silently). Watch
+//     dead_letter_size().
 //   - Foreign producers: a ready item that is not an envelope (e.g. `LPUSH {jobs}:ready hello`
 //     from redis-cli, Python or Node) is accepted as a first delivery: the fetch wraps it with a
 //     fresh id and counts it pending. Such pushes do not wake blocked pops: they are seen within

@@ -30,6 +30,8 @@
 //     consumer of the group (the claim counts the next delivery).
 //   - After max_deliveries deliveries without an ack an entry moves to the dead-letter stream
 //     (recording max_deliveries deliveries and the reason "max_deliveries") and is acked.
+//   - The dead-letter stream is never trimmed (a bound would drop failed entries silently):
+//     watch dead_letter_size().
 //   - close() sets a key seen by every process within poll_interval; pushes then fail with
 //     closed; pops drain new and stale entries and return closed once nothing is pending in
 //     the group: no new entry AND no entry held by any consumer (XPENDING), since a held entry
