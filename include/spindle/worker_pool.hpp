@@ -20,14 +20,22 @@
 //     dead-lettered by the channel) when it throws. Where the channel offers
 //     ack_and_pop_delivery(d, st) (detail::fused_ack_channel: redis::queue), the ack of a
 //     handled delivery travels with the worker's next pop; a worker that stops acks at once.
+//   - A worker whose pop from such a channel throws (Redis away longer than the channel's own
+//     retry window, say) does not give up: each failure is counted in stats().failed and
+//     reported through on_error, and the worker tries again after a backoff doubling from
+//     10 ms to 1 s (cut short by stop()). It ends only on stop() or once the channel is closed
+//     and drained, as Sidekiq and BullMQ workers reconnect for ever.
 //
 // Shutdown: close the source, then join(): every item pushed before close() is handled. stop()
 // ends early: each worker finishes the item in hand and exits; items left in the source stay
 // there. The destructor calls stop() and joins (join() first to drain).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <concepts>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>      // std::fprintf when on_error throws
@@ -190,29 +198,37 @@ class worker_pool {
   }
 
   // The loop for a channel with acknowledgements: ack after the handler returns, nack if it
-  // throws. A failing pop/ack/nack (e.g. Redis I/O) is reported like a handler failure; a failing
-  // pop ends the worker.
+  // throws. A failing pop (e.g. Redis I/O) is reported like a handler failure and retried after
+  // a capped backoff until stop(); a failing ack or nack is reported too.
+  // Invariant: attacked by "worker_pool over a Redis queue outlives an outage longer than the
+  // retry window" (test_queue.cpp).
   void run_acknowledged(counter& c) {
     std::stop_token st = stop_.get_token();
     typename C::delivery d{};
     bool ack_due = false;  // d was handled; fused channels ack it with the next pop
+    auto backoff = std::chrono::milliseconds(10);
     for (;;) {
       std::exception_ptr error;
       status s = status::closed;
       try {
         if constexpr (detail::fused_ack_channel<C>) {
-          s = ack_due ? source_.ack_and_pop_delivery(d, st) : source_.pop_delivery(d, st);
+          bool fused = std::exchange(ack_due, false);  // the channel holds the ack from here on
+          s = fused ? source_.ack_and_pop_delivery(d, st) : source_.pop_delivery(d, st);
         } else {
           s = source_.pop_delivery(d, st);
         }
-        ack_due = false;
       } catch (...) {
         error = std::current_exception();
       }
       if (error) {
         fail(c, std::move(error));
-        return;
+        std::unique_lock lock(backoff_mu_);
+        backoff_cv_.wait_for(lock, st, backoff, [] { return false; });  // woken by stop()
+        if (st.stop_requested()) return;
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+        continue;
       }
+      backoff = std::chrono::milliseconds(10);
       if (s != status::ok) return;  // closed and drained, or cancelled by stop()
       bool handled = false;
       try {
@@ -276,6 +292,8 @@ class worker_pool {
   std::size_t n_ = 0;
   std::vector<std::thread> threads_;
   std::mutex join_mu_;                 // serialises join()
+  std::mutex backoff_mu_;              // only for backoff_cv_'s waits
+  std::condition_variable_any backoff_cv_;  // a worker's backoff after a failing pop
   mutable std::mutex error_mu_;
   std::exception_ptr last_error_;      // guarded by error_mu_
 };

@@ -3,7 +3,10 @@
 //   redis_worker <port> <queue> produce <n>          pushes "item-0" .. "item-<n-1>", exits 0
 //   redis_worker <port> <queue> consume <tag> ack    pops, logs to <queue>:log:<tag> and adds to
 //                                                    the set <queue>:done, acks; exits 0 once the
-//                                                    queue is closed and drained
+//                                                    queue is closed and drained. A value that
+//                                                    starts with "poison" is nacked instead (a
+//                                                    failing handler). A failed ack is reported
+//                                                    on stderr and the worker goes on.
 //   redis_worker <port> <queue> consume <tag> hold   pops 5 items, logs them, never acks, then
 //                                                    waits to be killed
 //   redis_worker <port> <key> limit tb|sw <tries>    tries a token_bucket (rate 0.01/s, burst 50)
@@ -21,11 +24,26 @@
 #include <spindle/redis/rate_limit.hpp>
 #include <spindle/redis/stream.hpp>
 #include <string>
+#include <thread>
 
 namespace redis = spindle::redis;
 using namespace std::chrono_literals;
 
 namespace {
+// Runs f, retrying for up to ~20 s while the server is away (a restart in a fault test).
+template <class F>
+void retrying(F f) {
+  for (int i = 0;; ++i) {
+    try {
+      f();
+      return;
+    } catch (const redis::error&) {
+      if (i == 400) throw;
+      std::this_thread::sleep_for(50ms);  // the server restarts: nothing to wait on
+    }
+  }
+}
+
 template <class Q>
 int consume(Q& q, const redis::options& o, const std::string& name, const std::string& tag,
             bool hold) {
@@ -35,14 +53,26 @@ int consume(Q& q, const redis::options& o, const std::string& name, const std::s
   for (;;) {
     auto s = q.pop_delivery(d);
     if (s != spindle::status::ok) return 0;
-    log.command("RPUSH", name + ":log:" + tag, d.value);
+    retrying([&] { log.command("RPUSH", name + ":log:" + tag, d.value); });
     if (hold) {
       if (++held == 5)
         for (;;) ::pause();  // holding items until SIGKILL
       continue;
     }
-    log.command("SADD", name + ":done", d.value);
-    if (!q.ack(d)) std::fprintf(stderr, "redis_worker: ack of %s failed\n", d.value.c_str());
+    if (d.value.rfind("poison", 0) == 0) {
+      try {
+        q.nack(d);
+      } catch (const redis::error& e) {  // the lease expires, the item comes back
+        std::fprintf(stderr, "redis_worker: nack of %s threw: %s\n", d.value.c_str(), e.what());
+      }
+      continue;
+    }
+    retrying([&] { log.command("SADD", name + ":done", d.value); });
+    try {
+      if (!q.ack(d)) std::fprintf(stderr, "redis_worker: ack of %s failed\n", d.value.c_str());
+    } catch (const redis::error& e) {  // a server restart: the item may come back (duplicate)
+      std::fprintf(stderr, "redis_worker: ack of %s threw: %s\n", d.value.c_str(), e.what());
+    }
   }
 }
 

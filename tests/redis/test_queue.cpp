@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <spindle/channel.hpp>
@@ -19,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/process.hpp"
 #include "support/redis_server.hpp"
 #include "support/threads.hpp"
 
@@ -38,6 +40,11 @@ redis::options local(std::uint16_t port) {
   return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
 }
 
+// redis-cli next to the redis-server the fixture runs: the foreign producer of the tests.
+std::string redis_cli() {
+  return (std::filesystem::path(redis_server::binary()).parent_path() / "redis-cli").string();
+}
+
 // Polls `pred` until it holds or `limit` passes (waiting on another process's state).
 template <class P>
 bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
@@ -54,6 +61,33 @@ TEST_CASE("a queue refuses an empty name and zero timeouts") {
   CHECK_THROWS_AS(redis::queue<int>("", {}), std::invalid_argument);
   CHECK_THROWS_AS(redis::queue<int>("q", {}, {.visibility_timeout = 0ms}), std::invalid_argument);
   CHECK_THROWS_AS(redis::queue<int>("q", {}, {.poll_interval = 0ms}), std::invalid_argument);
+}
+
+TEST_CASE("the channels refuse a server older than 6.2 (LMOVE, XAUTOCLAIM)") {
+  using redis::detail::version_at_least;
+  CHECK_FALSE(version_at_least("6.0.16", 6, 2));
+  CHECK_FALSE(version_at_least("5.0.7", 6, 2));
+  CHECK(version_at_least("6.2.0", 6, 2));
+  CHECK(version_at_least("7.0.15", 6, 2));
+  CHECK(version_at_least("10.0.0", 6, 2));
+  CHECK_FALSE(version_at_least("", 6, 2));
+  CHECK_FALSE(version_at_least("garbage", 6, 2));
+}
+
+TEST_CASE("a server whose maxmemory-policy may evict keys is reported; noeviction is not") {
+  if (!redis_server::available()) return;
+  redis_server lru({.extra = {"--maxmemory-policy", "allkeys-lru"}});
+  redis::connection c(local(lru.port()));
+  std::string w = redis::detail::check_server(c, "redis::queue");
+  CHECK(w.find("allkeys-lru") != std::string::npos);
+  redis_server plain;
+  redis::connection p(local(plain.port()));
+  CHECK(redis::detail::check_server(p, "redis::queue").empty());
+  redis::queue<int> q("lru", local(lru.port()));  // works, with the warning on stderr
+  REQUIRE(q.push(1) == status::ok);
+  int v = 0;
+  REQUIRE(q.try_pop(v) == status::ok);
+  CHECK(q.ack_last());
 }
 
 TEST_CASE("push and pop move values in FIFO order with ok, empty and timeout statuses") {
@@ -471,6 +505,266 @@ TEST_CASE("a consumer whose lease was recovered by another drops its prefetched 
   CHECK(c.pending() == 0);
 }
 
+TEST_CASE("a consumer whose lease is gone moves no item into its processing list before it "
+          "holds a lease again") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  redis::queue<int> c("nolease", o, {.visibility_timeout = 60s, .poll_interval = 20ms});
+  redis::queue<int> producer("nolease", o);
+  // Each round the lease entry vanishes (another consumer recovered it, or a failover lost it)
+  // while c is idle; c's next pop must take a lease before it moves anything.
+  for (int i = 0; i < 20; ++i) {
+    REQUIRE(producer.push(i) == status::ok);
+    r.command("ZREM", "{nolease}:consumers", c.consumer_id());
+    redis::queue<int>::delivery d;
+    REQUIRE(c.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == i);
+    CHECK_FALSE(r.command("ZSCORE", "{nolease}:consumers", c.consumer_id()).is_nil());
+    CHECK(c.ack(d));
+  }
+  CHECK(c.pending() == 0);
+}
+
+TEST_CASE("a heartbeat that finds its lease gone requeues what its processing list holds") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  redis::queue<int> c("hblost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  REQUIRE(c.push(7) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(c.try_pop_delivery(d) == status::ok);
+  // The lease entry is lost (a failover) while the processing list survives: the heartbeat
+  // (every 100 ms) must give the item back rather than re-create the lease over the list.
+  r.command("ZREM", "{hblost}:consumers", c.consumer_id());
+  CHECK(eventually([&] { return r.command("LLEN", "{hblost}:ready").integer() == 1; }, 3s));
+  CHECK_FALSE(c.ack(d));  // forfeit
+  redis::queue<int> other("hblost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  redis::queue<int>::delivery e;
+  REQUIRE(other.try_pop_delivery(e) == status::ok);
+  CHECK(e.value == 7);
+  CHECK(e.deliveries == 2);
+  CHECK(other.ack(e));
+  CHECK(other.pending() == 0);
+}
+
+TEST_CASE("a sweep requeues a processing list that no lease covers") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  // A consumer known to the queue whose lease entry is gone (a failover) and who then died.
+  r.command("LPUSH", "{sweep}:proc:ghost", "9:0:42");
+  r.command("SADD", "{sweep}:known", "ghost");
+  r.command("SET", "{sweep}:pending", 1);
+  redis::queue<int> c("sweep", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
+  CHECK(c.recover() == 1);
+  redis::queue<int>::delivery d;
+  REQUIRE(c.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 42);
+  CHECK(d.id == 9);
+  CHECK(d.deliveries == 2);
+  CHECK(c.ack(d));
+  CHECK(c.pending() == 0);
+  CHECK(r.command("SISMEMBER", "{sweep}:known", "ghost").integer() == 0);
+}
+
+TEST_CASE("a bare payload pushed by redis-cli is a first delivery, counted pending") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<std::string> q("foreign", o, {.poll_interval = 20ms});
+  REQUIRE(q.push(std::string("ours")) == status::ok);
+  auto r = test_support::run({redis_cli(), "-p", std::to_string(srv.port()), "LPUSH",
+                              "{foreign}:ready", "hello", "x:y:payload"},
+                             10s);
+  REQUIRE(r.exited(0));
+  redis::queue<std::string>::delivery d;
+  std::vector<std::string> got;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(q.pop_delivery_for(d, 5s) == status::ok);
+    CHECK(d.deliveries == 1);
+    got.push_back(d.value);
+    CHECK(q.ack(d));
+  }
+  CHECK(got == std::vector<std::string>{"ours", "hello", "x:y:payload"});
+  CHECK(q.pending() == 0);
+  CHECK(q.dead_letter_size() == 0);
+}
+
+TEST_CASE("a poison payload in a prefetched batch is dead-lettered alone, with its reason") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  // int queue; "oops" does not decode. Pushed as envelopes by a producer in another language.
+  r.command("LPUSH", "{poison}:ready", "1:0:10", "2:0:oops", "3:0:30", "4:0:40");
+  r.command("SET", "{poison}:pending", 4);
+  redis::queue<int> q("poison", o, {.poll_interval = 20ms, .prefetch = 4});
+  std::vector<int> got;
+  redis::queue<int>::delivery d;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(q.try_pop_delivery(d) == status::ok);
+    got.push_back(d.value);
+    CHECK(d.deliveries == 1);
+    CHECK(q.ack(d));
+  }
+  CHECK(got == std::vector<int>{10, 30, 40});
+  CHECK(q.try_pop_delivery(d) == status::empty);
+  REQUIRE(q.dead_letter_size() == 1);
+  redis::queue<int>::delivery dead;
+  REQUIRE(q.try_pop_dead(dead) == status::ok);
+  CHECK(dead.id == 2);
+  CHECK(dead.deliveries == 1);
+  CHECK(dead.reason == "undecodable payload");
+  CHECK(q.pending() == 0);
+}
+
+TEST_CASE("a dead letter reports max_deliveries deliveries and the reason") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::queue<std::string> q("dlcount", local(srv.port()),
+                              {.max_deliveries = 5, .poll_interval = 20ms});
+  REQUIRE(q.push(std::string("bad")) == status::ok);
+  redis::queue<std::string>::delivery d;
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(q.try_pop_delivery(d) == status::ok);
+    CHECK(q.nack(d));
+  }
+  redis::queue<std::string>::delivery dead;
+  REQUIRE(q.try_pop_dead(dead) == status::ok);
+  CHECK(dead.value == "bad");
+  CHECK(dead.deliveries == 5);
+  CHECK(dead.reason == "max_deliveries");
+  CHECK(q.pending() == 0);
+}
+
+TEST_CASE("a poll_interval not shorter than io_timeout is refused") {
+  redis::options o{.io_timeout = 100ms};
+  CHECK_THROWS_AS(redis::queue<int>("q", o, {.poll_interval = 100ms}), std::invalid_argument);
+  CHECK_THROWS_AS(redis::queue<int>("q", o, {.poll_interval = 1s}), std::invalid_argument);
+  CHECK_NOTHROW(redis::queue<int>("q", o, {.poll_interval = 99ms}));
+  CHECK_NOTHROW(redis::queue<int>("q", {.io_timeout = 0ms}, {.poll_interval = 1s}));
+}
+
+TEST_CASE("push_for on a full queue polls at most once per poll_interval once backed off") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<int> q("backoff", o, {.max_length = 1, .poll_interval = 1ms});
+  REQUIRE(q.push(1) == status::ok);
+  redis::connection r(o);
+  r.command("CONFIG", "RESETSTAT");
+  CHECK(q.push_for(2, 700ms) == status::timeout);
+  std::string stats = r.command("INFO", "commandstats").str();
+  auto at = stats.find("cmdstat_evalsha:calls=");
+  REQUIRE(at != std::string::npos);
+  long calls = std::stol(stats.substr(at + 22));
+  MESSAGE("push scripts in 700 ms at poll_interval 1 ms: " << calls);
+  // 1 ms per attempt: about 700. The unclamped doubling overflowed after ~64 attempts and then
+  // spun without sleeping (tens of thousands).
+  CHECK(calls < 1400);
+}
+
+TEST_CASE("prefetching threads whose lease keeps vanishing lose nothing and hold nothing") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::connection r(o);
+  redis::queue<int> q("churnlease", o,
+                      {.visibility_timeout = 300ms, .poll_interval = 5ms, .prefetch = 4});
+  constexpr int n = 600;
+  std::mutex mu;
+  std::set<int> seen;
+  test_support::thread_group g;
+  for (int t = 0; t < 3; ++t)
+    g.spawn([&] {
+      redis::queue<int>::delivery d;
+      while (q.pop_delivery(d) == status::ok) {
+        {
+          std::lock_guard lock(mu);
+          seen.insert(d.value);
+        }
+        q.ack(d);  // fails for a delivery whose lease was lost meanwhile: it comes back
+      }
+    });
+  std::vector<int> items(n);
+  for (int i = 0; i < n; ++i) items[i] = i;
+  REQUIRE(q.push_all(items) == status::ok);
+  // The lease entry vanishes again and again while fetches, buffer hand-outs and heartbeats
+  // run: every re-take must requeue exactly what the processing list holds, and a fetch
+  // racing with it must never leave envelopes behind (the fence; generation of holdings).
+  int faults = 0;
+  while (faults < 200) {
+    r.command("ZREM", "{churnlease}:consumers", q.consumer_id());
+    ++faults;
+    {
+      std::lock_guard lock(mu);
+      if (seen.size() == std::size_t{n}) break;
+    }
+    std::this_thread::sleep_for(1ms);  // the fault's rhythm, not a synchronisation
+  }
+  REQUIRE(eventually(
+      [&] {
+        std::lock_guard lock(mu);
+        return seen.size() == std::size_t{n};
+      },
+      20s));
+  q.close();
+  REQUIRE(g.join_within(20s));  // closed needs pending 0: nothing held for ever
+  MESSAGE("lease removals: " << faults);
+  CHECK(q.pending() == 0);
+  CHECK(q.in_flight() == 0);
+  CHECK(q.size() == 0);
+}
+
+TEST_CASE("a fetch whose reply was lost gives its item back uncounted: max_deliveries = 1 "
+          "does not dead-letter it") {
+  if (!redis_server::available()) return;
+  redis_server srv({.extra = {"--enable-debug-command", "yes"}});
+  redis::options o = local(srv.port());
+  o.io_timeout = 150ms;
+  redis::queue<int> q("lostreply", o, {.max_deliveries = 1, .poll_interval = 140ms});
+  redis::connection r(local(srv.port()));
+  redis::queue<int>::delivery d;
+  CHECK(q.try_pop_delivery(d) == status::empty);  // takes the lease, loads the scripts
+  REQUIRE(q.push(7) == status::ok);
+  // The server stalls past the client's io_timeout while the fetch is in flight: the fetch
+  // runs afterwards, moving the item, but its reply is lost (the client gave up).
+  bool stranded = false;
+  int attempts = 0;
+  for (; attempts < 10 && !stranded; ++attempts) {
+    std::thread stall([&] {
+      redis::connection s(local(srv.port()));
+      s.command("DEBUG", "SLEEP", "0.4");
+    });
+    std::this_thread::sleep_for(50ms);  // lets DEBUG SLEEP reach the server first (retried)
+    bool threw = false;
+    try {
+      if (q.try_pop_delivery(d) == status::ok) {  // the stall came too late: start over
+        CHECK(q.ack(d));
+        REQUIRE(q.push(7) == status::ok);
+      }
+    } catch (const redis::error&) {
+      threw = true;
+    }
+    stall.join();
+    // Stranded: the fetch ran after the stall, the item sits in q's processing list.
+    stranded = threw && r.command("LLEN", "{lostreply}:ready").integer() == 0;
+  }
+  MESSAGE("attempts until a fetch reply was lost: " << attempts);
+  REQUIRE(stranded);
+  CHECK(q.in_flight() == 1);
+  REQUIRE(q.try_pop_delivery(d) == status::ok);  // the stranded item was given back first
+  CHECK(d.value == 7);
+  CHECK(d.deliveries == 1);
+  CHECK(q.ack(d));
+  CHECK(q.dead_letter_size() == 0);
+  CHECK(q.pending() == 0);
+}
+
 TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {
   if (!redis_server::available()) return;
   redis_server srv;
@@ -498,6 +792,30 @@ TEST_CASE("worker_pool acks after the handler and a throwing handler leads to de
   CHECK(poison_calls.load() == 3);
   CHECK(errors.load() == 3);
   CHECK(q.in_flight() == 0);
+}
+
+TEST_CASE("worker_pool over a Redis queue outlives an outage longer than the retry window") {
+  if (!redis_server::available()) return;
+  redis_server srv({.appendonly = true});
+  redis::queue<int> q("outage", local(srv.port()),
+                      {.poll_interval = 20ms, .retry_window = 100ms});
+  std::atomic<int> handled{0}, errors{0};
+  spindle::worker_pool wp(
+      q, 2, [&](int) { handled.fetch_add(1, std::memory_order_relaxed); },
+      {.on_error = [&](std::exception_ptr) { errors.fetch_add(1, std::memory_order_relaxed); }});
+  REQUIRE(q.push(1) == status::ok);
+  REQUIRE(eventually([&] { return handled.load() == 1; }));
+  srv.kill();
+  // Down for several retry windows: each worker's pop throws, is reported, and retried.
+  REQUIRE(eventually([&] { return errors.load() >= 4; }));
+  srv.start();
+  REQUIRE(q.push(2) == status::ok);
+  REQUIRE(q.push(3) == status::ok);
+  CHECK(eventually([&] { return handled.load() == 3; }, 20s));
+  MESSAGE("errors reported during the outage: " << errors.load());
+  q.close();
+  wp.join();
+  CHECK(q.pending() == 0);
 }
 
 TEST_CASE("threads sharing a queue lose and duplicate nothing") {

@@ -9,15 +9,18 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <spindle/channel.hpp>
+#include <spindle/redis/queue.hpp>
 #include <spindle/redis/stream.hpp>
 #include <spindle/worker_pool.hpp>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "support/process.hpp"
 #include "support/redis_server.hpp"
 #include "support/threads.hpp"
 
@@ -82,7 +85,10 @@ TEST_CASE("stream push and pop deliver in order with ok, empty, timeout, closed,
   CHECK(s.pop(v) == status::closed);
   CHECK_FALSE(s.pop().has_value());
   CHECK(s.in_flight() == 0);
-  CHECK(s.size() == 0);  // acked entries are deleted
+  CHECK(s.pending() == 0);
+  CHECK(s.size() == 3);  // acked entries stay in the log until the retention policy trims them
+  CHECK(s.trim() == 3);  // every group (the only one) acknowledged them
+  CHECK(s.size() == 0);
 }
 
 namespace {
@@ -117,7 +123,7 @@ TEST_CASE("pop(T&) and ack_and_pop_delivery ack the previous entry in the next p
   CHECK(d.value == "e3");
   CHECK(s.in_flight() == 1);
   CHECK(evalsha_calls(c) - before == 4);  // pop, settle, pop, pop: no settle before a pop
-  CHECK(s.size() == 3);                   // e0..e2 acked and deleted; e3 held, e4, e5 new
+  CHECK(s.pending() == 1);                // e0..e2 acked (kept in the log), e3 held
   // An entry no longer held (another consumer claimed it) is skipped, never acked for them.
   redis::stream<std::string> other("fused", local(srv.port()),
                                    {.visibility_timeout = 1ms, .poll_interval = 20ms});
@@ -247,6 +253,124 @@ TEST_CASE("a stream with max_length trims the oldest entries") {
   CHECK(v == 7);
 }
 
+TEST_CASE("a second consumer group sees every entry the first one acknowledged") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> a("groups", local(srv.port()), {.group = "a", .poll_interval = 20ms});
+  redis::stream<int> b("groups", local(srv.port()), {.group = "b", .poll_interval = 20ms});
+  redis::stream<int>::delivery d;
+  CHECK(b.try_pop_delivery(d) == status::empty);  // creates group b before the pushes
+  for (int i = 0; i < 5; ++i) REQUIRE(a.push(i) == status::ok);
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(a.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == i);
+    CHECK(a.ack(d));
+  }
+  CHECK(a.trim() == 0);  // group b has not read them: nothing may go
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(b.try_pop_delivery(d) == status::ok);
+    CHECK(d.value == i);
+    CHECK(b.ack(d));
+  }
+  CHECK(b.trim() == 5);  // now every group acknowledged them
+  CHECK(a.size() == 0);
+}
+
+TEST_CASE("an entry whose reply was lost is not renewed by its consumer's heartbeat: another "
+          "claims it") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::stream_options so{.visibility_timeout = 300ms, .poll_interval = 20ms};
+  redis::stream<int> s("lost", o, so);
+  redis::stream<int>::delivery d;
+  REQUIRE(s.push(1) == status::ok);
+  REQUIRE(s.push(2) == status::ok);
+  REQUIRE(s.try_pop_delivery(d) == status::ok);  // starts s's heartbeat; s holds 1
+  CHECK(d.value == 1);
+  // Entry 2 is read as s, but the reply never reaches s (an I/O error or io_timeout).
+  redis::connection r(o);
+  r.command("XREADGROUP", "GROUP", so.group, s.consumer_id(), "COUNT", 1, "STREAMS",
+            "{lost}:stream", ">");
+  redis::stream<int> other("lost", o, so);
+  redis::stream<int>::delivery e;
+  REQUIRE(other.pop_delivery_for(e, 3s) == status::ok);  // claimed once idle 300 ms
+  CHECK(e.value == 2);
+  CHECK(e.deliveries == 2);
+  CHECK(other.ack(e));
+  CHECK(other.pop_delivery_for(e, 600ms) == status::timeout);  // 1 stays renewed by s
+  CHECK(s.ack(d));
+  CHECK(s.pending() == 0);
+}
+
+TEST_CASE("stream entries from redis-cli: a bare v is delivered, an undecodable or v-less one "
+          "dead-lettered at once with its reason") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::stream<int> s("sfor", o, {.poll_interval = 20ms});
+  redis::stream<int>::delivery d;
+  CHECK(s.try_pop_delivery(d) == status::empty);  // creates the group
+  const std::string cli =
+      (std::filesystem::path(redis_server::binary()).parent_path() / "redis-cli").string();
+  const std::string port = std::to_string(srv.port());
+  for (auto fields : {std::vector<std::string>{"v", "oops"}, {"data", "1"}, {"v", "5"}}) {
+    std::vector<std::string> argv{cli, "-p", port, "XADD", "{sfor}:stream", "*"};
+    argv.insert(argv.end(), fields.begin(), fields.end());
+    REQUIRE(test_support::run(argv, 10s).exited(0));
+  }
+  REQUIRE(s.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 5);
+  CHECK(d.deliveries == 1);
+  CHECK(s.ack(d));
+  CHECK(s.dead_letter_size() == 2);
+  CHECK(s.pending() == 0);
+  redis::connection r(o);
+  auto dead = r.command("XRANGE", "{sfor}:stream:dead", "-", "+");
+  REQUIRE(dead.size() == 2);
+  std::set<std::string> reasons;
+  for (const auto& e : dead.elements())
+    for (std::size_t i = 0; i + 1 < e[1].size(); i += 2)
+      if (e[1][i].str() == "reason") reasons.insert(e[1][i + 1].str());
+  CHECK(reasons == std::set<std::string>{"undecodable payload", "entry without a v field"});
+}
+
+TEST_CASE("short-lived stream consumers that hold nothing leave the group") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  for (int i = 0; i < 50; ++i) {
+    redis::stream<int> s("churn", o, {.poll_interval = 20ms});
+    REQUIRE(s.push(i) == status::ok);
+    int v = -1;
+    REQUIRE(s.try_pop(v) == status::ok);
+    CHECK(s.ack_last());
+  }
+  redis::connection r(o);
+  CHECK(r.command("XINFO", "CONSUMERS", "{churn}:stream", "spindle").size() == 0);
+}
+
+TEST_CASE("a queue and a stream of the same name share no key") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local(srv.port());
+  redis::queue<int> q("same", o, {.max_deliveries = 1, .poll_interval = 20ms});
+  redis::stream<int> s("same", o, {.max_deliveries = 1, .poll_interval = 20ms});
+  REQUIRE(q.push(1) == status::ok);
+  REQUIRE(s.push(2) == status::ok);
+  redis::queue<int>::delivery qd;
+  redis::stream<int>::delivery sd;
+  REQUIRE(q.try_pop_delivery(qd) == status::ok);
+  REQUIRE(s.try_pop_delivery(sd) == status::ok);
+  CHECK(q.nack(qd));  // both dead-lettered
+  CHECK(s.nack(sd));
+  CHECK(q.dead_letter_size() == 1);
+  CHECK(s.dead_letter_size() == 1);
+  q.close();
+  CHECK_FALSE(s.closed());
+  CHECK(s.push(3) == status::ok);
+}
+
 TEST_CASE("worker_pool over a stream acks and dead-letters a poison entry") {
   if (!redis_server::available()) return;
   redis_server srv;
@@ -294,7 +418,7 @@ TEST_CASE("stream: two consumer processes, one killed holding entries: nothing l
   REQUIRE(reap(producer, st));
   CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
   REQUIRE(eventually([&] { return c.command("SCARD", "xs:done").integer() == n; }, 30s));
-  c.command("SET", "{xs}:closed", "1");
+  c.command("SET", "{xs}:stream:closed", "1");  // what close() sets
   REQUIRE(reap(survivor, st));
   CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
   std::map<std::string, int> count;

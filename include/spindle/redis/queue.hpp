@@ -12,26 +12,43 @@
 //
 // Guarantees:
 //   - At-least-once: every pushed item is delivered until a consumer acknowledges it. Each item
-//     travels in an envelope "<id>:<previous deliveries>:<payload>" with a unique id.
-//   - A pop moves the envelope atomically (Lua LMOVE, or BLMOVE while blocking) from the ready
-//     list to this object's processing list; ack() removes it. While an object holds deliveries
-//     (or has popped once), a heartbeat thread renews its lease every visibility_timeout / 3.
-//   - With queue_options::prefetch = n > 1, a pop that finds this object's local buffer empty
+//     travels in an envelope "<id>:<previous deliveries>:<payload>" with a unique id (the wire
+//     format is documented in README.md, "Wire format of queue and stream").
+//   - No item is taken without a live lease. Each queue object is one consumer with a lease (an
+//     entry in {name}:consumers, renewed by every fetch and by a heartbeat thread every
+//     visibility_timeout / 3). A fetch is one Lua script that checks and renews the lease, then
+//     moves envelopes from the ready list to this consumer's processing list; a fetch that
+//     finds the lease gone or expired moves nothing and reports it, and the object takes a new
+//     lease first, requeueing whatever its processing list still held (those deliveries are
+//     forfeit: their acks fail). The heartbeat does the same when it finds the lease gone. A
+//     blocked pop waits on a signal list ({name}:signal, BLPOP), never on the ready list, and
+//     then fetches. See detail/lease.hpp and detail/scripts.hpp for the protocol.
+//   - With queue_options::prefetch = n > 1, a fetch that finds this object's local buffer empty
 //     moves up to n envelopes in one script; the others wait in the buffer (already in the
 //     processing list, so covered by the lease, redelivered if this process dies) and are handed
 //     out by the next pops of any thread. Buffered envelopes never handed out go back to the pop
-//     end of the ready list, delivery count unchanged, when the object is destroyed. If this
-//     object's lease expires they are requeued by recovery like any held delivery; the buffer
-//     is dropped once a fetch or the next heartbeat finds the lease lost (expired, or taken by
-//     another consumer's recovery), and until then may still hand them out (duplicates, whose
-//     acks fail).
+//     end of the ready list, delivery count unchanged, when the object is destroyed or its lease
+//     is taken again after a loss.
 //   - A consumer that dies (or stalls past its lease) loses its deliveries: any live object
 //     (in pop() and in its heartbeat) requeues the processing lists of expired leases, at the
-//     pop end of the ready list, with the delivery count incremented. An ack after the lease
-//     expired fails (returns false) and never removes another consumer's delivery.
+//     pop end of the ready list, with the delivery count incremented; and the lists of known
+//     consumers ({name}:known) that have no lease entry at all (a failover lost it). An ack after
+//     the lease expired fails (returns false) and never removes another consumer's delivery.
+//   - Envelopes a fetch moved but whose reply was lost (I/O failure) go back to the ready list
+//     with their count unchanged (never handed out), before this object fetches again.
 //   - After max_deliveries deliveries without an ack (nack, throwing worker_pool handler, dead
-//     consumer), an item goes to the dead-letter list instead.
-//   - max_length > 0 bounds the ready list: try_push returns full, push waits (polling).
+//     consumer), an item goes to the dead-letter list instead, recording max_deliveries
+//     deliveries and the reason "max_deliveries". An item whose payload Codec::decode rejects is
+//     dead-lettered at once (reason "undecodable payload"); its batch-mates are unaffected.
+//   - Dead letters are kept until taken (try_pop_dead): the dead-letter list and its reasons
+//     grow with them, never trimmed (a bound would drop failed jobs silently). Watch
+//     dead_letter_size().
+//   - Foreign producers: a ready item that is not an envelope (e.g. `LPUSH {jobs}:ready hello`
+//     from redis-cli, Python or Node) is accepted as a first delivery: the fetch wraps it with a
+//     fresh id and counts it pending. Such pushes do not wake blocked pops: they are seen within
+//     poll_interval.
+//   - max_length > 0 bounds the ready list: try_push returns full, push waits (polling, backoff
+//     doubling from 1 ms up to poll_interval).
 //   - close() sets a key that every process sees within poll_interval; pushes then fail with
 //     closed; pops drain what is left, then return closed once nothing is pending anywhere:
 //     the ready list is empty AND no consumer (of any process) holds a delivery, since a held
@@ -39,6 +56,14 @@
 //     held, pops wait (polling every poll_interval), and get the item if it is requeued.
 //   - FIFO per producer while no item is redelivered. Thread-safe: threads share one object
 //     through its connection pool; a blocked pop holds only its own connection.
+//   - Needs Redis >= 6.2 (checked on first use: redis::error otherwise). A maxmemory-policy other
+//     than noeviction is reported once on stderr: Redis may then evict the queue's keys.
+//
+// pipeline and fan_* over a redis::queue: they pop through the channel interface (pop(T&)),
+// which acknowledges a value at the same thread's next pop - that is, as soon as the stage has
+// taken the next item, not after the value was handled downstream. A crash can then lose items
+// that were acknowledged but not yet handled. For at-least-once processing use worker_pool
+// (it acks after the handler returned and nacks when it throws) or pop_delivery + ack.
 //
 // Acknowledging through the channel interface: pop(T&) and its variants hand out the value and
 // keep the delivery pending; it is acknowledged when the same thread next calls any pop variant
@@ -52,39 +77,46 @@
 // ack does. ack() and nack() always go to the server at once and report the outcome.
 //
 // Key layout (every key shares the hash tag {name}, so one queue lives in one cluster slot):
-//   {name}:ready        list of envelopes; producers LPUSH, consumers pop from the right
+//   {name}:ready        list of envelopes; producers LPUSH, consumers take from the right
 //   {name}:proc:<id>    list: the deliveries held by consumer <id> (one per queue object)
 //   {name}:consumers    sorted set: consumer id -> lease expiry (server time, ms)
-//   {name}:dead         dead-letter list of envelopes
+//   {name}:known        set of consumer ids that may hold a processing list
+//   {name}:signal       list of wake-up tokens for blocked pops (at most 64)
+//   {name}:dead         dead-letter list of envelopes "<id>:<deliveries made>:<payload>"
+//   {name}:dead-reasons hash: dead-lettered id -> reason
 //   {name}:seq          counter giving envelope ids
 //   {name}:pending      counter: items ready or held (pushed, not yet acked or dead-lettered)
 //   {name}:closed       exists once close() was called
 // Every script declares the keys it touches as KEYS (recovery reads the expired consumers first,
 // then passes their processing lists to a second script that re-checks each lease). The
-// counters are only consistent if the keys are changed through this class (or destroy()).
+// counters are only consistent if the keys are changed through this class (or destroy()), or
+// by producers that follow the wire format.
 //
 // Lifetime: the destructor stops the heartbeat, sends deferred acks, gives back buffered
 // prefetched envelopes and drops the lease if nothing is held; held deliveries are then
 // recovered by others after the visibility timeout. Redis I/O failures throw redis::error (a
-// blocking pop retries for a while first, to ride over a server restart).
+// blocking pop retries for retry_window first, to ride over a server restart).
 #pragma once
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <deque>
+#include <charconv>
 #include <iterator>
 #include <mutex>
 #include <optional>
 #include <ranges>
+#include <shared_mutex>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <thread>
-#include <unordered_set>
 #include <utility>
 #include <vector>
+
+#include "spindle/deadline.hpp"
 
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/detail/channel_pops.hpp"
@@ -105,7 +137,8 @@ struct queue_options {
   std::uint32_t max_deliveries = 5;
   /// Bound on the ready list; 0: unbounded.
   std::size_t max_length = 0;
-  /// Longest single block (BLMOVE timeout, push retry) and so the delay to see close(). > 0.
+  /// Longest single block (BLPOP on the signal list, push retry) and so the delay to see
+  /// close() or a foreign push. > 0, and shorter than options::io_timeout.
   std::chrono::milliseconds poll_interval{100};
   /// How long a blocking pop retries after a Redis I/O failure before throwing.
   std::chrono::milliseconds retry_window{10000};
@@ -127,38 +160,39 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   using value_type = T;
 
   /// One delivery: the value, its envelope id, and how many times it has been delivered
-  /// (1 the first time).
+  /// (1 the first time). From try_pop_dead: the deliveries made and the reason it was
+  /// dead-lettered ("max_deliveries", "undecodable payload", ...); `value` is left
+  /// value-initialised if the payload does not decode.
   struct delivery {
     T value{};
     std::uint64_t id = 0;
     std::uint32_t deliveries = 0;
     std::string envelope{};  // as stored in the processing list; what ack() removes
+    std::string reason{};    // dead letters only
   };
 
   /// The most payloads one push script carries (push_all splits longer ranges).
   static constexpr std::size_t push_batch = 64;
 
   /// Opens the queue `name` on the server of `o`; connects lazily. Throws std::invalid_argument
-  /// for an empty name or a zero visibility_timeout / poll_interval / max_connections /
-  /// prefetch. Allocates.
+  /// for an empty name, a zero visibility_timeout / poll_interval / max_connections / prefetch,
+  /// or poll_interval >= o.io_timeout. Allocates.
   queue(std::string name, options o, queue_options qo = {})
       : name_(std::move(name)),
         qo_(qo),
-        pool_(std::move(o), {.max_connections = check(qo)}),
+        pool_(checked(std::move(o), qo), {.max_connections = qo.max_connections}),
         closed_("{" + name_ + "}:closed") {
     if (name_.empty()) throw std::invalid_argument("redis::queue: empty name");
     std::string tag = "{" + name_ + "}";
-    ready_ = tag + ":ready";
-    consumers_ = tag + ":consumers";
-    dead_ = tag + ":dead";
-    seq_ = tag + ":seq";
-    pending_ = tag + ":pending";
-    proc_prefix_ = tag + ":proc:";
     consumer_ = detail::consumer_name();
-    proc_ = proc_prefix_ + consumer_;
+    proc_prefix_ = tag + ":proc:";
+    keys_ = {tag + ":consumers", proc_prefix_ + consumer_, tag + ":ready", tag + ":dead",
+             tag + ":pending", closed_.key(), tag + ":seq", tag + ":signal", tag + ":known",
+             tag + ":dead-reasons"};
     max_arg_ = std::to_string(qo_.max_deliveries);
     length_arg_ = std::to_string(qo_.max_length);
     prefetch_arg_ = std::to_string(qo_.prefetch);
+    vis_arg_ = std::to_string(qo_.visibility_timeout.count());
   }
 
   queue(const queue&) = delete;
@@ -173,18 +207,12 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     try {
       auto c = pool_.acquire();
       flush_acks(*c);
-      std::vector<std::string> back;
-      {
-        std::lock_guard lock(buf_mu_);
-        back.assign(std::make_move_iterator(buffer_.begin()),
-                    std::make_move_iterator(buffer_.end()));
-        buffer_.clear();
-      }
+      std::vector<std::string> back = held_.take_buffer();
       if (!back.empty()) {
         back.insert(back.begin(), consumer_);
-        give_back_.run(*c, {consumers_, proc_, ready_}, back);
+        give_back_.run(*c, keys_, back);
       }
-      leave_.run(*c, {consumers_, proc_}, {consumer_});
+      leave_.run(*c, keys_, {consumer_});
     } catch (...) {  // the lease then just expires
     }
   }
@@ -195,21 +223,22 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
 
   // ---- producers ----------------------------------------------------------------------------
 
-  /// Pushes v; waits (polling every poll_interval) while max_length items are ready.
+  /// Pushes v; waits (polling every poll_interval at most) while max_length items are ready.
   /// Returns ok | closed. Throws redis::error on I/O failure. Thread-safe.
   status push(const T& v) { return push_until(Codec::encode(v), std::nullopt); }
   status push(T&& v) { return push(static_cast<const T&>(v)); }
   /// Pushes unless full. Returns ok | full | closed. Thread-safe.
   status try_push(const T& v) { return push_once(Codec::encode(v)); }
   status try_push(T&& v) { return try_push(static_cast<const T&>(v)); }
-  /// Like push(), for at most d. Returns ok | timeout | closed. Thread-safe.
+  /// Like push(), for at most d (duration::max(): no limit). Returns ok | timeout | closed.
+  /// Thread-safe.
   template <class Rep, class Period>
   status push_for(T&& v, std::chrono::duration<Rep, Period> d) {
-    return push_until(Codec::encode(v), clock::now() + ceil_ms(d));
+    return push_until(Codec::encode(v), spindle::detail::time_after<clock>(d));
   }
   template <class Rep, class Period>
   status push_for(const T& v, std::chrono::duration<Rep, Period> d) {
-    return push_until(Codec::encode(v), clock::now() + ceil_ms(d));
+    return push_until(Codec::encode(v), spindle::detail::time_after<clock>(d));
   }
 
   /// Pushes every item of `items` in order, push_batch per round trip (one script each, so
@@ -250,10 +279,11 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   status pop_delivery(delivery& out, std::stop_token st = {}) {
     return pop_until(out, std::nullopt, st, true);
   }
-  /// Like pop_delivery(), for at most d. Returns ok | timeout | closed. Thread-safe.
+  /// Like pop_delivery(), for at most d (duration::max(): no limit). Returns ok | timeout |
+  /// closed. Thread-safe.
   template <class Rep, class Period>
   status pop_delivery_for(delivery& out, std::chrono::duration<Rep, Period> d) {
-    return pop_until(out, clock::now() + ceil_ms(d), {}, true);
+    return pop_until(out, spindle::detail::time_after<clock>(d), {}, true);
   }
   /// Never blocks. Returns ok | empty | closed. Thread-safe.
   status try_pop_delivery(delivery& out) { return pop_until(out, clock::now(), {}, false); }
@@ -285,72 +315,106 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   /// True once any process closed the queue. Thread-safe.
   bool closed() const { return closed_.closed(pool_); }
   /// Items ready (not held by a consumer). Approximate. Thread-safe.
-  std::size_t size() { return static_cast<std::size_t>(pool_.command("LLEN", ready_).integer()); }
+  std::size_t size() { return static_cast<std::size_t>(pool_.command("LLEN", ready()).integer()); }
   /// Items held by this object (handed out, or prefetched and buffered). Thread-safe.
   std::size_t in_flight() {
-    return static_cast<std::size_t>(pool_.command("LLEN", proc_).integer());
+    return static_cast<std::size_t>(pool_.command("LLEN", keys_[1]).integer());
   }
   /// Items pushed and not yet acked or dead-lettered, by every process (ready + held).
   /// Approximate. Thread-safe.
   std::size_t pending() {
-    reply r = pool_.command("GET", pending_);
-    return r.is_nil() ? 0 : static_cast<std::size_t>(std::max<std::int64_t>(
-                                std::stoll(r.str()), 0));
+    reply r = pool_.command("GET", keys_[4]);
+    if (r.is_nil()) return 0;
+    std::int64_t n = 0;
+    std::string v = r.str();
+    std::from_chars(v.data(), v.data() + v.size(), n);
+    return static_cast<std::size_t>(std::max<std::int64_t>(n, 0));
   }
   /// Items in the dead-letter list. Thread-safe.
   std::size_t dead_letter_size() {
-    return static_cast<std::size_t>(pool_.command("LLEN", dead_).integer());
+    return static_cast<std::size_t>(pool_.command("LLEN", keys_[3]).integer());
   }
-  /// Takes one dead letter (oldest first). Returns ok | empty. Thread-safe.
+  /// Takes one dead letter (oldest first): its value (value-initialised if it does not decode),
+  /// id, deliveries made and reason. Returns ok | empty. Thread-safe.
   status try_pop_dead(delivery& out) {
-    reply r = pool_.command("RPOP", dead_);
+    reply r = pool_.command("RPOP", keys_[3]);
     if (r.is_nil()) return status::empty;
-    decode_envelope(r.str(), out);
+    std::string_view payload;
+    std::uint32_t count = 0;
+    out = delivery{};
+    if (!parse_envelope(r.str(), out.id, count, payload)) {
+      out.reason = "malformed dead letter";
+      return status::ok;
+    }
+    out.deliveries = count;
+    std::string id = std::to_string(out.id);
+    reply why = pool_.command("HGET", keys_[9], id);
+    if (!why.is_nil()) out.reason = why.str();
+    pool_.command("HDEL", keys_[9], id);
+    try {
+      out.value = Codec::decode(payload);
+    } catch (...) {  // the reason says why it is here
+    }
+    out.envelope = r.str();
     return status::ok;
   }
-  /// Requeues the deliveries of every consumer whose lease expired; pop() and the heartbeat do
-  /// this by themselves. Returns how many items moved. Thread-safe.
+  /// Requeues the deliveries of every consumer whose lease expired, and the processing lists of
+  /// known consumers without a lease; pop() and the heartbeat do this by themselves. Returns how
+  /// many items moved. Thread-safe.
   std::size_t recover() {
     auto c = pool_.acquire();
     return recover_expired(*c);
   }
   /// Deletes every key of the queue (all processes' state). For tests and tear-down.
   void destroy() {
-    auto members = pool_.command("ZRANGE", consumers_, 0, -1);
-    std::vector<std::string> keys{ready_, consumers_, dead_, seq_, pending_, closed_.key(), proc_};
+    auto members = pool_.command("SMEMBERS", keys_[8]);
+    std::vector<std::string> keys(keys_.begin(), keys_.end());
     for (const auto& m : members.elements()) keys.push_back(proc_prefix_ + m.str());
     pool_.command("DEL", keys);
     closed_.reset();
     acks_.take();  // dropped: the envelopes they name are gone
-    std::lock_guard lock(buf_mu_);
-    buffer_.clear();
+    std::unique_lock fence(held_.fence);
+    held_.clear();
   }
 
  private:
   using clock = std::chrono::steady_clock;
   using time_point = clock::time_point;
 
-  static std::size_t check(const queue_options& qo) {
+  static options checked(options o, const queue_options& qo) {
     if (qo.prefetch == 0) throw std::invalid_argument("redis::queue: prefetch must be >= 1, got 0");
-    return detail::check_consumer_options("redis::queue", qo.visibility_timeout,
-                                          qo.poll_interval, qo.max_connections);
+    detail::check_consumer_options("redis::queue", qo.visibility_timeout, qo.poll_interval,
+                                   qo.max_connections, o.io_timeout);
+    return o;
   }
 
-  template <class Rep, class Period>
-  static std::chrono::milliseconds ceil_ms(std::chrono::duration<Rep, Period> d) {
-    return std::chrono::ceil<std::chrono::milliseconds>(d);
+  const std::string& ready() const noexcept { return keys_[2]; }
+
+  // "<id>:<count>:<payload>" with decimal id and count. False if e is not an envelope.
+  static bool parse_envelope(std::string_view e, std::uint64_t& id, std::uint32_t& count,
+                             std::string_view& payload) {
+    auto a = e.find(':');
+    auto b = a == std::string_view::npos ? a : e.find(':', a + 1);
+    if (b == std::string_view::npos || a == 0 || b == a + 1) return false;
+    auto r1 = std::from_chars(e.data(), e.data() + a, id);
+    auto r2 = std::from_chars(e.data() + a + 1, e.data() + b, count);
+    if (r1.ec != std::errc{} || r1.ptr != e.data() + a || r2.ec != std::errc{} ||
+        r2.ptr != e.data() + b)
+      return false;
+    payload = e.substr(b + 1);
+    return true;
   }
 
   // One push script with args = {max_length, payload...}. Returns how many were pushed, -1 closed.
   std::int64_t push_script(const std::vector<std::string>& args) {
     auto c = pool_.acquire();
-    auto r = push_.run(*c, {ready_, closed_.key(), seq_, pending_}, args).integer();
+    auto r = push_.run(*c, keys_, args).integer();
     if (r < 0) closed_.seen();
     return r;
   }
 
   // Pushes some of args (a prefix), waiting while full. Returns how many (> 0), -1 closed, or
-  // 0 once `deadline` passed.
+  // 0 once `deadline` passed. The wait doubles from 1 ms up to poll_interval (clamped).
   std::int64_t push_wait(const std::vector<std::string>& args, std::optional<time_point> deadline) {
     auto backoff = std::chrono::milliseconds(1);
     for (;;) {
@@ -358,10 +422,10 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
       if (n != 0) return n;
       auto now = clock::now();
       if (deadline && now >= *deadline) return 0;
-      auto wait = std::min(backoff, qo_.poll_interval);
-      if (deadline) wait = std::min(wait, ceil_ms(*deadline - now));
+      auto wait = backoff;
+      if (deadline) wait = std::min(wait, std::chrono::ceil<std::chrono::milliseconds>(*deadline - now));
       std::this_thread::sleep_for(wait);  // polling Redis for room: no server-side notification
-      backoff *= 2;
+      backoff = std::min(backoff * 2, qo_.poll_interval);
     }
   }
 
@@ -375,14 +439,27 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     return n > 0 ? status::ok : n < 0 ? status::closed : status::timeout;
   }
 
-  void decode_envelope(std::string e, delivery& out) {
-    auto a = e.find(':');
-    auto b = a == std::string::npos ? a : e.find(':', a + 1);
-    if (b == std::string::npos) throw error("redis::queue: malformed envelope in " + name_);
-    out.id = std::stoull(e.substr(0, a));
-    out.deliveries = static_cast<std::uint32_t>(std::stoul(e.substr(a + 1, b - a - 1))) + 1;
-    out.value = Codec::decode(std::string_view(e).substr(b + 1));
-    out.envelope = std::move(e);
+  // Decodes the handed-out envelope e into out. If it cannot be decoded it is dead-lettered at
+  // once with the reason (batch-mates untouched) and false is returned.
+  bool deliver(std::string e, delivery& out) {
+    std::string_view payload;
+    std::uint64_t id = 0;
+    std::uint32_t count = 0;
+    const char* reason = "malformed envelope";
+    if (parse_envelope(e, id, count, payload)) {
+      try {
+        out.value = Codec::decode(payload);
+        out.id = id;
+        out.deliveries = count + 1;
+        out.envelope = std::move(e);
+        out.reason.clear();
+        return true;
+      } catch (...) {  // Codec's own exception: the payload is poison
+        reason = "undecodable payload";
+      }
+    }
+    settle(e, "dead", reason);
+    return false;
   }
 
   // Registers the lease and starts the heartbeat on first use; recovers expired leases at most
@@ -390,11 +467,13 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   void maintain(connection& c) {
     if (!registered_.load(std::memory_order_acquire)) {  // pairs with the release below
       std::call_once(start_once_, [&] {
-        heartbeat(c, false);
+        detail::check_server(c, "redis::queue");
+        take(c, std::nullopt);
         registered_.store(true, std::memory_order_release);  // publishes the lease to ~queue
         hb_.start(qo_.visibility_timeout / 3, [this] {
           auto hc = pool_.acquire();
-          heartbeat(*hc, true);
+          auto seen = held_.generation();
+          if (heartbeat_.run(*hc, keys_, {consumer_, vis_arg_}).integer() < 0) take(*hc, seen);
           recover_expired(*hc);
           flush_acks(*hc);
         });
@@ -409,34 +488,39 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     }
   }
 
-  // Takes (renewal false) or renews the lease. Drops the local buffer when the lease had been
-  // lost: the buffered envelopes were requeued, here or by the consumer that recovered them.
-  void heartbeat(connection& c, bool renewal) {
-    auto lost = heartbeat_
-                    .run(c, {consumers_, proc_, ready_, dead_, pending_},
-                         {consumer_, std::to_string(qo_.visibility_timeout.count()), max_arg_,
-                          renewal ? "1" : "0"})
-                    .integer();
-    if (lost != 0) drop_buffer();
+  // Takes the lease: first use, or after it was found lost (then everything this object
+  // recorded is forfeit: the buffer goes back unchanged, the rest of the processing list is
+  // requeued, handed-out deliveries' acks will fail). Exclusive fence: no fetch is between the
+  // server and held_ meanwhile. If the script fails in flight, the buffer stays in the
+  // processing list and the next take (the lease is still lost) requeues it. `seen`: the lease
+  // generation when the loss was observed; if another thread took the lease since, nothing is
+  // done (taking it twice would forfeit what was fetched under the new lease).
+  void take(connection& c, std::optional<std::uint64_t> seen) {
+    std::unique_lock fence(held_.fence);
+    if (seen && held_.generation() != *seen) return;
+    std::vector<std::string> args{consumer_, vis_arg_, max_arg_};
+    auto back = held_.forfeit();
+    args.insert(args.end(), std::make_move_iterator(back.begin()),
+                std::make_move_iterator(back.end()));
+    acks_.take();  // forfeit with their deliveries
+    take_.run(c, keys_, args);
   }
 
-  // Recovery in two steps, so that every key is declared: which leases expired, then their
-  // processing lists (each lease re-checked inside the script).
+  // Recovery in two steps, so that every key is declared: which leases expired (or are
+  // missing for a known consumer), then their processing lists (each lease re-checked inside
+  // the script).
   std::size_t recover_expired(connection& c) {
-    reply ids = expired_.run(c, {consumers_}, {});
+    reply ids = expired_.run(c, keys_, {});
     if (ids.size() == 0) return 0;
-    std::vector<std::string> keys{consumers_, ready_, dead_, pending_};
+    std::vector<std::string> keys(keys_.begin(), keys_.end());
     std::vector<std::string> args{max_arg_};
     for (const auto& id : ids.elements()) {
+      if (id.str() == consumer_) continue;  // ours: the fetch or heartbeat takes it again
       keys.push_back(proc_prefix_ + id.str());
       args.push_back(id.str());
     }
+    if (args.size() == 1) return 0;
     return static_cast<std::size_t>(recover_.run(c, keys, args).integer());
-  }
-
-  void drop_buffer() {
-    std::lock_guard lock(buf_mu_);
-    buffer_.clear();
   }
 
   // Queues an ack for the next fetch (or heartbeat, or destructor).
@@ -444,99 +528,91 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
 
   // Sends the deferred acks now (one fetch script that pops nothing).
   void flush_acks(connection& c) {
-    if (!acks_.empty()) fetch(c, 0, nullptr);
+    std::string unused;
+    if (!acks_.empty()) fetch(c, 0, unused);
   }
 
-  bool take_buffered(delivery& out) {
-    std::string e;
-    {
-      std::lock_guard lock(buf_mu_);
-      if (buffer_.empty()) return false;
-      e = std::move(buffer_.front());
-      buffer_.pop_front();
+  // One fenced fetch script: sends the deferred acks, moves up to n envelopes to this
+  // consumer's processing list (the first into `first`, handed out; the rest buffered). If the
+  // lease is lost, takes it again and retries (a few times). Returns ok | empty | closed. On
+  // an I/O failure the acks are kept for the next call (a repeated ack finds nothing and is
+  // harmless), then it rethrows (the caller marks the object stranded: the script may have
+  // moved envelopes we never saw).
+  status fetch(connection& c, std::size_t n, std::string& first) {
+    for (int attempt = 0;; ++attempt) {
+      std::vector<std::string> args{consumer_,
+                                    n == qo_.prefetch ? prefetch_arg_ : std::to_string(n), vis_arg_};
+      std::shared_lock fence(held_.fence);
+      auto seen = held_.generation();  // stable while the fence is held shared
+      acks_.append_to(args);
+      reply r;
+      try {
+        r = fetch_.run(c, keys_, args);
+      } catch (...) {
+        acks_.restore(args, 3);
+        throw;
+      }
+      auto code = r[0].integer();
+      if (code == -2) {  // lease lost before anything moved: the acks are forfeit
+        fence.unlock();
+        if (attempt == 3)
+          throw error("redis::queue::fetch: the lease of " + name_ +
+                      " was lost again right after it was taken (visibility_timeout " + vis_arg_ +
+                      " ms too short?)");
+        take(c, seen);
+        continue;
+      }
+      for (auto a = args.begin() + 3; a != args.end(); ++a) held_.settled(*a);
+      if (code == -1) {
+        closed_.seen();
+        return status::closed;
+      }
+      if (code != 1) return status::empty;
+      first = r[2].str();
+      held_.hand_out(first);
+      std::vector<std::string> rest;
+      for (std::size_t i = 3; i < r.size(); ++i) rest.push_back(r[i].str());
+      held_.buffer(rest.begin(), rest.end());
+      return status::ok;
     }
-    decode_envelope(std::move(e), out);
-    return true;
   }
 
-  // One fetch script: sends the deferred acks, moves up to n envelopes to proc_ (the first into
-  // *out, the rest into the buffer). Returns ok | empty | closed. On an I/O failure the acks are
-  // kept for the next call (a repeated ack finds nothing and is harmless); then rethrows (the
-  // caller marks the object stranded: the script may have moved envelopes we never saw).
-  status fetch(connection& c, std::size_t n, delivery* out) {
-    std::vector<std::string> args{consumer_, n == qo_.prefetch ? prefetch_arg_ : std::to_string(n)};
-    acks_.append_to(args);
-    reply r;
-    try {
-      r = fetch_.run(c, {consumers_, proc_, ready_, closed_.key(), pending_}, args);
-    } catch (...) {
-      acks_.restore(args, 2);
-      throw;
-    }
-    if (args.size() > 2) {
-      std::lock_guard lock(out_mu_);
-      for (auto a = args.begin() + 2; a != args.end(); ++a) outstanding_.erase(*a);
-    }
-    if (r[1].integer() < 0) drop_buffer();  // lease lost: the buffer was or will be requeued
-    auto code = r[0].integer();
-    if (code == -1) {
-      closed_.seen();
-      return status::closed;
-    }
-    if (code != 1 || out == nullptr) return status::empty;
-    decode_envelope(r[2].str(), *out);
-    if (r.size() > 3) {
-      std::lock_guard lock(buf_mu_);
-      for (std::size_t i = 3; i < r.size(); ++i) buffer_.push_back(r[i].str());
-    }
-    return status::ok;
-  }
-
-  // One attempt: the buffer, else a fetch (drains, sees closed), then a short BLMOVE if blocking
-  // is allowed. Returns ok | empty | closed.
-  status pop_once(connection& c, delivery& out, std::chrono::milliseconds block) {
+  // One attempt: a fetch (drains, sees closed), then a short BLPOP on the signal list if
+  // blocking is allowed. Returns ok | empty | closed; `e` holds the handed-out envelope.
+  status pop_once(connection& c, std::string& e, std::chrono::milliseconds block) {
     maintain(c);
-    status s = fetch(c, qo_.prefetch, &out);
+    status s = fetch(c, qo_.prefetch, e);
     if (s != status::empty) return s;
     if (block.count() <= 0) return status::empty;
-    std::string secs = std::to_string(static_cast<double>(block.count()) / 1000.0);
-    reply m = c.command("BLMOVE", ready_, proc_, "RIGHT", "LEFT", secs);
-    if (m.is_nil()) return status::empty;
-    decode_envelope(m.str(), out);
-    return status::ok;
+    // A token means "something was added": fetch again. Stale tokens only cost a fetch.
+    // Invariant: nothing moves outside the fenced fetch; attacked by "a consumer whose lease is
+    // gone moves no item ..." and, for items that come without a token, by "a bare payload
+    // pushed by redis-cli ..." (seen within poll_interval).
+    c.command("BLPOP", keys_[7], detail::seconds_arg(block));
+    s = fetch(c, qo_.prefetch, e);
+    return s;
   }
 
-  // After an I/O failure a pop may have moved items into the processing list without the reply
-  // reaching us: give back every held envelope this object never handed out or buffered.
+  // After an I/O failure a fetch may have moved items into the processing list without the
+  // reply reaching us: give back (count unchanged) every held envelope this object never
+  // handed out or buffered. Exclusive fence: no other thread's fetch is in flight, so every
+  // envelope it moved is already recorded.
+  // Invariant: attacked by "a fetch whose reply was lost gives its item back uncounted ..."
+  // (test_queue.cpp).
   void return_stranded(connection& c) {
-    reply held = c.command("LRANGE", proc_, 0, -1);
-    for (const auto& e : held.elements()) {
-      {
-        std::lock_guard lock(out_mu_);
-        if (outstanding_.count(e.str()) != 0) continue;
-      }
-      {
-        std::lock_guard lock(buf_mu_);
-        if (std::find(buffer_.begin(), buffer_.end(), e.str()) != buffer_.end()) continue;
-      }
-      if (acks_.contains(e.str())) continue;
-      settle_.run(c, {consumers_, proc_, ready_, dead_, pending_},
-                  {consumer_, e.str(), "nack", max_arg_});
+    std::unique_lock fence(held_.fence);
+    reply held = c.command("LRANGE", keys_[1], 0, -1);
+    std::vector<std::string> args{consumer_};
+    for (std::size_t i = held.size(); i-- > 0;) {  // oldest first
+      std::string e = held[i].str();
+      if (held_.holds(e) || acks_.contains(e)) continue;
+      args.push_back(std::move(e));
     }
+    if (args.size() > 1) give_back_.run(c, keys_, args);
   }
 
   status pop_until(delivery& out, std::optional<time_point> deadline, std::stop_token st,
                    bool may_block) {
-    status s = pop_until_raw(out, deadline, st, may_block);
-    if (s == status::ok) {
-      std::lock_guard lock(out_mu_);
-      outstanding_.insert(out.envelope);
-    }
-    return s;
-  }
-
-  status pop_until_raw(delivery& out, std::optional<time_point> deadline, std::stop_token st,
-                       bool may_block) {
     detail::retry_window retry(qo_.retry_window, qo_.poll_interval);
     for (;;) {
       if (st.stop_requested()) {  // still send the acks this call was asked to carry
@@ -547,21 +623,30 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
         });
         return status::cancelled;
       }
-      if (take_buffered(out)) return status::ok;
+      std::string e;
+      if (held_.take_buffered(e)) {
+        if (deliver(std::move(e), out)) return status::ok;
+        continue;  // poison, dead-lettered: the next one at once
+      }
       auto block = detail::block_time(qo_.poll_interval, deadline, may_block);
+      status s = status::empty;
       try {
         auto c = pool_.acquire();
         // relaxed: a hint between this object's threads; return_stranded reads the server
         if (stranded_.exchange(false, std::memory_order_relaxed)) return_stranded(*c);
-        status s = pop_once(*c, out, block);
+        s = pop_once(*c, e, block);
         retry.success();
-        if (s != status::empty) return s;
-      } catch (const error& e) {  // I/O failure or LOADING: retry a while (restart), then throw
-        // relaxed: see stranded_. A fetch or BLMOVE may have moved an item we never saw.
+      } catch (const error& err) {  // I/O failure or LOADING: retry a while (restart), then throw
+        // relaxed: see stranded_. A fetch may have moved an item we never saw.
         stranded_.store(true, std::memory_order_relaxed);
         if (!may_block) throw;
-        retry.failure(e);
+        retry.failure(err);
       }
+      if (s == status::ok) {
+        if (deliver(std::move(e), out)) return status::ok;
+        continue;
+      }
+      if (s == status::closed) return s;
       if (!may_block) return status::empty;
       if (deadline && clock::now() >= *deadline) return status::timeout;
     }
@@ -584,14 +669,21 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     return last_.settle([&](const std::string& e) { return settle(e, mode) > 0; });
   }
 
-  std::int64_t settle(const std::string& envelope, const char* mode) {
-    auto c = pool_.acquire();
-    auto r = settle_
-                 .run(*c, {consumers_, proc_, ready_, dead_, pending_},
-                      {consumer_, envelope, mode, max_arg_})
-                 .integer();
-    std::lock_guard lock(out_mu_);
-    outstanding_.erase(envelope);
+  // Settles one envelope. If the call fails in flight the outcome is unknown: the envelope is
+  // forgotten and the object marked stranded, so the next pop gives it back (count unchanged)
+  // if it is still held - never left in the processing list under a live lease for ever.
+  // Invariant: attacked by the restart runs of test_queue_faults.cpp.
+  std::int64_t settle(const std::string& envelope, const char* mode, const char* reason = "") {
+    std::int64_t r = 0;
+    try {
+      auto c = pool_.acquire();
+      r = settle_.run(*c, keys_, {consumer_, envelope, mode, max_arg_, reason}).integer();
+    } catch (const error&) {
+      held_.settled(envelope);
+      stranded_.store(true, std::memory_order_relaxed);  // relaxed: see stranded_
+      throw;
+    }
+    held_.settled(envelope);
     return r;
   }
 
@@ -599,11 +691,15 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   queue_options qo_;
   mutable pool pool_;  // thread-safe itself; closed() const reads through it
   detail::closed_flag closed_;
-  std::string ready_, consumers_, dead_, seq_, pending_, proc_prefix_, consumer_, proc_;
-  std::string max_arg_, length_arg_, prefetch_arg_;  // option values as script arguments
-  std::atomic<bool> stranded_{false};  // relaxed: a fetch failed in flight; see pop_until_raw
+  // consumers, proc, ready, dead, pending, closed, seq, signal, known, dead-reasons: the KEYS
+  // of every script (scripts.hpp)
+  std::vector<std::string> keys_;
+  std::string proc_prefix_, consumer_;
+  std::string max_arg_, length_arg_, prefetch_arg_, vis_arg_;  // options as script arguments
+  std::atomic<bool> stranded_{false};  // relaxed: a fetch failed in flight; see pop_until
   detail::script push_{detail::lua_queue_push};
   detail::script fetch_{detail::lua_queue_fetch};
+  detail::script take_{detail::lua_queue_take};
   detail::script heartbeat_{detail::lua_queue_heartbeat};
   detail::script expired_{detail::lua_queue_expired};
   detail::script recover_{detail::lua_queue_recover};
@@ -617,12 +713,8 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   std::mutex recover_mu_;
   time_point last_recover_{};  // guarded by recover_mu_
 
-  std::mutex out_mu_;  // never held together with buf_mu_
-  std::unordered_set<std::string> outstanding_;  // guarded by out_mu_: handed out, not settled
-
-  std::mutex buf_mu_;
-  std::deque<std::string> buffer_;  // guarded by buf_mu_: prefetched, not yet handed out
-  detail::deferred_acks acks_;      // for the next fetch (its own lock, never held with others)
+  detail::holdings held_;       // handed out and buffered envelopes, the fence
+  detail::deferred_acks acks_;  // for the next fetch (its own lock, never held with others)
 
   detail::last_taken last_;
   detail::heartbeat_thread hb_;  // last member: stopped (joined) first in destruction order

@@ -8,26 +8,44 @@
 // Defines stream<T, Codec> (models spindle::channel), stream_options, stream<...>::delivery.
 //
 // Guarantees:
-//   - At-least-once within the group: every entry is delivered to one consumer of the group
-//     until acknowledged. The group is created when missing (XGROUP CREATE ... 0 MKSTREAM), so
-//     entries pushed before the first consumer are delivered too.
+//   - A stream is a log: every consumer group sees every entry. Within one group, every entry is
+//     delivered to one consumer of the group until acknowledged (at-least-once). The group is
+//     created when missing (XGROUP CREATE ... 0 MKSTREAM), so entries pushed before the first
+//     consumer are delivered too.
+//   - ack is XACK: it never deletes the entry (another group may still need it). Retention is an
+//     explicit policy (stream_options): by default (trim_acknowledged) the heartbeat trims the
+//     entries every existing group has acknowledged, so nothing a group still needs is dropped
+//     (a group created later sees only what is left); max_length (XADD MAXLEN) and max_age
+//     (XTRIM MINID) are opt-in bounds that drop the oldest entries whether acknowledged or not.
 //   - Each pop first claims (XAUTOCLAIM, in a Lua script) a delivery idle for longer than
-//     visibility_timeout - that of a dead or stalled consumer - then reads a new entry. A heartbeat
-//     thread renews this object's deliveries every visibility_timeout / 3 (XCLAIM JUSTID, which
-//     does not count a delivery).
-//   - ack (XACK + XDEL) and nack (requeue at the end with its delivery count) fail, returning
-//     false, when the entry is no longer held by this consumer (claimed by another after the
-//     lease expired, or already settled): they never settle another consumer's delivery.
-//   - After max_deliveries deliveries without an ack an entry moves to the dead-letter stream.
-//   - max_length > 0 trims the stream (XADD MAXLEN): the oldest entries are dropped, as Redis
-//     streams do; there is no backpressure, so try_push never returns full.
+//     visibility_timeout - that of a dead or stalled consumer, or one whose reply was lost - then
+//     reads a new entry. The lease of a delivery is its idle time: a heartbeat thread renews,
+//     every visibility_timeout / 3, exactly the deliveries this object handed out and has not
+//     settled (XCLAIM JUSTID, which does not count a delivery), never others its PEL may hold.
+//   - An entry whose payload Codec::decode rejects, or that has no v field, is dead-lettered at
+//     once with the reason ("undecodable payload", "entry without a v field").
+//   - ack and nack fail, returning false, when the entry is no longer held by this consumer
+//     (claimed by another after the lease expired, or already settled): they never settle
+//     another consumer's delivery. nack leaves the entry pending but claimable at once by any
+//     consumer of the group (the claim counts the next delivery).
+//   - After max_deliveries deliveries without an ack an entry moves to the dead-letter stream
+//     (recording max_deliveries deliveries and the reason "max_deliveries") and is acked.
+//   - The dead-letter stream is never trimmed (a bound would drop failed entries silently):
+//     watch dead_letter_size().
 //   - close() sets a key seen by every process within poll_interval; pushes then fail with
 //     closed; pops drain new and stale entries and return closed once nothing is pending in
 //     the group: no new entry AND no entry held by any consumer (XPENDING), since a held entry
 //     may still be nacked or claimed after its lease. While some are held, pops wait (polling
 //     every poll_interval) and get the entry if it comes back.
+//   - A consumer object that holds nothing is deleted from the group when it is destroyed; the
+//     heartbeat deletes the group's consumers that hold nothing and were idle longer than the
+//     visibility timeout.
 //   - Thread-safe: threads share one object (one consumer name) through its connection pool; a
-//     blocked pop holds only its own connection.
+//     blocked pop holds only its own connection. Needs Redis >= 6.2 (checked on first use).
+//
+// pipeline and fan_* over a redis::stream: as for redis::queue, the channel interface acks a
+// value at the same thread's next pop, before the value is handled downstream; use worker_pool
+// or pop_delivery + ack for at-least-once processing.
 //
 // Acknowledging through the channel interface: as redis::queue - pop(T&) keeps the delivery
 // pending until this thread's next pop, ack_last() or nack_last(); that ack travels in the next
@@ -36,19 +54,22 @@
 // A fused ack of an entry this consumer no longer holds (claimed by another after the lease
 // expired) is skipped silently, as ack() would fail; ack() and nack() report the outcome.
 //
-// Key layout (hash tag {name}):
-//   {name}:stream     the stream; entries {v: payload, d: deliveries before (re)adding}
-//   {name}:dead       dead-letter stream; entries {v, id (the original id), deliveries}
-//   {name}:closed     exists once close() was called
-// Consumer group: options.group; consumer name: <pid>-<random> per object.
+// Key layout (hash tag {name}; no key is shared with a redis::queue of the same name):
+//   {name}:stream          the stream; entries {v: payload[, d: deliveries before (re)adding]}
+//   {name}:stream:dead     dead-letter stream; entries {v, id (the original id), group,
+//                          deliveries (made), reason}
+//   {name}:stream:closed   exists once close() was called
+// Consumer group: options.group; consumer name: <pid>-<random> per object. The wire format is
+// documented in README.md ("Wire format of queue and stream").
 //
-// Lifetime: the destructor stops the heartbeat; deliveries still held are claimed by others
-// after the visibility timeout. Redis I/O failures throw redis::error (a blocking pop retries
-// for retry_window first).
+// Lifetime: the destructor stops the heartbeat, sends deferred acks, and leaves the group if it
+// holds nothing; deliveries still held are claimed by others after the visibility timeout.
+// Redis I/O failures throw redis::error (a blocking pop retries for retry_window first).
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -56,9 +77,11 @@
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <iterator>
 #include <utility>
 #include <vector>
 
+#include "spindle/deadline.hpp"
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/detail/channel_pops.hpp"
 #include "spindle/redis/detail/lease.hpp"
@@ -75,10 +98,18 @@ struct stream_options {
   std::string group = "spindle";                        ///< consumer group name, not empty
   std::chrono::milliseconds visibility_timeout{30000};  ///< idle time before a claim; > 0
   std::uint32_t max_deliveries = 5;                     ///< 0: never dead-letter
-  std::size_t max_length = 0;                           ///< XADD MAXLEN; 0: no trimming
-  std::chrono::milliseconds poll_interval{100};         ///< XREADGROUP BLOCK; > 0
-  std::chrono::milliseconds retry_window{10000};        ///< blocking pops retry I/O this long
-  std::size_t max_connections = 8;                      ///< of this object's pool
+  /// Retention, opt-in: XADD MAXLEN keeps the newest max_length entries, dropping older ones
+  /// even if a group has not acknowledged them. 0: no length bound.
+  std::size_t max_length = 0;
+  std::chrono::milliseconds poll_interval{100};  ///< XREADGROUP BLOCK; > 0, < io_timeout
+  std::chrono::milliseconds retry_window{10000};  ///< blocking pops retry I/O this long
+  std::size_t max_connections = 8;               ///< of this object's pool
+  /// Retention, opt-in: each push trims entries older than max_age (server time), acknowledged
+  /// or not. 0: no age bound.
+  std::chrono::milliseconds max_age{0};
+  /// Retention, the default: the heartbeat trims the entries that every group of the stream has
+  /// acknowledged (never one a group still needs). false: keep everything.
+  bool trim_acknowledged = true;
 };
 
 /// A reliable channel on a Redis Stream consumer group. See the header comment.
@@ -98,23 +129,26 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   };
 
   /// Opens the stream `name`; connects lazily. Throws std::invalid_argument for an empty name
-  /// or group, or a zero visibility_timeout / poll_interval / max_connections. Allocates.
+  /// or group, a zero visibility_timeout / poll_interval / max_connections, or poll_interval >=
+  /// o.io_timeout. Allocates.
   stream(std::string name, options o, stream_options so = {})
       : name_(std::move(name)),
         so_(std::move(so)),
-        pool_(std::move(o), {.max_connections = check(so_)}),
-        closed_("{" + name_ + "}:closed") {
+        pool_(checked(std::move(o), so_), {.max_connections = so_.max_connections}),
+        closed_("{" + name_ + "}:stream:closed") {
     if (name_.empty()) throw std::invalid_argument("redis::stream: empty name");
     std::string tag = "{" + name_ + "}";
-    stream_ = tag + ":stream";
-    dead_ = tag + ":dead";
+    keys_ = {tag + ":stream", tag + ":stream:dead", closed_.key()};
     consumer_ = detail::consumer_name();
+    vis_arg_ = std::to_string(so_.visibility_timeout.count());
+    max_arg_ = std::to_string(so_.max_deliveries);
   }
 
   stream(const stream&) = delete;
   stream& operator=(const stream&) = delete;
 
-  /// Stops the heartbeat; acks still waiting for a pop are sent (best effort). Never throws.
+  /// Stops the heartbeat; acks still waiting for a pop are sent, and the consumer leaves the
+  /// group if it holds nothing (best effort). Never throws.
   ~stream() {
     hb_.stop();
     for (const auto& id : acks_.take()) {
@@ -122,6 +156,12 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
         settle(id, "ack");
       } catch (...) {  // the entry is then claimed by another consumer after its lease
       }
+    }
+    if (!group_ready_.load(std::memory_order_relaxed)) return;
+    try {
+      auto c = pool_.acquire();
+      leave_.run(*c, keys_, {so_.group, consumer_});
+    } catch (...) {  // swept later by another consumer's heartbeat
     }
   }
 
@@ -131,7 +171,8 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
 
   // ---- producers ----------------------------------------------------------------------------
 
-  /// Appends v (XADD). Returns ok | closed. Never waits. Thread-safe.
+  /// Appends v (XADD, trimmed per max_length / max_age). Returns ok | closed. Never waits.
+  /// Thread-safe.
   status push(const T& v) { return push_once(Codec::encode(v)); }
   status push(T&& v) { return push(static_cast<const T&>(v)); }
   /// Same as push(): a stream is never full. Returns ok | closed. Thread-safe.
@@ -154,10 +195,10 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   status pop_delivery(delivery& out, std::stop_token st = {}) {
     return pop_until(out, std::nullopt, st, true);
   }
-  /// Returns ok | timeout | closed. Thread-safe.
+  /// Returns ok | timeout | closed (duration::max(): no limit). Thread-safe.
   template <class Rep, class Period>
   status pop_delivery_for(delivery& out, std::chrono::duration<Rep, Period> d) {
-    return pop_until(out, clock::now() + std::chrono::ceil<std::chrono::milliseconds>(d), {}, true);
+    return pop_until(out, spindle::detail::time_after<clock>(d), {}, true);
   }
   /// Never blocks. Returns ok | empty | closed. Thread-safe.
   status try_pop_delivery(delivery& out) { return pop_until(out, clock::now(), {}, false); }
@@ -171,11 +212,10 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     return pop_until(d, std::nullopt, st, true);
   }
 
-  /// Acknowledges d (XACK, XDEL). Returns false if this consumer no longer holds it.
-  /// Thread-safe.
+  /// Acknowledges d (XACK). Returns false if this consumer no longer holds it. Thread-safe.
   bool ack(const delivery& d) { return settle(d.id, "ack") > 0; }
-  /// Requeues d at the end with its delivery count, or dead-letters it at max_deliveries.
-  /// Returns false if this consumer no longer holds it. Thread-safe.
+  /// Gives d back (claimable at once by any consumer of the group), or dead-letters it at
+  /// max_deliveries. Returns false if this consumer no longer holds it. Thread-safe.
   bool nack(const delivery& d) { return settle(d.id, "nack") > 0; }
 
   // ---- consumers: the channel interface -----------------------------------------------------
@@ -188,26 +228,33 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   void close() { closed_.close(pool_); }
   /// True once any process closed the stream. Thread-safe.
   bool closed() const { return closed_.closed(pool_); }
-  /// Entries in the stream (delivered or not, until acked). Thread-safe.
-  std::size_t size() { return static_cast<std::size_t>(pool_.command("XLEN", stream_).integer()); }
+  /// Entries in the stream (acknowledged or not, until trimmed by the retention policy).
+  /// Thread-safe.
+  std::size_t size() { return static_cast<std::size_t>(pool_.command("XLEN", keys_[0]).integer()); }
   /// Deliveries held by this consumer. Thread-safe.
   std::size_t in_flight() {
     ensure_group();
-    auto r = pool_.command("XPENDING", stream_, so_.group, "-", "+", 1000000, consumer_);
+    auto r = pool_.command("XPENDING", keys_[0], so_.group, "-", "+", 1000000, consumer_);
     return r.size();
   }
   /// Entries delivered to some consumer of the group and not yet acked (XPENDING). Thread-safe.
   std::size_t pending() {
     ensure_group();
-    return static_cast<std::size_t>(pool_.command("XPENDING", stream_, so_.group)[0].integer());
+    return static_cast<std::size_t>(pool_.command("XPENDING", keys_[0], so_.group)[0].integer());
   }
   /// Entries in the dead-letter stream. Thread-safe.
   std::size_t dead_letter_size() {
-    return static_cast<std::size_t>(pool_.command("XLEN", dead_).integer());
+    return static_cast<std::size_t>(pool_.command("XLEN", keys_[1]).integer());
+  }
+  /// Trims now what the retention policy trim_acknowledged would (entries every group has
+  /// acknowledged). Returns how many entries went. Thread-safe.
+  std::size_t trim() {
+    auto c = pool_.acquire();
+    return static_cast<std::size_t>(trim_.run(*c, keys_, {}).integer());
   }
   /// Deletes every key of the stream. For tests and tear-down.
   void destroy() {
-    pool_.command("DEL", stream_, dead_, closed_.key());
+    pool_.command("DEL", keys_);
     closed_.reset();
     group_ready_.store(false, std::memory_order_relaxed);
   }
@@ -216,16 +263,19 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   using clock = std::chrono::steady_clock;
   using time_point = clock::time_point;
 
-  static std::size_t check(const stream_options& so) {
+  static options checked(options o, const stream_options& so) {
     if (so.group.empty()) throw std::invalid_argument("redis::stream: empty group name");
-    return detail::check_consumer_options("redis::stream", so.visibility_timeout,
-                                          so.poll_interval, so.max_connections);
+    detail::check_consumer_options("redis::stream", so.visibility_timeout, so.poll_interval,
+                                   so.max_connections, o.io_timeout);
+    return o;
   }
 
   status push_once(const std::string& payload) {
     auto c = pool_.acquire();
-    auto r =
-        push_.run(*c, {stream_, closed_.key()}, {payload, std::to_string(so_.max_length)}).integer();
+    auto r = push_
+                 .run(*c, keys_,
+                      {payload, std::to_string(so_.max_length), std::to_string(so_.max_age.count())})
+                 .integer();
     if (r == -1) {
       closed_.seen();
       return status::closed;
@@ -235,52 +285,78 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
 
   void ensure_group() {
     if (group_ready_.load(std::memory_order_relaxed)) return;  // idempotent server-side step
+    std::call_once(checked_once_, [&] {
+      auto c = pool_.acquire();
+      detail::check_server(*c, "redis::stream");
+    });
     try {
-      pool_.command("XGROUP", "CREATE", stream_, so_.group, "0", "MKSTREAM");
+      pool_.command("XGROUP", "CREATE", keys_[0], so_.group, "0", "MKSTREAM");
     } catch (const server_error& e) {
       if (e.code() != "BUSYGROUP") throw;
     }
     group_ready_.store(true, std::memory_order_relaxed);
   }
 
+  // Renews exactly what this object handed out and has not settled.
+  // Invariant: attacked by "an entry whose reply was lost is not renewed by its consumer's
+  // heartbeat: another claims it" (test_stream.cpp).
   void start_heartbeat() {
     hb_.start(so_.visibility_timeout / 3, [this] {
       auto c = pool_.acquire();
-      heartbeat_.run(*c, {stream_}, {so_.group, consumer_});
+      std::vector<std::string> args{so_.group, consumer_, vis_arg_};
+      auto ids = held_.handed_out();
+      args.insert(args.end(), std::make_move_iterator(ids.begin()),
+                  std::make_move_iterator(ids.end()));
+      heartbeat_.run(*c, keys_, args);
+      if (so_.trim_acknowledged) trim_.run(*c, keys_, {});
     });
   }
 
-  static void fill(delivery& out, const reply& id, const reply& payload, std::int64_t n) {
-    out.value = Codec::decode(payload.str());
-    out.id = id.str();
-    out.deliveries = static_cast<std::uint32_t>(n);
+  // Hands out entry `id` (payload, or nullptr if it has no v field) as out. If it cannot be
+  // decoded it is dead-lettered at once with the reason and false is returned.
+  bool deliver(std::string id, const std::string* payload, std::int64_t n, delivery& out) {
+    const char* reason = "entry without a v field";
+    if (payload != nullptr) {
+      try {
+        out.value = Codec::decode(*payload);
+        out.id = std::move(id);
+        out.deliveries = static_cast<std::uint32_t>(n);
+        held_.hand_out(out.id);
+        return true;
+      } catch (...) {  // Codec's own exception: the payload is poison
+        reason = "undecodable payload";
+      }
+    }
+    settle(id, "dead", reason);
+    return false;
   }
 
-  // One attempt: Lua claim-or-read (drains, sees closed), then XREADGROUP BLOCK.
-  status pop_once(connection& c, delivery& out, std::chrono::milliseconds block) {
+  // One attempt: Lua claim-or-read (drains, sees closed), then XREADGROUP BLOCK. Returns ok |
+  // empty | closed, or ok with `poisoned` set when the entry was dead-lettered instead.
+  status pop_once(connection& c, delivery& out, std::chrono::milliseconds block, bool& poisoned) {
     std::string cursor;
     {
       std::lock_guard lock(cursor_mu_);
       cursor = cursor_;
     }
-    std::vector<std::string> args{so_.group, consumer_,
-                                  std::to_string(so_.visibility_timeout.count()),
-                                  std::to_string(so_.max_deliveries), std::move(cursor)};
+    std::vector<std::string> args{so_.group, consumer_, vis_arg_, max_arg_, std::move(cursor)};
     acks_.append_to(args);
     reply r;
     try {
-      r = pop_.run(c, {stream_, dead_, closed_.key()}, args);
+      r = pop_.run(c, keys_, args);
     } catch (...) {  // sent again with the retry (acking an entry twice skips the second)
       acks_.restore(args, 5);
       throw;
     }
+    for (auto a = args.begin() + 5; a != args.end(); ++a) held_.settled(*a);
     auto code = r[0].integer();
     {
       std::lock_guard lock(cursor_mu_);
       cursor_ = r[r.size() - 1].str();
     }
     if (code == 1) {
-      fill(out, r[1], r[2], r[3].integer());
+      std::string payload = r[2].is_nil() ? std::string() : r[2].str();
+      poisoned = !deliver(r[1].str(), r[2].is_nil() ? nullptr : &payload, r[3].integer(), out);
       return status::ok;
     }
     if (code == -1) {
@@ -289,20 +365,22 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     }
     if (block.count() <= 0) return status::empty;
     reply m = c.command("XREADGROUP", "GROUP", so_.group, consumer_, "COUNT", 1, "BLOCK",
-                        block.count(), "STREAMS", stream_, ">");
+                        block.count(), "STREAMS", keys_[0], ">");
     if (m.is_nil() || m.size() == 0) return status::empty;
     // RESP2: [[name, entries]]; RESP3: map {name: entries}.
     const reply& entries = m[0].is_aggregate() ? m[0][1] : m[1];
     if (entries.size() == 0) return status::empty;
     const reply& e = entries[0];
-    const reply* v = nullptr;
+    std::optional<std::string> v;
     std::int64_t before = 0;
     for (std::size_t i = 0; i + 1 < e[1].size(); i += 2) {
-      if (e[1][i].str() == "v") v = &e[1][i + 1];
-      if (e[1][i].str() == "d") before = e[1][i + 1].integer();
+      if (e[1][i].str() == "v") v = e[1][i + 1].str();
+      if (e[1][i].str() == "d") {
+        std::string d = e[1][i + 1].str();
+        std::from_chars(d.data(), d.data() + d.size(), before);
+      }
     }
-    if (v == nullptr) throw error("redis::stream: entry without a value in " + name_);
-    fill(out, e[0], *v, before + 1);
+    poisoned = !deliver(e[0].str(), v ? &*v : nullptr, before + 1, out);
     return status::ok;
   }
 
@@ -312,12 +390,14 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     for (;;) {
       if (st.stop_requested()) return status::cancelled;
       auto block = detail::block_time(so_.poll_interval, deadline, may_block);
+      bool poisoned = false;
       try {
         ensure_group();
         start_heartbeat();
         auto c = pool_.acquire();
-        status s = pop_once(*c, out, block);
+        status s = pop_once(*c, out, block, poisoned);
         retry.success();
+        if (poisoned) continue;  // dead-lettered: the next one at once
         if (s != status::empty) return s;
       } catch (const error& e) {
         auto* se = dynamic_cast<const server_error*>(&e);
@@ -350,25 +430,38 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     return last_.settle([&](const std::string& id) { return settle(id, mode) > 0; });
   }
 
-  std::int64_t settle(const std::string& id, const char* mode) {
-    auto c = pool_.acquire();
-    return settle_
-        .run(*c, {stream_, dead_},
-             {so_.group, consumer_, id, mode, std::to_string(so_.max_deliveries)})
-        .integer();
+  // Settles one entry. Whatever the outcome (a failure in flight leaves it unknown), the entry
+  // is no longer renewed: if it is still pending it goes stale and is claimed.
+  std::int64_t settle(const std::string& id, const char* mode, const char* reason = "") {
+    std::int64_t r = 0;
+    try {
+      auto c = pool_.acquire();
+      r = settle_.run(*c, keys_, {so_.group, consumer_, id, mode, max_arg_, reason, vis_arg_})
+              .integer();
+    } catch (...) {
+      held_.settled(id);
+      throw;
+    }
+    held_.settled(id);
+    return r;
   }
 
   std::string name_;
   stream_options so_;
   mutable pool pool_;  // thread-safe itself; closed() const reads through it
   detail::closed_flag closed_;
-  std::string stream_, dead_, consumer_;
+  std::vector<std::string> keys_;  // stream, dead, closed: the KEYS of every stream script
+  std::string consumer_, vis_arg_, max_arg_;
+  std::once_flag checked_once_;
   std::atomic<bool> group_ready_{false};  // relaxed: XGROUP CREATE is idempotent
   detail::script push_{detail::lua_stream_push, detail::lua_stream_prelude};
   detail::script pop_{detail::lua_stream_pop, detail::lua_stream_prelude};
   detail::script settle_{detail::lua_stream_settle, detail::lua_stream_prelude};
   detail::script heartbeat_{detail::lua_stream_heartbeat, detail::lua_stream_prelude};
+  detail::script leave_{detail::lua_stream_leave, detail::lua_stream_prelude};
+  detail::script trim_{detail::lua_stream_trim, detail::lua_stream_prelude};
 
+  detail::holdings held_;       // handed out and not settled: what the heartbeat renews
   detail::deferred_acks acks_;  // handled entry ids for the next pop's script
 
   std::mutex cursor_mu_;

@@ -2,7 +2,8 @@
 // a small runner that calls them by EVALSHA (loading them on first use and again on NOSCRIPT).
 //
 // Every script that needs the time reads the server's clock (TIME), so client clock skew does not
-// matter. Envelope format of redis::queue: "<id>:<previous deliveries>:<payload>".
+// matter. The wire formats of redis::queue and redis::stream are documented in README.md
+// ("Wire format of queue and stream") and below.
 #pragma once
 
 #include <mutex>
@@ -15,228 +16,248 @@
 
 namespace spindle::redis::detail {
 
-// Shared Lua prelude: server time in ms, and requeue of one processing list (oldest first to
-// the pop end of the ready list, or to the dead-letter list once max deliveries are reached; a
-// dead letter leaves the queue's count of outstanding items, `pending`).
+// Shared Lua prelude: server time in ms, and what redis::queue's scripts share.
+//
+// Every redis::queue script takes the same KEYS (queue_keys below, in this order), so that each
+// one declares every key it may touch:
+//   1 consumers (zset: consumer -> lease expiry ms)   2 proc (this consumer's processing list)
+//   3 ready   4 dead   5 pending   6 closed   7 seq   8 signal   9 known   10 reasons
+// Recovery appends the processing lists it empties.
+//
+// The lease protocol (detail/lease.hpp has the client side):
+//   - An envelope enters a processing list only in lua_queue_fetch, which first checks that the
+//     consumer's lease is live and renews it; a fetch that finds it gone or expired moves nothing
+//     and answers -2 (lost). The consumer then takes it again with lua_queue_take, which first
+//     requeues whatever its processing list still holds (those deliveries are forfeit).
+//   - `known` is the set of consumers that took a lease and may hold a processing list; a sweep
+//     (lua_queue_expired + lua_queue_recover) requeues the lists of known consumers whose lease is
+//     expired or missing, so no list is left behind when a lease entry vanishes (failover).
+//   - Whatever adds to the ready list pushes a token on `signal` (at most 64 kept): idle
+//     consumers block on it (BLPOP) and then fetch with the fenced script; nobody blocks on the
+//     ready list itself.
+//
+// Envelopes: "<id>:<previous deliveries>:<payload>" (ids and counts in decimal). A ready item that
+// is not an envelope (a bare payload pushed by another client) is wrapped by the fetch as a first
+// delivery (a fresh id from seq, counted in pending). Dead letters: "<id>:<deliveries made>:
+// <payload>", with the reason in the hash `reasons` (id -> text).
 inline constexpr std::string_view lua_prelude = R"lua(
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function requeue_one(e, ready, dead, max, pending)
-  local a = string.find(e, ':', 1, true)
-  local b = string.find(e, ':', a + 1, true)
-  local d = tonumber(string.sub(e, a + 1, b - 1)) + 1
-  local ne = string.sub(e, 1, a) .. d .. string.sub(e, b)
-  if max > 0 and d >= max then
-    redis.call('LPUSH', dead, ne)
-    redis.call('DECR', pending)
+local function lease_live(consumers, me, now)
+  local s = redis.call('ZSCORE', consumers, me)
+  return s and tonumber(s) >= now
+end
+local function signal(key, n)
+  if n <= 0 then return end
+  for i = 1, math.min(n, 64) do redis.call('LPUSH', key, '1') end
+  redis.call('LTRIM', key, 0, 63)
+end
+local function dead_letter(id, made, payload, reason)
+  redis.call('LPUSH', KEYS[4], id .. ':' .. made .. ':' .. payload)
+  redis.call('HSET', KEYS[10], id, reason)
+  redis.call('DECR', KEYS[5])
+end
+local function requeue_one(e, max)
+  local id, d, rest = string.match(e, '^(%d+):(%d+):(.*)$')
+  if not id then
+    redis.call('RPUSH', KEYS[3], e)
+    return 1
+  end
+  local made = tonumber(d) + 1
+  if max > 0 and made >= max then
+    dead_letter(id, made, rest, 'max_deliveries')
     return 2
   end
-  redis.call('RPUSH', ready, ne)
+  redis.call('RPUSH', KEYS[3], id .. ':' .. made .. ':' .. rest)
   return 1
 end
-local function requeue_all(proc, ready, dead, max, pending)
+-- Envelopes ARGV[first..] (in hand-out order) never handed out: from this consumer's processing
+-- list back to the pop end of the ready list, count unchanged. Returns how many.
+local function give_back(first)
+  local n = 0
+  for i = #ARGV, first, -1 do
+    if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
+      redis.call('RPUSH', KEYS[3], ARGV[i])
+      n = n + 1
+    end
+  end
+  signal(KEYS[8], n)
+  return n
+end
+local function requeue_all(proc, max)
   local n = 0
   while true do
     local e = redis.call('LPOP', proc)
     if not e then break end
-    requeue_one(e, ready, dead, max, pending)
-    n = n + 1
+    if requeue_one(e, max) == 1 then n = n + 1 end
   end
+  signal(KEYS[8], n)
   return n
 end
 )lua";
 
 // redis::queue keeps `pending` = items in the ready list + items in every processing list (pushed,
 // not yet acked or dead-lettered). Every script that adds or removes an item keeps it; moves
-// between the lists (pop, BLMOVE, requeue) leave it alone. Pops return closed only once the queue
-// is closed and pending is 0: nothing ready and nothing held that could still be requeued.
+// between the lists (fetch, requeue) leave it alone. Pops return closed only once the queue is
+// closed and pending is 0: nothing ready and nothing held that could still be requeued.
 
-// KEYS: ready, closed, seq, pending. ARGV: max_length (0: none), payload...
-// Pushes as many payloads as there is room for, in order (the first is popped first).
-// Returns how many were pushed (0: full), or -1 closed.
+// ARGV: max_length (0: none), payload... Pushes as many payloads as there is room for, in order
+// (the first is popped first). Returns how many were pushed (0: full), or -1 closed.
 inline constexpr std::string_view lua_queue_push = R"lua(
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[6]) == 1 then return -1 end
 local n = #ARGV - 1
 local max = tonumber(ARGV[1])
 if max > 0 then
-  local room = max - redis.call('LLEN', KEYS[1])
+  local room = max - redis.call('LLEN', KEYS[3])
   if room < n then n = math.max(room, 0) end
 end
 if n == 0 then return 0 end
-local last = redis.call('INCRBY', KEYS[3], n)
+local last = redis.call('INCRBY', KEYS[7], n)
 local es = {}
 for i = 1, n do es[i] = (last - n + i) .. ':0:' .. ARGV[i + 1] end
-redis.call('LPUSH', KEYS[1], unpack(es))
-redis.call('INCRBY', KEYS[4], n)
+redis.call('LPUSH', KEYS[3], unpack(es))
+redis.call('INCRBY', KEYS[5], n)
+signal(KEYS[8], n)
 return n
 )lua";
 
-// KEYS: consumers, proc, ready, closed, pending. ARGV: consumer, n, envelope to ack...
-// Acks the envelopes (only while the lease holds, like settle), then moves up to n envelopes
-// from the ready list to the processing list: one round trip for a consumer that acks what it
-// finished and takes more. Returns {code, acked, envelope...}: code 1 (the envelopes follow, the
-// first popped first), 0 nothing ready, -1 closed and nothing pending anywhere; acked: how many
-// of the envelopes were removed, -1 if the lease had expired (nothing removed).
+// ARGV: consumer, n, visibility ms, envelope to ack...
+// If the lease is gone or expired: returns {-2, 0} and changes nothing (the caller takes the
+// lease again with lua_queue_take). Else renews the lease, acks the envelopes, then moves up to
+// n items from the ready list to the processing list (wrapping bare payloads). Returns {code,
+// acked, envelope...}: code 1 (the envelopes follow, the first popped first), 0 nothing ready,
+// -1 closed and nothing pending anywhere; acked: how many of the envelopes were removed.
 inline constexpr std::string_view lua_queue_fetch = R"lua(
+local now = now_ms()
+if not lease_live(KEYS[1], ARGV[1], now) then return {-2, 0} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 local acked = 0
-if #ARGV > 2 then
-  local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if s and tonumber(s) >= now_ms() then
-    for i = 3, #ARGV do acked = acked + redis.call('LREM', KEYS[2], -1, ARGV[i]) end
-    if acked > 0 then redis.call('DECRBY', KEYS[5], acked) end
-  else
-    acked = -1
-  end
-end
+for i = 4, #ARGV do acked = acked + redis.call('LREM', KEYS[2], -1, ARGV[i]) end
+if acked > 0 then redis.call('DECRBY', KEYS[5], acked) end
 local out = {1, acked}
 for i = 1, tonumber(ARGV[2]) do
   local e = redis.call('LMOVE', KEYS[3], KEYS[2], 'RIGHT', 'LEFT')
   if not e then break end
+  if not string.match(e, '^%d+:%d+:') then
+    e = redis.call('INCR', KEYS[7]) .. ':0:' .. e
+    redis.call('LSET', KEYS[2], 0, e)
+    redis.call('INCR', KEYS[5])
+  end
   out[#out + 1] = e
 end
 if #out > 2 then return out end
-if redis.call('EXISTS', KEYS[4]) == 1 and tonumber(redis.call('GET', KEYS[5]) or '0') <= 0 then
+if redis.call('EXISTS', KEYS[6]) == 1 and tonumber(redis.call('GET', KEYS[5]) or '0') <= 0 then
   return {-1, acked}
 end
 return {0, acked}
 )lua";
 
-// KEYS: consumers, proc, ready, dead, pending.
-// ARGV: consumer, visibility ms, max deliveries, renewal (1: the lease was taken before).
-// Renews the lease; if it had expired, the consumer's deliveries are requeued first (they are
-// forfeit: its acks now fail). Returns how many were requeued, or -1 if a renewal found the
-// lease gone (another consumer recovered it: its deliveries were requeued there).
+// ARGV: consumer, visibility ms, max deliveries, envelope never handed out...
+// Takes the lease (first use, or after it was lost): the envelopes never handed out go back to
+// the pop end of the ready list unchanged, in that order; whatever else the processing list
+// holds is requeued as forfeit deliveries (count + 1); then the lease is set and the consumer
+// is known. Returns how many items went back.
+inline constexpr std::string_view lua_queue_take = R"lua(
+local now = now_ms()
+local back = give_back(4)
+local n = requeue_all(KEYS[2], tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('SADD', KEYS[9], ARGV[1])
+return back + n
+)lua";
+
+// ARGV: consumer, visibility ms. Renews a live lease; returns 0, or -1 (nothing changed) if the
+// lease is gone or expired (the caller then takes it again with lua_queue_take).
 inline constexpr std::string_view lua_queue_heartbeat = R"lua(
 local now = now_ms()
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-local lost = 0
-if s and tonumber(s) < now then
-  lost = requeue_all(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[3]), KEYS[5])
-elseif not s and ARGV[4] == '1' then
-  lost = -1
-end
+if not lease_live(KEYS[1], ARGV[1], now) then return -1 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return lost
+return 0
 )lua";
 
-// KEYS: consumers. Returns up to 64 consumers whose lease expired (the first half of recovery;
-// the second, lua_queue_recover, is given their processing lists as KEYS).
+// Returns up to 64 consumers whose lease expired and up to 16 known consumers without a lease
+// entry (the first half of recovery; the second, lua_queue_recover, is given their processing
+// lists as KEYS).
 inline constexpr std::string_view lua_queue_expired = R"lua(
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms(), 'LIMIT', 0, 64)
+local out = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms(), 'LIMIT', 0, 64)
+for _, c in ipairs(redis.call('SRANDMEMBER', KEYS[9], 16)) do
+  if not redis.call('ZSCORE', KEYS[1], c) then out[#out + 1] = c end
+end
+return out
 )lua";
 
-// KEYS: consumers, ready, dead, pending, proc of consumer 1, proc of consumer 2, ...
+// KEYS: queue_keys, then proc of consumer 1, proc of consumer 2, ...
 // ARGV: max deliveries, consumer 1, consumer 2, ...
-// Requeues the processing list of each consumer whose lease is (still) expired and drops its
-// lease; a consumer renewed or recovered since lua_queue_expired is left alone. Returns the
-// count of requeued items.
+// Requeues the processing list of each consumer whose lease is (still) expired or missing and
+// forgets it (lease and known); a consumer that renewed or took its lease since
+// lua_queue_expired is left alone. Returns the count of requeued items.
 inline constexpr std::string_view lua_queue_recover = R"lua(
 local now = now_ms()
 local n = 0
 for i = 2, #ARGV do
-  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if s and tonumber(s) < now then
-    n = n + requeue_all(KEYS[3 + i], KEYS[2], KEYS[3], tonumber(ARGV[1]), KEYS[4])
+  if not lease_live(KEYS[1], ARGV[i], now) then
+    n = n + requeue_all(KEYS[9 + i], tonumber(ARGV[1]))
     redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('SREM', KEYS[9], ARGV[i])
   end
 end
 return n
 )lua";
 
-// KEYS: consumers, proc, ready, dead, pending. ARGV: consumer, envelope, mode (ack | nack), max.
-// Returns 1 acked / requeued, 2 dead-lettered (nack), 0 not in the processing list,
-// -1 lease expired (nothing changed).
+// ARGV: consumer, envelope, mode (ack | nack | dead), max deliveries, reason (dead).
+// Returns 1 acked / requeued, 2 dead-lettered, 0 not in the processing list, -1 lease gone or
+// expired (nothing changed).
 inline constexpr std::string_view lua_queue_settle = R"lua(
-local now = now_ms()
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not s or tonumber(s) < now then return -1 end
+if not lease_live(KEYS[1], ARGV[1], now_ms()) then return -1 end
 local removed = redis.call('LREM', KEYS[2], -1, ARGV[2])
 if removed == 0 then return 0 end
 if ARGV[3] == 'ack' then
   redis.call('DECR', KEYS[5])
   return 1
 end
-return requeue_one(ARGV[2], KEYS[3], KEYS[4], tonumber(ARGV[4]), KEYS[5])
-)lua";
-
-// KEYS: consumers, proc, ready. ARGV: consumer, envelope... (in the order they would have been
-// handed out). Gives back prefetched envelopes never handed out: moved to the pop end of the
-// ready list in that order, delivery count unchanged (they were never delivered to user code).
-// Only while the lease holds (else they are, or will be, requeued by recovery). Returns how many.
-inline constexpr std::string_view lua_queue_give_back = R"lua(
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not s or tonumber(s) < now_ms() then return -1 end
-local n = 0
-for i = #ARGV, 2, -1 do
-  if redis.call('LREM', KEYS[2], -1, ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[3], ARGV[i])
-    n = n + 1
-  end
+if ARGV[3] == 'dead' then
+  local id, d, rest = string.match(ARGV[2], '^(%d+):(%d+):(.*)$')
+  dead_letter(id, tonumber(d) + 1, rest, ARGV[5])
+  return 2
 end
-return n
+local r = requeue_one(ARGV[2], tonumber(ARGV[4]))
+if r == 1 then signal(KEYS[8], 1) end
+return r
 )lua";
 
-// KEYS: consumers, proc. ARGV: consumer. Leaves: drops the lease if nothing is held.
+// ARGV: consumer, envelope... (in the order they would have been handed out). Gives back
+// envelopes never handed out (prefetched, or moved by a fetch whose reply was lost): moved to
+// the pop end of the ready list in that order, delivery count unchanged. Only while the lease
+// holds (else they are, or will be, requeued by recovery). Returns how many, -1 lease lost.
+inline constexpr std::string_view lua_queue_give_back = R"lua(
+if not lease_live(KEYS[1], ARGV[1], now_ms()) then return -1 end
+return give_back(2)
+)lua";
+
+// ARGV: consumer. Leaves: drops the lease and forgets the consumer if nothing is held.
 inline constexpr std::string_view lua_queue_leave = R"lua(
 if redis.call('LLEN', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[9], ARGV[1])
   return 1
 end
 return 0
 )lua";
 
-// Token bucket. KEYS: bucket hash. ARGV: rate per second, burst, n.
-// Returns 0 if granted, else the ms until n tokens will be there. Idle keys expire once the
-// bucket would be full again (plus a second).
-inline constexpr std::string_view lua_token_bucket = R"lua(
-local now = now_ms()
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local v = redis.call('HMGET', KEYS[1], 't', 'ts')
-local tokens = tonumber(v[1])
-local ts = tonumber(v[2])
-if tokens == nil or ts == nil then tokens = burst; ts = now end
-if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000); ts = now end
-local wait = 0
-if tokens >= n then tokens = tokens - n else wait = math.ceil((n - tokens) * 1000 / rate) end
-redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'ts', ts)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
-)lua";
-
-// Sliding window log. KEYS: log zset, sequence. ARGV: limit, window ms, n.
-// Returns 0 if granted, else the ms until enough entries leave the window. Idle keys expire
-// after the window (plus a second).
-inline constexpr std::string_view lua_sliding_window = R"lua(
-local now = now_ms()
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count + n > limit then
-  local idx = count + n - limit - 1
-  local e = redis.call('ZRANGE', KEYS[1], idx, idx, 'WITHSCORES')
-  local wait = 1
-  if e[2] then wait = math.max(1, tonumber(e[2]) + window - now + 1) end
-  return wait
-end
-for i = 1, n do
-  local id = redis.call('INCR', KEYS[2])
-  redis.call('ZADD', KEYS[1], now, id)
-end
-redis.call('PEXPIRE', KEYS[1], window + 1000)
-redis.call('PEXPIRE', KEYS[2], window + 1000)
-return 0
-)lua";
-
-// ---- redis::stream. Entries carry fields v (payload) and d (deliveries before this entry was
-// (re)added); an entry's delivery count is d plus the group's count for it.
+// ---- redis::stream. KEYS of every stream script: stream, dead-letter stream, closed.
+// Entries carry field v (payload) and optionally d (deliveries before the entry was added; 0 or
+// absent for a first delivery); an entry's delivery count is d plus the group's count for it
+// (XPENDING). Dead letters: {v, id (the original id), group, deliveries (made), reason}.
+// Acknowledging is XACK only: the stream is a log that every group reads in full; retention is
+// separate (lua_stream_trim, XADD MAXLEN / MINID).
 
 inline constexpr std::string_view lua_stream_prelude = R"lua(
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function field(fields, name)
   for i = 1, #fields, 2 do if fields[i] == name then return fields[i + 1] end end
   return nil
@@ -246,51 +267,53 @@ local function pending_count(s, g, id)
   if #p == 0 then return nil, nil end
   return p[1][2], tonumber(p[1][4])
 end
+local function dead_letter(g, id, payload, made, reason)
+  redis.call('XADD', KEYS[2], '*', 'v', payload or '', 'id', id, 'group', g,
+             'deliveries', made, 'reason', reason)
+  redis.call('XACK', KEYS[1], g, id)
+end
 )lua";
 
-// KEYS: stream, closed. ARGV: payload, maxlen (0: none). Returns 1 pushed, -1 closed.
+// ARGV: payload, max length (0: none; XADD MAXLEN, exact), max age ms (0: none; then XTRIM
+// MINID of the server time less the age). Returns 1 pushed, -1 closed.
 inline constexpr std::string_view lua_stream_push = R"lua(
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'v', ARGV[1], 'd', 0)
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'v', ARGV[1])
 else
-  redis.call('XADD', KEYS[1], '*', 'v', ARGV[1], 'd', 0)
+  redis.call('XADD', KEYS[1], '*', 'v', ARGV[1])
 end
+local age = tonumber(ARGV[3])
+if age > 0 then redis.call('XTRIM', KEYS[1], 'MINID', (now_ms() - age) .. '-0') end
 return 1
 )lua";
 
-// KEYS: stream, dead, closed. ARGV: group, consumer, min idle ms, max deliveries, cursor, then
-// the ids of this consumer's handled deliveries to ack first (XACK + XDEL of each one it still
-// holds; one it no longer holds is skipped, as an ack of it would fail).
-// Claims a stale delivery (dead-lettering those past max deliveries), else reads a new one.
-// Returns {1, id, payload, deliveries, cursor}, {0, cursor} none, {-1, cursor} closed and
-// drained: nothing new and no entry pending in the group (held by any consumer, live or dead,
-// and so possibly requeued by a nack or claimed after its lease).
+// ARGV: group, consumer, min idle ms, max deliveries, cursor, then the ids of this consumer's
+// handled deliveries to ack first (XACK of each one it still holds; one it no longer holds is
+// skipped, as an ack of it would fail).
+// Claims a stale delivery (idle for min idle: its holder died, stalled, or never received it;
+// dead-lettering those past max deliveries), else reads a new one.
+// Returns {1, id, payload (nil if the entry has no v field), deliveries, cursor}, {0, cursor}
+// none, {-1, cursor} closed and drained: nothing new and no entry pending in the group.
 inline constexpr std::string_view lua_stream_pop = R"lua(
 local s, g, me = KEYS[1], ARGV[1], ARGV[2]
 local max = tonumber(ARGV[4])
 local cursor = ARGV[5]
 for i = 6, #ARGV do
-  if pending_count(s, g, ARGV[i]) == me then
-    redis.call('XACK', s, g, ARGV[i])
-    redis.call('XDEL', s, ARGV[i])
-  end
+  if pending_count(s, g, ARGV[i]) == me then redis.call('XACK', s, g, ARGV[i]) end
 end
 for i = 1, 16 do
   local r = redis.call('XAUTOCLAIM', s, g, me, ARGV[3], cursor, 'COUNT', 1)
   cursor = r[1]
-  local es = r[2]
-  if #es > 0 then
-    local id, fields = es[1][1], es[1][2]
+  local e = r[2][1]
+  if e then
+    local id, fields = e[1], e[2]
     local _, count = pending_count(s, g, id)
     local total = tonumber(field(fields, 'd') or 0) + (count or 1)
     if max > 0 and total > max then
-      redis.call('XADD', KEYS[2], '*', 'v', field(fields, 'v') or '', 'id', id,
-                 'deliveries', total - 1)
-      redis.call('XACK', s, g, id)
-      redis.call('XDEL', s, id)
+      dead_letter(g, id, field(fields, 'v'), total - 1, 'max_deliveries')
     else
-      return {1, id, field(fields, 'v') or '', total, cursor}
+      return {1, id, field(fields, 'v') or false, total, cursor}
     end
   elseif cursor == '0-0' then
     break
@@ -299,7 +322,7 @@ end
 local r = redis.call('XREADGROUP', 'GROUP', g, me, 'COUNT', 1, 'STREAMS', s, '>')
 if r and #r[1][2] > 0 then
   local e = r[1][2][1]
-  return {1, e[1], field(e[2], 'v') or '', tonumber(field(e[2], 'd') or 0) + 1, cursor}
+  return {1, e[1], field(e[2], 'v') or false, tonumber(field(e[2], 'd') or 0) + 1, cursor}
 end
 if redis.call('EXISTS', KEYS[3]) == 1 and redis.call('XPENDING', s, g)[1] == 0 then
   return {-1, cursor}
@@ -307,38 +330,99 @@ end
 return {0, cursor}
 )lua";
 
-// KEYS: stream, dead. ARGV: group, consumer, id, mode (ack | nack), max deliveries.
+// ARGV: group, consumer, id, mode (ack | nack | dead), max deliveries, reason (dead), visibility
+// ms. ack: XACK. nack: the entry stays pending but becomes claimable at once (its idle time is
+// set past the visibility timeout; the claim counts the next delivery), or is dead-lettered once
+// it reached max deliveries. dead: dead-lettered with the reason.
 // Returns 1 acked / requeued, 2 dead-lettered, -1 not held by this consumer (claimed by
 // another after the lease expired, or already settled).
 inline constexpr std::string_view lua_stream_settle = R"lua(
 local s, g, me, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local owner, count = pending_count(s, g, id)
 if owner ~= me then return -1 end
+if ARGV[4] == 'ack' then
+  redis.call('XACK', s, g, id)
+  return 1
+end
 local e = redis.call('XRANGE', s, id, id)
-redis.call('XACK', s, g, id)
-redis.call('XDEL', s, id)
-if ARGV[4] == 'ack' or #e == 0 then return 1 end
-local fields = e[1][2]
+local fields = {}
+if #e > 0 then fields = e[1][2] end
 local total = tonumber(field(fields, 'd') or 0) + count
 local max = tonumber(ARGV[5])
-if max > 0 and total >= max then
-  redis.call('XADD', KEYS[2], '*', 'v', field(fields, 'v') or '', 'id', id, 'deliveries', total)
+if ARGV[4] == 'dead' or #e == 0 or (max > 0 and total >= max) then
+  local reason = ARGV[6]
+  if ARGV[4] ~= 'dead' then reason = 'max_deliveries' end
+  if #e == 0 then reason = 'trimmed' end
+  dead_letter(g, id, field(fields, 'v'), total, reason)
   return 2
 end
-redis.call('XADD', s, '*', 'v', field(fields, 'v') or '', 'd', total)
+redis.call('XCLAIM', s, g, me, 0, id, 'IDLE', tonumber(ARGV[7]) + 1, 'JUSTID')
 return 1
 )lua";
 
-// KEYS: stream. ARGV: group, consumer. Renews this consumer's deliveries (resets their idle
-// time without counting a delivery). Returns how many.
+// ARGV: group, consumer, visibility ms, id... (the deliveries this object handed out and has
+// not settled). Renews those that this consumer still holds (XCLAIM JUSTID resets the idle
+// time without counting a delivery) and nothing else: an entry in its PEL that it never handed
+// out (a lost reply) goes stale and is claimed. Then deletes consumers of the group that hold
+// nothing and were idle longer than the visibility timeout (a live one is re-created by its
+// next read). Returns how many deliveries were renewed.
 inline constexpr std::string_view lua_stream_heartbeat = R"lua(
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000, ARGV[2])
-if #p == 0 then return 0 end
-local args = {KEYS[1], ARGV[1], ARGV[2], 0}
-for _, e in ipairs(p) do args[#args + 1] = e[1] end
-args[#args + 1] = 'JUSTID'
-redis.call('XCLAIM', unpack(args))
-return #p
+local s, g, me = KEYS[1], ARGV[1], ARGV[2]
+local args = {s, g, me, 0}
+for i = 4, #ARGV do
+  if pending_count(s, g, ARGV[i]) == me then args[#args + 1] = ARGV[i] end
+end
+local n = #args - 4
+if n > 0 then
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
+end
+local vis = tonumber(ARGV[3])
+local cs = redis.call('XINFO', 'CONSUMERS', s, g)
+for i = 1, math.min(#cs, 256) do
+  local c = cs[i]
+  local name, pending, idle = field(c, 'name'), tonumber(field(c, 'pending')), tonumber(field(c, 'idle'))
+  if name ~= me and pending == 0 and idle > vis then
+    redis.call('XGROUP', 'DELCONSUMER', s, g, name)
+  end
+end
+return n
+)lua";
+
+// ARGV: group, consumer. Leaves: deletes this consumer from the group if it holds nothing.
+// Returns 1 deleted, 0 kept (its entries are claimed by others after the visibility timeout).
+inline constexpr std::string_view lua_stream_leave = R"lua(
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+)lua";
+
+// Trims the entries that every group of the stream has acknowledged: below the oldest pending
+// entry of each group, or up to and including its last delivered id when none is pending
+// (XTRIM MINID). Returns how many entries were trimmed.
+inline constexpr std::string_view lua_stream_trim = R"lua(
+local function less(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok or #groups == 0 then return 0 end
+local bound = nil
+for _, gi in ipairs(groups) do
+  local g = field(gi, 'name')
+  local b = field(gi, 'last-delivered-id')
+  if tonumber(field(gi, 'pending')) > 0 then
+    b = redis.call('XPENDING', KEYS[1], g)[2]
+  else
+    local ms, seq = string.match(b, '^(%d+)-(%d+)$')
+    b = ms .. '-' .. (tonumber(seq) + 1)
+  end
+  if bound == nil or less(b, bound) then bound = b end
+end
+if bound == '0-0' then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', bound)
 )lua";
 
 /// True for error replies that pass by themselves (a server loading its data after a restart,
