@@ -7,7 +7,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -98,6 +100,66 @@ TEST_CASE("tasks start in submission order on a single worker") {
   pool.wait_idle();
   REQUIRE(order.size() == 100);
   for (int i = 0; i < 100; ++i) CHECK(order[static_cast<std::size_t>(i)] == i);
+}
+
+TEST_CASE("the task queue keeps FIFO order and every task across blocks, drains and refills") {
+  // Attacks detail::task_fifo directly (its block boundaries, the reset of an emptied block,
+  // the free list): an uneven push/pop pattern against a std::deque model, with tasks that own
+  // a counted object, so a lost, duplicated or leaked task shows.
+  using spindle::detail::task;
+  using spindle::detail::task_fifo;
+  constexpr std::size_t B = task_fifo::block_tasks;
+  static int live = 0;  // one thread
+  struct owned {
+    int id;
+    explicit owned(int i) : id(i) { ++live; }
+    ~owned() { --live; }
+  };
+  int last_run = -1;
+  {
+    task_fifo q;
+    std::deque<int> model;
+    int next = 0;
+    std::uint32_t rng = 12345;
+    auto pop_one = [&] {
+      task t;
+      q.pop_into(t);
+      t();
+      CHECK(last_run == model.front());
+      model.pop_front();
+    };
+    // Bursts of pushes then pops of uneven lengths: around, exactly on and across boundaries.
+    for (int round = 0; round < 60; ++round) {
+      rng = rng * 1664525u + 1013904223u;
+      const std::size_t pushes = (rng >> 8) % (3 * B) + (round % 3 == 0 ? B : 0);
+      for (std::size_t i = 0; i < pushes; ++i) {
+        auto o = std::make_unique<owned>(next);
+        q.push(task([o = std::move(o), &last_run] { last_run = o->id; }));
+        model.push_back(next++);
+      }
+      REQUIRE(q.size() == model.size());
+      rng = rng * 1664525u + 1013904223u;
+      std::size_t pops = round % 4 == 0 ? model.size() : (rng >> 8) % (model.size() + 1);
+      for (std::size_t i = 0; i < pops; ++i) pop_one();
+      REQUIRE(q.size() == model.size());
+      CHECK(q.empty() == model.empty());
+      CHECK(live == static_cast<int>(model.size()));
+    }
+    // Once the queue has been at a length, reaching it again allocates nothing.
+    while (!model.empty()) pop_one();
+    long before = allocations;
+    for (std::size_t i = 0; i < 2 * B + 1; ++i) q.push(task([] {}));
+    CHECK(allocations - before == 0);
+    for (std::size_t i = 0; i < 2 * B + 1; ++i) {
+      task t;
+      q.pop_into(t);
+    }
+    for (std::size_t i = 0; i < B + 7; ++i) {  // left queued: the destructor releases them
+      auto o = std::make_unique<owned>(next++);
+      q.push(task([o = std::move(o)] {}));
+    }
+  }
+  CHECK(live == 0);
 }
 
 TEST_CASE("post and submit after shutdown throw spindle::closed_error") {
