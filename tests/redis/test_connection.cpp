@@ -440,6 +440,7 @@ TEST_CASE("oversized replies throw at once, before the body is received or alloc
                  {.reply = "+" + std::string(100000, 'a'), .close_after = false}});
   auto o = local(f.port());
   o.limits.max_array_length = 1000;
+  o.limits.max_line_length = 64 * 1024;  // the default (16 MiB) would wait for the rest
   redis::connection c(o);
   CHECK_THROWS_AS(c.command("GET", "k"), redis::error);  // bulk over 512 MiB
   CHECK_THROWS_AS(c.command("GET", "k"), redis::error);  // array over max_array_length
@@ -623,6 +624,13 @@ TEST_CASE("no failure of a real connection shows the password: auth, refused, ti
   slow.password = secret;
   slow.io_timeout = 100ms;
   messages.push_back(what_of([&] { redis::connection c(slow); }));
+  auto right = local(srv.port());
+  right.password = "the-right-one";
+  redis::connection ok(right);
+  // A command that echoes its arguments, given the password: the reply's text is withheld.
+  messages.push_back(what_of([&] { ok.command("NOSUCHCOMMAND", "x-the-right-one"); }));
+  check_no_secret(messages.back(), "the-right-one");
+  CHECK(ok.command("PING").str() == "PONG");
   for (const auto& m : messages) check_no_secret(m);
   try {
     redis::connection c(redis::options::from_url("redis://" + secret + "@127.0.0.1:" +

@@ -27,7 +27,8 @@
 // NOPERM, ...), whose what() names the step, and which carries the server's text only when it
 // cannot hold the credential: a text that quotes (Redis' "unknown command 'HELLO', with args
 // beginning with: ..." echoes AUTH's arguments) or holds any 4 consecutive bytes of the
-// password or the user name is withheld.
+// password or the user name is withheld. The error reply of any other command is withheld too
+// when it holds such a piece (a command that echoes its arguments, given the password).
 //
 // Not thread-safe: one connection per thread (or a pool). Lifetime: the destructor closes the
 // socket; replies already returned stay valid.
@@ -132,7 +133,14 @@ class connection {
   /// when io_timeout passes. With nothing pending, waits for an unsolicited reply (pub/sub).
   reply read() {
     reply r = read_reply();
-    if (r.is_error()) throw server_error(r.str());
+    if (r.is_error()) {
+      const std::string& text = r.str();
+      if (!holds_credential(text)) throw server_error(text);
+      std::string_view code = std::string_view(text).substr(0, text.find(' '));
+      if (holds_credential(code)) code = "ERR";
+      throw server_error(code, std::string(code) + " (the server's text is withheld: it holds "
+                                                   "a piece of the credential)");
+    }
     return r;
   }
 
@@ -277,18 +285,24 @@ class connection {
     }
   }
 
-  // Whether the server's text of a failed handshake step may be shown: not if it quotes
-  // arguments or holds 4 consecutive bytes of a credential (see the header comment).
-  bool safe_to_show(std::string_view text) const {
-    if (text.find_first_of("'`\"") != std::string_view::npos) return false;
+  // Whether `text` holds 4 consecutive bytes (or all, if shorter) of the password or, when a
+  // password is set, of the user name.
+  bool holds_credential(std::string_view text) const {
+    if (opts_.password.empty()) return false;
     for (const std::string* secret : {&opts_.password, &opts_.username}) {
       std::string_view s = *secret;
       if (s.empty()) continue;
       std::size_t w = std::min<std::size_t>(4, s.size());
       for (std::size_t i = 0; i + w <= s.size(); ++i)
-        if (text.find(s.substr(i, w)) != std::string_view::npos) return false;
+        if (text.find(s.substr(i, w)) != std::string_view::npos) return true;
     }
-    return true;
+    return false;
+  }
+
+  // Whether the server's text of a failed handshake step may be shown: not if it quotes
+  // arguments or holds a piece of a credential (see the header comment).
+  bool safe_to_show(std::string_view text) const {
+    return text.find_first_of("'`\"") == std::string_view::npos && !holds_credential(text);
   }
 
   template <class... A>
