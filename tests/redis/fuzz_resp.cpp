@@ -14,7 +14,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   // Small limits so that the fuzzer reaches them; the first byte picks the piece size.
   redis::parser p(redis::limits{.max_bulk_length = 1024, .max_array_length = 64,
-                                .max_depth = 8, .max_line_length = 128});
+                                .max_depth = 8, .max_line_length = 128,
+                                .max_reply_elements = 256, .max_reply_memory = 16384});
   std::size_t piece = 1 + data[0] % 16;
   std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
   try {
@@ -23,6 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       while (auto r = p.next()) {
         if (r->is_aggregate()) (void)r->elements().size();
         if (r->is_string()) (void)r->str().size();
+        if (r->kind() == redis::type::double_number) (void)r->number();  // from_chars
       }
     }
   } catch (const redis::error&) {

@@ -8,6 +8,8 @@
 #include <limits>
 #include <string>
 
+#include "support/comma_locale.hpp"
+
 namespace redis = spindle::redis;
 
 namespace {
@@ -76,4 +78,29 @@ TEST_CASE("a user specialisation is used like the built-in ones") {
   CHECK(p.x == 3);
   CHECK(p.y == -4);
   CHECK_THROWS_AS(redis::codec<point>::decode("34"), redis::error);
+}
+
+TEST_CASE("decode errors give the payload's length, never its bytes") {
+  for (std::string_view bad : {"secret-payload-4711", "4711x", "x4711"}) {
+    for (int which = 0; which < 3; ++which) {
+      try {
+        if (which == 0) (void)redis::codec<int>::decode(bad);
+        if (which == 1) (void)redis::codec<double>::decode(bad);
+        if (which == 2) (void)redis::codec<bool>::decode(bad);
+        FAIL("no exception");
+      } catch (const redis::error& e) {
+        std::string m = e.what();
+        CHECK(m.find("4711") == std::string::npos);
+        CHECK(m.find(std::to_string(bad.size()) + " bytes") != std::string::npos);
+      }
+    }
+  }
+}
+
+TEST_CASE("doubles round-trip in a comma-decimal locale") {
+  test_support::comma_locale loc;
+  if (!loc.active()) return;
+  CHECK(redis::codec<double>::encode(0.5) == "0.5");
+  CHECK(redis::codec<double>::decode("2.25") == 2.25);
+  CHECK_THROWS_AS(redis::codec<double>::decode("2,25"), redis::error);
 }

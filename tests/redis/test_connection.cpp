@@ -5,7 +5,10 @@
 #include <spindle/redis/options.hpp>
 
 #include <doctest/doctest.h>
+#include <netinet/tcp.h>  // TCP_USER_TIMEOUT
 #include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -13,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/comma_locale.hpp"
 #include "support/redis_server.hpp"
 
 namespace redis = spindle::redis;
@@ -436,6 +440,7 @@ TEST_CASE("oversized replies throw at once, before the body is received or alloc
                  {.reply = "+" + std::string(100000, 'a'), .close_after = false}});
   auto o = local(f.port());
   o.limits.max_array_length = 1000;
+  o.limits.max_line_length = 64 * 1024;  // the default (16 MiB) would wait for the rest
   redis::connection c(o);
   CHECK_THROWS_AS(c.command("GET", "k"), redis::error);  // bulk over 512 MiB
   CHECK_THROWS_AS(c.command("GET", "k"), redis::error);  // array over max_array_length
@@ -450,4 +455,345 @@ TEST_CASE("deep nesting from a server throws instead of exhausting the stack") {
   fake_server f({{.reply = deep, .close_after = false}});
   redis::connection c(local(f.port()));
   CHECK_THROWS_AS(c.command("GET", "k"), redis::error);
+}
+
+// ------------------------------------------------------------------------------ issue 14
+
+namespace {
+
+// A password that a message could leak whole or in part: checked by its distinctive pieces.
+const std::string secret = "hunter2-Zq9@x/k";
+
+void check_no_secret(const std::string& m, const std::string& pw = secret) {
+  CAPTURE(m);
+  for (std::size_t i = 0; i + 4 <= pw.size(); ++i) CHECK(m.find(pw.substr(i, 4)) == std::string::npos);
+}
+
+// Runs `f`, which must throw something derived from std::exception; returns its what().
+template <class F>
+std::string what_of(F f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  FAIL("no exception");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("no from_url message holds a credential, whatever the URL form") {
+  const std::string pw = "hunter2secret";
+  for (const std::string& url : std::vector<std::string>{
+           "redis://" + pw + "@host:99999/0", "redis://u:" + pw + "@h:0", "redis://:" + pw + "@::1",
+        "redis://u:hunt@r2secret@h:12x", "redis://u:hunter2/secret@h/x",
+        "redis://u:hunter2?secret@h/-1", "redis://u:" + pw + "%zz@h", "redis://" + pw + "@h?db=x",
+        "redis://u:" + pw + "@h?password=" + pw, "redis://u:" + pw + "@h?" + pw,
+        "redis://u:" + pw + "@h?client_name=" + pw + "&client_name=" + pw,
+        "rediss://u:" + pw + "@h", "http://u:" + pw + "@h", pw + "@h", "unix://:" + pw + "@rel",
+        "redis://u:" + pw + "@bad host"}) {
+    CAPTURE(url);
+    std::string m = what_of([&] { (void)redis::options::from_url(url); });
+    CHECK(m.find("from_url") != std::string::npos);
+    CHECK(m.find("hunter2") == std::string::npos);
+    CHECK(m.find("2secret") == std::string::npos);
+    CHECK(m.find("secret") == std::string::npos);
+  }
+}
+
+TEST_CASE("from_url refuses a bare IPv6 address and takes it in brackets") {
+  for (const char* url : {"redis://::1", "redis://::1:6379", "redis://fe80::1/2"}) {
+    CAPTURE(url);
+    std::string m = what_of([&] { (void)redis::options::from_url(url); });
+    CHECK(m.find("brackets") != std::string::npos);
+  }
+  auto o = redis::options::from_url("redis://[::1]");
+  CHECK(o.host == "::1");
+  CHECK(o.port == 6379);
+  CHECK_THROWS_AS((void)redis::options::from_url("redis://[zz]:1"), std::invalid_argument);
+}
+
+TEST_CASE("from_url parses and validates query parameters, and refuses unknown ones") {
+  auto o = redis::options::from_url(
+      "redis://h:7000?db=2&protocol=3&io_timeout=2s&connect_timeout=250&client_name=w%2D1");
+  CHECK(o.host == "h");
+  CHECK(o.port == 7000);
+  CHECK(o.db == 2);
+  CHECK(o.protocol == 3);
+  CHECK(o.io_timeout == 2s);
+  CHECK(o.connect_timeout == 250ms);
+  CHECK(o.client_name == "w-1");
+  auto p = redis::options::from_url("redis://host?db=2");
+  CHECK(p.host == "host");
+  CHECK(p.db == 2);
+  CHECK(redis::options::from_url("redis://h/3?io_timeout=150ms").io_timeout == 150ms);
+  for (const char* bad : {"redis://h?db=x", "redis://h?db=-1", "redis://h?protocol=4",
+                          "redis://h?io_timeout=1h", "redis://h?timeout=5", "redis://h?db=1&db=2",
+                          "redis://h/1?db=2", "redis://h?", "redis://h?db", "redis://h?&",
+                          "redis://h?client_name=a%20b%0A"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_AS((void)redis::options::from_url(bad), std::invalid_argument);
+  }
+  std::string m = what_of([] { (void)redis::options::from_url("redis://h?tiemout=5"); });
+  CHECK(m.find("unknown query parameter 'tiemout'") != std::string::npos);
+}
+
+TEST_CASE("from_url takes a password holding a raw '@', '/' or '?'") {
+  auto o = redis::options::from_url("redis://u:p@ss/w?rd@h:7001/4");
+  CHECK(o.username == "u");
+  CHECK(o.password == "p@ss/w?rd");
+  CHECK(o.host == "h");
+  CHECK(o.port == 7001);
+  CHECK(o.db == 4);
+  auto u = redis::options::from_url("unix://:pw@/run/redis%20x.sock?db=1");
+  CHECK(u.unix_path == "/run/redis x.sock");
+  CHECK(u.password == "pw");
+  CHECK(u.db == 1);
+}
+
+TEST_CASE("a HELLO the server does not know (Redis 5, renamed) never shows the password") {
+  // Redis 5 and Redis 7 with HELLO renamed echo the arguments, AUTH's included.
+  for (const std::string& text : std::vector<std::string>{
+           "-ERR unknown command `HELLO`, with args beginning with: `3`, `AUTH`, `default`, `" +
+            secret + "`, \r\n",
+        "-ERR unknown command 'HELLO', with args beginning with: '3' 'AUTH' 'default' '" +
+            secret + "' \r\n",
+        "-ERR " + secret + "\r\n",                      // a server that echoes its input
+        "-ERR unknown " + secret.substr(0, 7) + "\r\n",  // or a piece of it
+        "-" + secret + " is not a code\r\n"}) {
+    CAPTURE(text);
+    fake_server f({{.reply = text, .close_after = false}});
+    auto o = local(f.port());
+    o.protocol = 3;
+    o.password = secret;
+    o.username = "";
+    std::string m = what_of([&] { redis::connection c(o); });
+    check_no_secret(m);
+    CHECK(m.find("HELLO failed") != std::string::npos);
+  }
+  fake_server echo({{.reply = "-ERR AUTH " + secret + "\r\n", .close_after = false}});
+  auto o = local(echo.port());
+  o.password = secret;
+  try {
+    redis::connection c(o);
+    FAIL("no exception");
+  } catch (const redis::server_error& e) {
+    check_no_secret(e.what());
+    CHECK(e.code() == "ERR");
+  }
+}
+
+TEST_CASE("a renamed HELLO on a real server fails with protocol 3, never showing the password") {
+  if (!redis_server::available()) return;
+  redis_server srv({.requirepass = secret, .extra = {"--rename-command", "HELLO", ""}});
+  auto o = local(srv.port());
+  o.password = secret;
+  o.protocol = 3;
+  std::string m = what_of([&] { redis::connection c(o); });
+  check_no_secret(m);
+  CHECK(m.find("Redis 6") != std::string::npos);
+  o.protocol = 2;
+  redis::connection c(o);  // RESP2 needs no HELLO
+  CHECK(c.command("PING").str() == "PONG");
+}
+
+TEST_CASE("no failure of a real connection shows the password: auth, refused, timeout, URL") {
+  if (!redis_server::available()) return;
+  redis_server srv({.requirepass = "the-right-one"});
+  std::vector<std::string> messages;
+  auto o = local(srv.port());
+  o.password = secret;
+  messages.push_back(what_of([&] { redis::connection c(o); }));  // WRONGPASS
+  o.username = "nobody";
+  messages.push_back(what_of([&] { redis::connection c(o); }));
+  o.protocol = 3;
+  messages.push_back(what_of([&] { redis::connection c(o); }));
+  o.username = "";
+  messages.push_back(what_of([&] { redis::connection c(o); }));
+  std::uint16_t closed = 0;
+  {
+    fake_server f({});
+    closed = f.port();
+  }
+  auto refused = local(closed);
+  refused.password = secret;
+  messages.push_back(what_of([&] { redis::connection c(refused); }));
+  fake_server silent({{.reply = "", .close_after = false}});
+  auto slow = local(silent.port());
+  slow.password = secret;
+  slow.io_timeout = 100ms;
+  messages.push_back(what_of([&] { redis::connection c(slow); }));
+  auto right = local(srv.port());
+  right.password = "the-right-one";
+  redis::connection ok(right);
+  // A command that echoes its arguments, given the password: the reply's text is withheld.
+  messages.push_back(what_of([&] { ok.command("NOSUCHCOMMAND", "x-the-right-one"); }));
+  check_no_secret(messages.back(), "the-right-one");
+  CHECK(ok.command("PING").str() == "PONG");
+  for (const auto& m : messages) check_no_secret(m);
+  try {
+    redis::connection c(redis::options::from_url("redis://" + secret + "@127.0.0.1:" +
+                                                 std::to_string(srv.port())));
+    FAIL("no exception");
+  } catch (const redis::server_error& e) {
+    check_no_secret(e.what());
+    CHECK(e.code() == "WRONGPASS");
+  }
+}
+
+TEST_CASE("RESP3 push frames never become the reply of a command") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  std::vector<redis::reply> pushes;
+  auto o = local(srv.port());
+  o.protocol = 3;
+  o.on_push = [&](const redis::reply& r) { pushes.push_back(r); };
+  redis::connection c(o);
+  redis::connection other(local(srv.port()));
+  other.command("SET", "a", "1");
+  other.command("SET", "b", "value-of-b");
+  c.command("CLIENT", "TRACKING", "on");
+  CHECK(c.command("GET", "a").str() == "1");  // now tracked
+  other.command("SET", "a", "2");              // the server pushes "invalidate [a]" to c
+  CHECK(c.command("GET", "b").str() == "value-of-b");
+  CHECK(c.command("PING").str() == "PONG");
+  REQUIRE(c.pushes() >= 1);
+  REQUIRE(!pushes.empty());
+  CHECK(pushes[0][0].str() == "invalidate");
+  // A pub/sub message on a RESP3 command connection: SUBSCRIBE's confirmation is its reply,
+  // the messages go to on_push.
+  auto ack = c.command("SUBSCRIBE", "news");
+  CHECK(ack[0].str() == "subscribe");
+  CHECK(other.command("PUBLISH", "news", "m1").integer() == 1);
+  CHECK(c.command("GET", "b").str() == "value-of-b");
+  CHECK(c.command("PING").str() == "PONG");
+  CHECK(pushes.back()[0].str() == "message");
+  CHECK(pushes.back()[2].str() == "m1");
+  // Without a handler they are dropped and counted.
+  o.on_push = {};
+  redis::connection d(o);
+  d.command("SUBSCRIBE", "news");
+  other.command("PUBLISH", "news", "m2");
+  CHECK(d.command("ECHO", "x").str() == "x");
+  CHECK(d.pushes() == 1);
+}
+
+TEST_CASE("a handshake error keeps the server's code, so LOADING and BUSY read as transient") {
+  fake_server f({{.reply = "-LOADING Redis is loading the dataset in memory\r\n",
+                  .close_after = false},
+                 {.reply = "-BUSY Redis is busy running a script.\r\n", .close_after = false}});
+  auto o = local(f.port());
+  o.db = 1;  // the first command is SELECT
+  try {
+    redis::connection c(o);
+    FAIL("no exception");
+  } catch (const redis::server_error& e) {
+    CHECK(e.code() == "LOADING");
+    CHECK(e.transient());
+    CHECK(std::string(e.what()).find("SELECT") != std::string::npos);
+  }
+  o.password = secret;  // the first command is AUTH
+  try {
+    redis::connection c(o);
+    FAIL("no exception");
+  } catch (const redis::server_error& e) {
+    CHECK(e.code() == "BUSY");
+    CHECK(e.transient());
+    check_no_secret(e.what());
+  }
+}
+
+TEST_CASE("client_name names the connection in CLIENT LIST, in RESP2 and RESP3 and from a URL") {
+  if (!redis_server::available()) return;
+  redis_server srv({.requirepass = "pw"});
+  for (int protocol : {2, 3}) {
+    auto o = local(srv.port());
+    o.password = "pw";
+    o.protocol = protocol;
+    o.client_name = "worker-" + std::to_string(protocol);
+    redis::connection c(o);
+    CHECK(c.command("CLIENT", "GETNAME").str() == o.client_name);
+    CHECK(c.command("CLIENT", "LIST").str().find("name=" + o.client_name) != std::string::npos);
+    c.reconnect();  // the name comes back with every connect
+    CHECK(c.command("CLIENT", "GETNAME").str() == o.client_name);
+  }
+  redis::connection u(redis::options::from_url(
+      "redis://:pw@127.0.0.1:" + std::to_string(srv.port()) + "?client_name=from-url"));
+  CHECK(u.command("CLIENT", "GETNAME").str() == "from-url");
+  auto bad = local(srv.port());
+  bad.password = "pw";
+  bad.client_name = "has space";
+  CHECK_THROWS_AS(redis::connection{bad}, redis::server_error);
+}
+
+TEST_CASE("a 100 KiB status reply from a Lua script is read") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::connection c(local(srv.port()));
+  auto r = c.command("EVAL", "return {ok = string.rep('a', 102400)}", 0);
+  CHECK(r.kind() == redis::type::simple_string);
+  CHECK(r.str().size() == 102400);
+}
+
+TEST_CASE("a reply over the budget fails clearly and the connection recovers") {
+  std::string many = "*3000\r\n";
+  for (int i = 0; i < 3000; ++i) many += ":1\r\n";
+  fake_server f({{.reply = many, .close_after = false}, {.reply = "+OK\r\n", .close_after = false}});
+  auto o = local(f.port());
+  o.limits.max_reply_elements = 1000;
+  redis::connection c(o);
+  std::string m = what_of([&] { c.command("LRANGE", "k", 0, -1); });
+  CHECK(m.find("max_reply_elements") != std::string::npos);
+  CHECK(c.command("PING").str() == "OK");
+}
+
+TEST_CASE("numbers go to and come from the server intact in a comma-decimal locale") {
+  if (!redis_server::available()) return;
+  test_support::comma_locale loc;
+  if (!loc.active()) return;
+  redis_server srv;
+  for (int protocol : {2, 3}) {
+    auto o = local(srv.port());
+    o.protocol = protocol;
+    redis::connection c(o);
+    c.command("DEL", "f");
+    CHECK(c.command("INCRBYFLOAT", "f", 1.5).number() == 1.5);
+    CHECK(c.command("INCRBYFLOAT", "f", 0.25).number() == 1.75);
+    c.command("ZADD", "z", 2.5, "m");
+    CHECK(c.command("ZSCORE", "z", "m").number() == 2.5);
+    CHECK(c.command("BLPOP", "nothing", 0.05).is_nil());  // a fractional timeout
+  }
+}
+
+TEST_CASE("a unix:// URL reaches a server on a Unix-domain socket") {
+  if (!redis_server::available()) return;
+  std::string path = "/tmp/spindle-test-" + std::to_string(::getpid()) + ".sock";
+  redis_server srv({.extra = {"--unixsocket", path, "--unixsocketperm", "700"}});
+  redis::connection c(redis::options::from_url("unix://" + path + "?db=2"));
+  c.command("SET", "k", "v");
+  redis::connection tcp(local(srv.port()));
+  tcp.command("SELECT", 2);
+  CHECK(tcp.command("GET", "k").str() == "v");
+  ::unlink(path.c_str());
+}
+
+TEST_CASE("every TCP socket has keepalive and TCP_USER_TIMEOUT set") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::connection c(local(srv.port()));
+  int on = 0;
+  socklen_t len = sizeof on;
+  REQUIRE(::getsockopt(c.native_handle(), SOL_SOCKET, SO_KEEPALIVE, &on, &len) == 0);
+  CHECK(on == 1);
+  unsigned user = 0;
+  len = sizeof user;
+  REQUIRE(::getsockopt(c.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user, &len) == 0);
+  CHECK(user == (15 + 3 * 5) * 1000);
+  auto off = local(srv.port());
+  off.keepalive = 0s;
+  redis::connection d(off);
+  len = sizeof on;
+  REQUIRE(::getsockopt(d.native_handle(), SOL_SOCKET, SO_KEEPALIVE, &on, &len) == 0);
+  CHECK(on == 0);
 }

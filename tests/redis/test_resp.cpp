@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "support/comma_locale.hpp"
+
 using spindle::redis::parser;
 using spindle::redis::reply;
 using spindle::redis::type;
@@ -279,4 +281,112 @@ TEST_CASE("reply accessors throw redis::error on the wrong type") {
   CHECK_THROWS_AS(a[1], redis::error);
   CHECK_THROWS_AS(a.str(), redis::error);
   CHECK(std::string(redis::to_string(type::bulk_string)) == "bulk_string");
+}
+
+// ------------------------------------------------------------------------------ issue 14 / 13.7
+
+TEST_CASE("numbers parse and encode the same in a comma-decimal locale") {
+  test_support::comma_locale loc;
+  if (!loc.active()) return;
+  CHECK(parse_whole(",3.5\r\n").number() == 3.5);
+  CHECK(parse_whole(",-1.25e-3\r\n").number() == -1.25e-3);
+  CHECK(parse_whole(",inf\r\n").number() > 1e308);
+  CHECK(parse_whole("$4\r\n2.25\r\n").number() == 2.25);
+  CHECK(parse_bytewise(",0.5\r\n").number() == 0.5);
+  std::string out;
+  redis::encode_command(out, "INCRBYFLOAT", "k", 0.5);
+  CHECK(out == "*3\r\n$11\r\nINCRBYFLOAT\r\n$1\r\nk\r\n$3\r\n0.5\r\n");
+  parser p;
+  p.feed(",3,5\r\n");  // the locale's own form is not RESP
+  CHECK_THROWS_AS(p.next(), redis::error);
+}
+
+TEST_CASE("a 100 KiB status reply (a Lua script's) parses, fed whole or 1 KiB at a time") {
+  std::string big(100 * 1024, 'a');
+  std::string in = "+" + big + "\r\n";
+  CHECK(parse_whole(in).str() == big);
+  parser p;
+  for (std::size_t i = 0; i < in.size(); i += 1024) {
+    CHECK_FALSE(p.next().has_value());
+    p.feed(std::string_view(in).substr(i, 1024));
+  }
+  auto r = p.next();
+  REQUIRE(r.has_value());
+  CHECK(r->str().size() == big.size());
+}
+
+TEST_CASE("a 100 KiB status reply fed byte by byte parses") {
+  // Invariant of parser::line(): each byte scanned once; quadratic rescanning would take
+  // ~5e9 byte comparisons here and trip the test's time limit.
+  std::string in = "-" + std::string(100 * 1024, 'e') + "\r\n";
+  parser p;
+  for (char c : in) {
+    REQUIRE_FALSE(p.next().has_value());
+    p.feed(std::string_view(&c, 1));
+  }
+  auto r = p.next();
+  REQUIRE(r.has_value());
+  CHECK(r->str().size() == 100 * 1024);
+}
+
+TEST_CASE("a reply over max_reply_elements throws at its header, naming the limit") {
+  // 3 arrays of 400: each within max_array_length, together over the budget of 1000 values.
+  std::string in = "*3\r\n";
+  for (int a = 0; a < 3; ++a) {
+    in += "*400\r\n";
+    for (int i = 0; i < 400; ++i) in += ":1\r\n";
+  }
+  parser p(redis::limits{.max_reply_elements = 1000});
+  p.feed(in);
+  try {
+    (void)p.next();
+    FAIL("no exception");
+  } catch (const redis::error& e) {
+    CHECK(std::string(e.what()).find("max_reply_elements") != std::string::npos);
+  }
+  parser ok(redis::limits{.max_reply_elements = 1204});  // 1 + 3 + 1200
+  ok.feed(in);
+  CHECK(ok.next()->size() == 3);
+  // The budget is per reply: two replies of 700 values each pass a budget of 1000.
+  std::string two;
+  for (int r = 0; r < 2; ++r) {
+    two += "*699\r\n";
+    for (int i = 0; i < 699; ++i) two += ":1\r\n";
+  }
+  parser each(redis::limits{.max_reply_elements = 1000});
+  each.feed(two);
+  CHECK(each.next()->size() == 699);
+  CHECK(each.next()->size() == 699);
+}
+
+TEST_CASE("a reply over max_reply_memory throws before its elements arrive") {
+  parser p(redis::limits{.max_reply_memory = 1 << 20});
+  p.feed("*6000000\r\n");  // 6 M small elements: ~480 MB in the client
+  try {
+    (void)p.next();
+    FAIL("no exception");
+  } catch (const redis::error& e) {
+    CHECK(std::string(e.what()).find("max_reply_memory") != std::string::npos);
+  }
+  parser strings(redis::limits{.max_reply_memory = 1000});
+  strings.feed("*2\r\n$600\r\n" + std::string(600, 'x') + "\r\n$600\r\n" +
+               std::string(600, 'y') + "\r\n");
+  CHECK_THROWS_AS(strings.next(), redis::error);
+}
+
+TEST_CASE("parser errors quote no payload byte") {
+  const std::string secret = "personal-data-4711";
+  for (const std::string& in : std::vector<std::string>{"$" + std::to_string(secret.size()) + "\r\n" + secret + "XX",
+                         "," + secret + "\r\n", ":" + secret + "\r\n",
+                         "(" + secret + "\r\n", "#" + secret + "\r\n",
+                         "*1\r\n" + secret + "\r\n"}) {
+    parser p;
+    p.feed(in);
+    try {
+      (void)p.next();
+      FAIL("no exception");
+    } catch (const redis::error& e) {
+      CHECK(std::string(e.what()).find("4711") == std::string::npos);
+    }
+  }
 }

@@ -6,7 +6,9 @@
 // Provided for std::string (the bytes as they are) and arithmetic types (decimal text; doubles
 // in shortest round-trip form, so decode(encode(x)) == x). Users specialise codec<T> for their
 // own types: a struct with static `std::string encode(const T&)` and
-// `T decode(std::string_view)`. decode() throws redis::error on bytes it cannot read.
+// `T decode(std::string_view)`. decode() throws redis::error on bytes it cannot read; its
+// message gives the payload's length, never its bytes (payloads may be personal data).
+// Numbers use std::to_chars / std::from_chars: the C locale in force changes nothing.
 #pragma once
 
 #include <charconv>  // to_chars, from_chars
@@ -44,7 +46,8 @@ struct codec<bool> {
   static bool decode(std::string_view s) {
     if (s == "1" || s == "true") return true;
     if (s == "0" || s == "false") return false;
-    throw error("redis::codec<bool>::decode: not a bool: '" + std::string(s.substr(0, 64)) + "'");
+    throw error("redis::codec<bool>::decode: not a bool (" + std::to_string(s.size()) +
+                " bytes, not quoted)");
   }
 };
 
@@ -60,8 +63,8 @@ struct codec<T, std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, b
     T v{};
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
     if (s.empty() || ec != std::errc() || p != s.data() + s.size())
-      throw error("redis::codec::decode: not a number of the requested type: '" +
-                  std::string(s.substr(0, 64)) + "'");
+      throw error("redis::codec::decode: not a number of the requested type (" +
+                  std::to_string(s.size()) + " bytes, not quoted)");
     return v;
   }
 };

@@ -8,12 +8,27 @@
 //   auto rs = c.pipeline(spindle::redis::batch().add("PING").add("GET", "k"));
 //
 // Guarantees: replies come back in command order. Arguments are binary-safe. On connect the
-// client sends HELLO 3 (protocol 3) or AUTH (password set), then SELECT (db != 0).
+// client sends HELLO 3 [AUTH ..] [SETNAME ..] (protocol 3), or AUTH (password set) and
+// CLIENT SETNAME (client_name set), then SELECT (db != 0).
 // An I/O or protocol failure throws redis::error and closes the socket; the next command
-// reconnects (and re-runs AUTH/SELECT). A command whose write or read failed may or may not have
-// run on the server: the client never retries it by itself. Before a command on a connection
-// idle for a while, a peer that has closed the socket (a server restart) is noticed and the
-// client reconnects first, so that command does not fail.
+// reconnects (and re-runs the handshake). A command whose write or read failed may or may not
+// have run on the server: the client never retries it by itself. Before a command on a
+// connection idle for a while, a peer that has closed the socket (a server restart) is noticed
+// and the client reconnects first, so that command does not fail.
+//
+// RESP3 push frames (client tracking, pub/sub on a command connection) are never taken as the
+// reply to a command: one that arrives while a reply is owed goes to options::on_push (or is
+// dropped and counted by pushes()) and reading goes on. Exception: the confirmations of the
+// SUBSCRIBE family are push frames in RESP3 and are the reply of their command. With nothing
+// owed, read() returns whatever arrives, push frames included (a subscriber's loop).
+//
+// Credentials: no message of this header contains the password or the user name. A handshake
+// step fails with redis::server_error whose code() is the server's (LOADING, BUSY, WRONGPASS,
+// NOPERM, ...), whose what() names the step, and which carries the server's text only when it
+// cannot hold the credential: a text that quotes (Redis' "unknown command 'HELLO', with args
+// beginning with: ..." echoes AUTH's arguments) or holds any 4 consecutive bytes of the
+// password or the user name is withheld. The error reply of any other command is withheld too
+// when it holds such a piece (a command that echoes its arguments, given the password).
 //
 // Not thread-safe: one connection per thread (or a pool). Lifetime: the destructor closes the
 // socket; replies already returned stay valid.
@@ -21,11 +36,14 @@
 
 #include <chrono>
 #include <cstddef>
-#include <stdexcept>  // logic_error
+#include <algorithm>  // min
+#include <stdexcept>  // logic_error, invalid_argument
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
+#include "spindle/deadline.hpp"
 #include "spindle/redis/detail/socket.hpp"
 #include "spindle/redis/error.hpp"
 #include "spindle/redis/options.hpp"
@@ -73,13 +91,23 @@ class connection {
   /// on I/O or protocol failure, std::logic_error if pipelined replies are still unread.
   template <command_arg... A>
   reply command(const A&... args) {
-    if (pending_ != 0)
-      throw std::logic_error("redis::connection::command: " + std::to_string(pending_) +
-                             " pipelined replies not read yet");
+    require_in_step("command");
     prepare_send();
     encode_command(out_, args...);
     pending_ = 1;
     return read();
+  }
+
+  /// Sends one command whose replies are read as unsolicited ones, by read() with nothing owed:
+  /// SUBSCRIBE and its family, PING in subscribed mode. No reply is owed for it (pending() is
+  /// unchanged). Requires pending() == 0, else throws std::logic_error. Reconnects first if the
+  /// socket is closed. Throws redis::error on I/O failure. Allocates as the buffer grows.
+  template <command_arg... A>
+  void send(const A&... args) {
+    require_in_step("send");
+    prepare_send();
+    encode_command(out_, args...);
+    flush();
   }
 
   /// Buffers one command; nothing is sent until read(), flush() or pipeline(). Allocates as the
@@ -105,21 +133,39 @@ class connection {
   /// when io_timeout passes. With nothing pending, waits for an unsolicited reply (pub/sub).
   reply read() {
     reply r = read_reply();
-    if (r.is_error()) throw server_error(r.str());
+    if (r.is_error()) {
+      const std::string& text = r.str();
+      if (!holds_credential(text)) throw server_error(text);
+      std::string_view code = std::string_view(text).substr(0, text.find(' '));
+      if (holds_credential(code)) code = "ERR";
+      throw server_error(code, std::string(code) + " (the server's text is withheld: it holds "
+                                                   "a piece of the credential)");
+    }
     return r;
   }
 
-  /// Like read(), but an error reply is returned, not thrown.
+  /// Like read(), but an error reply is returned, not thrown. While a reply is owed, push
+  /// frames go to options::on_push (or are dropped) and reading goes on, within the same
+  /// io_timeout.
   reply read_reply() {
     flush();
     guard g{*this};
     reply r;
-    auto deadline = opts_.io_timeout.count() > 0 ? detail::socket::clock::now() + opts_.io_timeout
-                                                 : detail::socket::clock::time_point::max();
-    while (!parser_.next(r)) {
-      constexpr std::size_t chunk = 16 * 1024;
-      char* p = parser_.prepare(chunk);
-      parser_.commit(sock_.read_some(p, chunk, deadline));
+    auto deadline = opts_.io_timeout.count() > 0
+                        ? spindle::detail::time_after<detail::socket::clock>(opts_.io_timeout)
+                        : detail::socket::clock::time_point::max();
+    for (;;) {
+      while (!parser_.next(r)) {
+        constexpr std::size_t chunk = 16 * 1024;
+        char* p = parser_.prepare(chunk);
+        parser_.commit(sock_.read_some(p, chunk, deadline));
+      }
+      // Invariant: a push frame is the reply of nothing unless it confirms a SUBSCRIBE-family
+      // command; routing it away keeps every later reply in step. Attacked by "RESP3 push
+      // frames never become the reply of a command" in test_connection.cpp.
+      if (pending_ == 0 || r.kind() != type::push || is_subscribe_confirmation(r)) break;
+      ++pushes_;
+      if (opts_.on_push) opts_.on_push(r);
     }
     if (pending_ > 0) --pending_;
     last_io_ = detail::socket::clock::now();
@@ -130,9 +176,7 @@ class connection {
   /// Sends every command of `b` in one write and returns their replies in order. Error replies
   /// are returned in the vector, not thrown; I/O failures throw redis::error. Allocates.
   std::vector<reply> pipeline(const batch& b) {
-    if (pending_ != 0)
-      throw std::logic_error("redis::connection::pipeline: " + std::to_string(pending_) +
-                             " pipelined replies not read yet");
+    require_in_step("pipeline");
     std::vector<reply> out;
     if (b.empty()) return out;
     prepare_send();
@@ -168,6 +212,8 @@ class connection {
   std::size_t buffered() const noexcept { return parser_.buffered(); }
   /// How many times it has connected (1 after construction; more after reconnects).
   std::size_t connects() const noexcept { return connects_; }
+  /// Push frames met while a reply was owed (passed to on_push or dropped). Never throws.
+  std::size_t pushes() const noexcept { return pushes_; }
 
  private:
   // Closes the connection unless the operation it guards completed.
@@ -188,42 +234,95 @@ class connection {
     }
   }
 
+  // Throws std::logic_error naming `fn` if pipelined replies are still owed.
+  void require_in_step(const char* fn) const {
+    if (pending_ != 0)
+      throw std::logic_error(std::string("redis::connection::") + fn + ": " +
+                             std::to_string(pending_) + " pipelined replies not read yet");
+  }
+
+  static bool is_subscribe_confirmation(const reply& r) {
+    if (r.size() == 0 || !r[0].is_string()) return false;
+    const std::string& k = r[0].str();
+    return k == "subscribe" || k == "psubscribe" || k == "ssubscribe" || k == "unsubscribe" ||
+           k == "punsubscribe" || k == "sunsubscribe";
+  }
+
   void connect() {
     close();
-    sock_.connect(opts_.host, opts_.port, opts_.connect_timeout, opts_.io_timeout);
+    if (opts_.protocol != 2 && opts_.protocol != 3)
+      throw std::invalid_argument("redis::connection: protocol " +
+                                  std::to_string(opts_.protocol) + " is not 2 or 3");
+    if (!opts_.unix_path.empty()) {
+      sock_.connect_unix(opts_.unix_path, opts_.connect_timeout, opts_.io_timeout);
+    } else {
+      sock_.connect(opts_.host, opts_.port, opts_.connect_timeout, opts_.io_timeout);
+      sock_.set_keepalive(opts_.keepalive);
+    }
     ++connects_;
     last_io_ = detail::socket::clock::now();
     try {
+      const std::string user = opts_.username.empty() ? std::string("default") : opts_.username;
       if (opts_.protocol == 3) {
-        if (opts_.password.empty())
-          handshake("HELLO", "HELLO", "3");
-        else
-          handshake("HELLO", "HELLO", "3", "AUTH",
-                    opts_.username.empty() ? std::string("default") : opts_.username,
-                    opts_.password);
-      } else if (opts_.protocol != 2) {
-        throw std::invalid_argument("redis::connection: protocol " +
-                                    std::to_string(opts_.protocol) + " is not 2 or 3");
-      } else if (!opts_.password.empty()) {
-        if (opts_.username.empty())
-          handshake("AUTH", "AUTH", opts_.password);
-        else
-          handshake("AUTH", "AUTH", opts_.username, opts_.password);
+        std::vector<std::string_view> hello{"HELLO", "3"};
+        if (!opts_.password.empty()) hello.insert(hello.end(), {"AUTH", user, opts_.password});
+        if (!opts_.client_name.empty()) hello.insert(hello.end(), {"SETNAME", opts_.client_name});
+        handshake("HELLO", "; protocol 3 needs a server that has HELLO (Redis 6 or later)", hello);
+      } else {
+        if (!opts_.password.empty()) {
+          if (opts_.username.empty())
+            handshake("AUTH", "", "AUTH", opts_.password);
+          else
+            handshake("AUTH", "", "AUTH", opts_.username, opts_.password);
+        }
+        if (!opts_.client_name.empty())
+          handshake("CLIENT SETNAME", "", "CLIENT", "SETNAME", opts_.client_name);
       }
-      if (opts_.db != 0) handshake("SELECT", "SELECT", opts_.db);
+      if (opts_.db != 0) handshake("SELECT", "", "SELECT", opts_.db);
     } catch (...) {
       close();
       throw;
     }
   }
 
+  // Whether `text` holds 4 consecutive bytes (or all, if shorter) of the password or, when a
+  // password is set, of the user name.
+  bool holds_credential(std::string_view text) const {
+    if (opts_.password.empty()) return false;
+    for (const std::string* secret : {&opts_.password, &opts_.username}) {
+      std::string_view s = *secret;
+      if (s.empty()) continue;
+      std::size_t w = std::min<std::size_t>(4, s.size());
+      for (std::size_t i = 0; i + w <= s.size(); ++i)
+        if (text.find(s.substr(i, w)) != std::string_view::npos) return true;
+    }
+    return false;
+  }
+
+  // Whether the server's text of a failed handshake step may be shown: not if it quotes
+  // arguments or holds a piece of a credential (see the header comment).
+  bool safe_to_show(std::string_view text) const {
+    return text.find_first_of("'`\"") == std::string_view::npos && !holds_credential(text);
+  }
+
   template <class... A>
-  void handshake(const char* what, const A&... args) {
+  void handshake(const char* step, const char* hint, const A&... args) {
     encode_command(out_, args...);
     pending_ = 1;
     reply r = read_reply();
-    if (r.is_error())  // the server's message names no password
-      throw server_error(std::string("redis: ") + what + " failed: " + r.str());
+    if (!r.is_error()) return;
+    std::string_view text = r.str();
+    std::string_view code = text.substr(0, text.find(' '));
+    std::string m = std::string("redis: ") + step + " failed: ";
+    if (safe_to_show(text)) {
+      m += text;
+    } else {
+      std::string c(safe_to_show(code) ? code : std::string_view("(code withheld)"));
+      code = safe_to_show(code) ? code : std::string_view();
+      m += c + " (the server's text is withheld: it may echo the credential)";
+    }
+    m += hint;
+    throw server_error(code, m);
   }
 
   options opts_;
@@ -232,6 +331,7 @@ class connection {
   std::string out_;           // encoded commands not yet written
   std::size_t pending_ = 0;   // replies owed
   std::size_t connects_ = 0;
+  std::size_t pushes_ = 0;    // push frames routed away from a reply
   detail::socket::clock::time_point last_io_{};
 };
 

@@ -9,6 +9,8 @@
 // commands go on while connections remain. Connections are opened lazily, outside the pool's
 // lock, up to max_connections. A lease given back with unread pipelined replies is closed (it
 // reconnects on its next use) so the next holder never reads someone else's reply.
+// Every connection gets the pool's options: the same client_name (CLIENT LIST shows each
+// connection under it) and the same on_push, called on the thread that holds the lease.
 // Lifetime: the pool must outlive every lease; its destructor closes idle connections.
 #pragma once
 

@@ -12,8 +12,13 @@
 // Guarantees: the parser accepts exactly RESP2 and RESP3 (streamed strings "$?" excepted, which
 // Redis never sends); anything else throws redis::error. Lengths over the configured `limits`
 // throw before anything is allocated for them; an aggregate's storage grows only as its elements
-// arrive, so memory stays proportional to the bytes fed. After a throw the parser is unusable
-// until reset(). RESP3 attributes ("|") are parsed and dropped.
+// arrive, so memory stays proportional to the bytes fed, and one reply's values and memory stay
+// within limits::max_reply_elements and max_reply_memory (checked when an aggregate's header
+// arrives, before its elements are read). After a throw the parser is unusable until reset().
+// RESP3 attributes ("|") are parsed and dropped. Error messages quote no byte of a reply's
+// payload (only lengths and the offending type byte). Numbers are read and written with
+// std::from_chars / std::to_chars: the C locale in force (a comma-decimal one included) changes
+// nothing.
 #pragma once
 
 #include <algorithm>
@@ -21,7 +26,6 @@
 #include <cmath>     // HUGE_VAL
 #include <concepts>
 #include <cstdint>
-#include <cstdlib>  // strtod
 #include <cstring>  // memchr
 #include <optional>
 #include <ranges>
@@ -61,6 +65,31 @@ constexpr const char* to_string(type t) noexcept {
   auto i = static_cast<std::size_t>(t);
   return i < std::size(names) ? names[i] : "unknown";
 }
+
+namespace detail {
+
+// The whole of `s` as a double, in the C locale's syntax whatever the locale in force ("3.5",
+// "-1e-3", "inf", "+inf", "-inf", "nan"); false otherwise. Never allocates.
+inline bool parse_double(std::string_view s, double& v) noexcept {
+  if (s.starts_with('+')) s.remove_prefix(1);
+  if (s.empty() || s[0] == '+' || s[0] == ' ') return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec == std::errc::result_out_of_range) {  // over DBL_MAX or under the smallest denormal
+    v = s[0] == '-' ? -HUGE_VAL : HUGE_VAL;
+    bool tiny = false;
+    for (char c : s) {
+      if (c == 'e' || c == 'E') {
+        tiny = s.find("e-") != std::string_view::npos || s.find("E-") != std::string_view::npos;
+        break;
+      }
+    }
+    if (tiny) v = s[0] == '-' ? -0.0 : 0.0;
+    return true;
+  }
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+}  // namespace detail
 
 /// One RESP value. A value type: copyable, movable, comparable by content.
 class reply {
@@ -117,11 +146,8 @@ class reply {
     if (type_ == type::integer) return static_cast<double>(int_);
     if (type_ == type::double_number || type_ == type::bulk_string ||
         type_ == type::simple_string) {
-      if (str_ == "inf" || str_ == "+inf") return HUGE_VAL;
-      if (str_ == "-inf") return -HUGE_VAL;
-      char* end = nullptr;
-      double v = std::strtod(str_.c_str(), &end);
-      if (!str_.empty() && end == str_.c_str() + str_.size()) return v;
+      double v = 0;
+      if (detail::parse_double(str_, v)) return v;
     }
     throw error(std::string("redis::reply::number: reply is ") + to_string(type_));
   }
@@ -299,6 +325,7 @@ class parser {
     pos_ = end_ = 0;
     stack_.clear();
     failed_ = false;
+    scanned_ = 0;
   }
 
   const struct limits& get_limits() const noexcept { return limits_; }
@@ -327,19 +354,50 @@ class parser {
     throw error("redis::parser: " + why);
   }
 
+  // The reply budget (limits::max_reply_elements, max_reply_memory): `n` more values, charged
+  // when their aggregate's header arrives, before any of them is read or stored.
+  void charge_values(std::size_t n) {
+    if (n > limits_.max_reply_elements - std::min(reply_values_, limits_.max_reply_elements))
+      fail("reply has more than max_reply_elements (" +
+           std::to_string(limits_.max_reply_elements) + ") values");
+    reply_values_ += n;
+    charge_memory(n > SIZE_MAX / sizeof(reply) ? SIZE_MAX : n * sizeof(reply));
+  }
+  // `n` bytes of string storage (short strings live inside the reply: free).
+  void charge_bytes(std::size_t n) {
+    if (n > 15) charge_memory(n);
+  }
+  void charge_memory(std::size_t n) {
+    if (limits_.max_reply_memory == 0) return;
+    if (n > limits_.max_reply_memory - std::min(reply_bytes_, limits_.max_reply_memory))
+      fail("reply needs more than max_reply_memory (" + std::to_string(limits_.max_reply_memory) +
+           " bytes)");
+    reply_bytes_ += n;
+  }
+
   // Finds the line starting at pos_ (after its type byte). Returns false if incomplete.
+  //
+  // Invariant: each byte of a line is scanned for CR once however the line arrives (scanned_
+  // remembers how far the last call got), so a 16 MiB status line fed 16 KiB at a time costs
+  // linear, not quadratic, time. Attacked by "a 100 KiB status reply fed byte by byte parses"
+  // in test_resp.cpp.
   bool line(std::string_view& out, std::size_t& next_pos) {
     const char* base = buf_.data();
-    std::size_t from = pos_ + 1;
+    std::size_t from = pos_ + 1 + scanned_;
     std::size_t limit = limits_.max_line_length;
     const void* cr = from < end_ ? std::memchr(base + from, '\r', end_ - from) : nullptr;
     if (cr == nullptr) {
       if (end_ - pos_ > limit + 3) fail("line longer than max_line_length");
+      scanned_ = end_ - pos_ - 1;
       return false;
     }
     std::size_t i = static_cast<std::size_t>(static_cast<const char*>(cr) - base);
     if (i - pos_ - 1 > limit) fail("line longer than max_line_length");
-    if (i + 1 >= end_) return false;
+    if (i + 1 >= end_) {
+      scanned_ = i - pos_ - 1;  // the CR again next time, to check its LF
+      return false;
+    }
+    scanned_ = 0;
     if (base[i + 1] != '\n') fail("CR not followed by LF");
     out = std::string_view(base + pos_ + 1, i - pos_ - 1);
     next_pos = i + 2;
@@ -370,6 +428,7 @@ class parser {
     switch (t) {
       case '+':
       case '-':
+        charge_bytes(ln.size());
         leaf = reply::make_string(t == '+' ? type::simple_string : type::error, std::string(ln));
         pos_ = after;
         return 1;
@@ -390,14 +449,10 @@ class parser {
         pos_ = after;
         return 1;
       case ',': {
-        if (ln.empty()) fail("bad double");
-        std::string s(ln);
-        if (s != "inf" && s != "-inf" && s != "nan" && s != "-nan") {
-          char* end = nullptr;
-          (void)std::strtod(s.c_str(), &end);
-          if (end != s.c_str() + s.size()) fail("bad double");
-        }
-        leaf = reply::make_string(type::double_number, std::move(s));
+        double unused = 0;
+        if (!detail::parse_double(ln, unused)) fail("bad double");
+        charge_bytes(ln.size());
+        leaf = reply::make_string(type::double_number, std::string(ln));
         pos_ = after;
         return 1;
       }
@@ -406,6 +461,7 @@ class parser {
         if (!d.empty() && (d[0] == '-' || d[0] == '+')) d.remove_prefix(1);
         if (d.empty() || d.find_first_not_of("0123456789") != std::string_view::npos)
           fail("bad big number");
+        charge_bytes(ln.size());
         leaf = reply::make_string(type::big_number, std::string(ln));
         pos_ = after;
         return 1;
@@ -425,6 +481,7 @@ class parser {
           fail("bulk length " + std::to_string(n) + " over max_bulk_length");
         auto len = static_cast<std::size_t>(n);
         if (end_ - after < len + 2) return 0;  // wait for the body; nothing allocated yet
+        charge_bytes(len);
         if (buf_[after + len] != '\r' || buf_[after + len + 1] != '\n')
           fail("bulk string not terminated by CRLF");
         std::string_view body(buf_.data() + after, len);
@@ -457,6 +514,7 @@ class parser {
         type k = t == '*' ? type::array : t == '%' || t == '|' ? type::map
                 : t == '~' ? type::set : type::push;
         if (t == '%' || t == '|') count *= 2;
+        charge_values(count);
         pos_ = after;
         reply agg;
         agg.type_ = k;
@@ -476,6 +534,10 @@ class parser {
 
   bool step(reply& out) {
     for (;;) {
+      if (stack_.empty()) {  // a new top-level value: its own budget (itself counts once)
+        reply_values_ = 1;
+        reply_bytes_ = sizeof(reply);
+      }
       reply leaf;
       int r = parse_one(leaf);
       if (r == 0) return false;
@@ -502,6 +564,9 @@ class parser {
   std::size_t pos_ = 0;
   std::size_t end_ = 0;
   std::vector<frame> stack_;  // open aggregates, outermost first
+  std::size_t scanned_ = 0;   // bytes after pos_'s type byte known to hold no CR
+  std::size_t reply_values_ = 0;  // values of the reply under construction (budget)
+  std::size_t reply_bytes_ = 0;   // its approximate memory (budget)
   bool failed_ = false;
 };
 

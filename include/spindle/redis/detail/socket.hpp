@@ -1,9 +1,12 @@
-// spindle/redis/detail/socket.hpp - a TCP socket with connect and I/O deadlines.
+// spindle/redis/detail/socket.hpp - a TCP or Unix-domain socket with connect and I/O deadlines.
 //
 // Connect is non-blocking with a poll() deadline; afterwards the socket is blocking with
 // SO_RCVTIMEO/SO_SNDTIMEO set to the I/O timeout (two system calls per round trip, as in a plain
-// blocking client), and every read and write also checks an overall deadline. TCP_NODELAY is set.
-// SIGPIPE is never raised (MSG_NOSIGNAL). Failures throw redis::error and close the socket.
+// blocking client), and every read and write also checks an overall deadline. On TCP,
+// TCP_NODELAY is set, and set_keepalive() turns on keepalive probes and TCP_USER_TIMEOUT so a
+// dead path is noticed by the kernel even while the socket is idle. SIGPIPE is never raised
+// (MSG_NOSIGNAL). Failures throw redis::error and close the socket; messages name the host or
+// path and the system's reason, never anything sent or received.
 #pragma once
 
 #include <fcntl.h>
@@ -13,14 +16,18 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>     // timeval
+#include <sys/un.h>       // sockaddr_un
 #include <unistd.h>
 
+#include <algorithm>  // min, max
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>  // strerror
 #include <string>
 #include <utility>  // exchange
 
+#include "spindle/deadline.hpp"
 #include "spindle/redis/error.hpp"
 
 namespace spindle::redis::detail {
@@ -33,11 +40,13 @@ class socket {
   socket() = default;
   socket(const socket&) = delete;
   socket& operator=(const socket&) = delete;
-  socket(socket&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  socket(socket&& o) noexcept : fd_(std::exchange(o.fd_, -1)), tcp_(o.tcp_), io_timeout_(o.io_timeout_) {}
   socket& operator=(socket&& o) noexcept {
     if (this != &o) {
       close();
       fd_ = std::exchange(o.fd_, -1);
+      tcp_ = o.tcp_;
+      io_timeout_ = o.io_timeout_;
     }
     return *this;
   }
@@ -65,7 +74,7 @@ class socket {
     if (rc != 0)
       throw error("redis: cannot resolve " + host + ": " + ::gai_strerror(rc));
     std::string last = "no address";
-    auto deadline = clock::now() + connect_timeout;
+    auto deadline = spindle::detail::time_after<clock>(connect_timeout);
     for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
       int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
                         ai->ai_protocol);
@@ -84,9 +93,59 @@ class socket {
       throw error("redis: cannot connect to " + host + ":" + port_s + ": " + last);
     int one = 1;
     ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    tcp_ = true;
     int flags = ::fcntl(fd_, F_GETFL);
     ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
     set_io_timeout(io_timeout);
+  }
+
+  /// Connects to the Unix-domain socket at `path` within `connect_timeout` (0: no limit), then
+  /// sets the I/O timeout. Throws redis::error (also for a path too long for sockaddr_un).
+  void connect_unix(const std::string& path, std::chrono::milliseconds connect_timeout,
+                    std::chrono::milliseconds io_timeout) {
+    close();
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    if (path.empty() || path.size() >= sizeof a.sun_path)
+      throw error("redis: unix socket path of " + std::to_string(path.size()) +
+                  " bytes: must be 1 to " + std::to_string(sizeof a.sun_path - 1));
+    path.copy(a.sun_path, path.size());
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) fail("socket");
+    addrinfo ai{};
+    ai.ai_addr = reinterpret_cast<sockaddr*>(&a);
+    ai.ai_addrlen = sizeof a;
+    std::string last;
+    if (!try_connect(fd, &ai, connect_timeout,
+                     spindle::detail::time_after<clock>(connect_timeout), last)) {
+      ::close(fd);
+      throw error("redis: cannot connect to unix socket " + path + ": " + last);
+    }
+    fd_ = fd;
+    tcp_ = false;
+    int flags = ::fcntl(fd_, F_GETFL);
+    ::fcntl(fd_, F_SETFL, flags & ~O_NONBLOCK);
+    set_io_timeout(io_timeout);
+  }
+
+  /// On a TCP socket, sets SO_KEEPALIVE with probes after `idle` of silence, every idle / 3
+  /// (at least 1 s) after that, 3 of them; and TCP_USER_TIMEOUT to idle + 3 intervals, so
+  /// unacknowledged writes fail within the same time. Does nothing for 0 or a Unix socket.
+  /// Never throws (a kernel without an option keeps its default).
+  void set_keepalive(std::chrono::seconds idle) noexcept {
+    if (fd_ < 0 || !tcp_ || idle.count() <= 0) return;
+    int on = 1;
+    int idle_s = static_cast<int>(std::min<std::int64_t>(idle.count(), 32767));
+    int interval = std::max(1, idle_s / 3);
+    int count = 3;
+    ::setsockopt(fd_, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+#ifdef TCP_USER_TIMEOUT
+    unsigned user_ms = static_cast<unsigned>(idle_s + count * interval) * 1000u;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof user_ms);
+#endif
   }
 
   /// Sets how long one read or write may wait (0: no limit). Throws redis::error.
@@ -103,7 +162,7 @@ class socket {
 
   /// Writes all of [data, data+n). Throws redis::error (and closes) on failure or timeout.
   void write_all(const char* data, std::size_t n) {
-    auto deadline = clock::now() + io_timeout_;
+    auto deadline = spindle::detail::time_after<clock>(io_timeout_);
     while (n > 0) {
       ssize_t w = ::send(fd_, data, n, MSG_NOSIGNAL);
       if (w < 0) {
@@ -195,6 +254,7 @@ class socket {
   }
 
   int fd_ = -1;
+  bool tcp_ = false;
   std::chrono::milliseconds io_timeout_{0};
 };
 
