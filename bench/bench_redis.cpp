@@ -474,7 +474,7 @@ bench::sample spindle_bucket(std::uint16_t port, std::uint64_t n) {
 bench::sample hiredis_bucket(redisContext* h, std::uint64_t n) {
   const int run = unique_run.fetch_add(1);
   std::string src =
-      std::string(redis::detail::lua_prelude) + std::string(redis::detail::lua_token_bucket);
+      std::string(redis::detail::lua_prelude) + std::string(redis::detail::lua_limit_token_bucket);
   auto* l = static_cast<redisReply*>(redisCommand(h, "SCRIPT LOAD %b", src.data(), src.size()));
   bench::validate(l != nullptr && l->type == REDIS_REPLY_STRING, "hiredis SCRIPT LOAD");
   std::string sha(l->str, l->len);
@@ -485,7 +485,7 @@ bench::sample hiredis_bucket(redisContext* h, std::uint64_t n) {
   std::uint64_t granted = 0;
   bench::stopwatch sw;
   for (std::uint64_t i = 0; i < n; ++i) {
-    auto* r = static_cast<redisReply*>(redisCommand(h, "EVALSHA %s 1 %s %s %s 1", sha.c_str(),
+    auto* r = static_cast<redisReply*>(redisCommand(h, "EVALSHA %s 1 %s %s %s 1 0", sha.c_str(),
                                                     key.c_str(), rate.c_str(), burst.c_str()));
     bench::validate(r != nullptr && r->type == REDIS_REPLY_INTEGER, "hiredis EVALSHA");
     granted += r->integer == 0 ? 1 : 0;
