@@ -26,9 +26,7 @@ using test_support::redis_server;
 
 namespace {
 
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
 // DEBUG SLEEP keeps a command in flight for a known time.
 redis_server::config debug_server() { return {.extra = {"--enable-debug-command", "yes"}}; }
@@ -67,13 +65,13 @@ TEST_CASE("bad options and an unreachable server are refused when the client is 
     redis_server srv;
     port = srv.port();
   }  // the server is gone: nothing listens on port
-  CHECK_THROWS_AS(redis::async_client(local(port)), redis::error);
+  CHECK_THROWS_AS(redis::async_client(local_options(port)), redis::error);
 }
 
 TEST_CASE("a command's future holds its reply; an error reply fails only that command") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   CHECK(c.command("SET", "k", 42).get().str() == "OK");
   CHECK(c.command("GET", "k").get().integer() == 42);
   auto bad = c.command("LPUSH", "k", "x");  // WRONGTYPE
@@ -90,7 +88,7 @@ TEST_CASE("a command's future holds its reply; an error reply fails only that co
 TEST_CASE("many threads on one client each get their own replies") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   constexpr int threads = 8, per_thread = 400;
   test_support::start_gate gate;
   test_support::thread_group g;
@@ -129,7 +127,7 @@ TEST_CASE("many threads on one client each get their own replies") {
 TEST_CASE("when_all gathers a thousand GETs issued before any is awaited") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   constexpr int n = 1000;
   for (int i = 0; i < n; ++i) c.command("SET", key(0, i), value(0, i));
   std::vector<spindle::future<redis::reply>> fs;
@@ -143,7 +141,7 @@ TEST_CASE("when_all gathers a thousand GETs issued before any is awaited") {
 TEST_CASE("then() chains on a reply and an error skips the chain") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   c.command("SET", "n", 5).get();
   auto doubled = c.command("GET", "n").then([](redis::reply r) { return r.integer() * 2; });
   CHECK(doubled.get() == 10);
@@ -154,7 +152,7 @@ TEST_CASE("then() chains on a reply and an error skips the chain") {
 TEST_CASE("a timed-out command fails at its deadline and its late reply goes to no one") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   c.command("SET", "k", "mine").get();
   for (int round = 0; round < 5; ++round) {
     auto slow = c.command_for(20ms, "DEBUG", "SLEEP", "0.1");
@@ -176,7 +174,7 @@ TEST_CASE("a timed-out command fails at its deadline and its late reply goes to 
 TEST_CASE("a cancelled command fails at once with cancelled_error and its reply goes to no one") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   c.command("SET", "k", "mine").get();
   for (int round = 0; round < 5; ++round) {
     std::stop_source stop;
@@ -197,8 +195,8 @@ TEST_CASE("a cancelled command fails at once with cancelled_error and its reply 
 TEST_CASE("a broken connection fails every command in flight, resends none, and reconnects") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
-  redis::connection admin(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
+  redis::connection admin(local_options(srv.port()));
   constexpr int n = 3000;
   for (int i = 0; i < n; ++i) admin.append("SET", key(1, i), value(1, i));
   for (int i = 0; i < n; ++i) admin.read();
@@ -237,11 +235,11 @@ TEST_CASE("a broken connection fails every command in flight, resends none, and 
 TEST_CASE("no reply within io_timeout breaks the connection; the late reply goes to no one") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.io_timeout = 100ms;
   redis::async_client c(o);
   c.command("SET", "k", "mine").get();
-  redis::connection admin(local(srv.port()));
+  redis::connection admin(local_options(srv.port()));
   auto slow = c.command("DEBUG", "SLEEP", "0.3");
   auto behind = c.command("GET", "k");
   CHECK_THROWS_AS(slow.get(), redis::error);
@@ -255,7 +253,7 @@ TEST_CASE("no reply within io_timeout breaks the connection; the late reply goes
 TEST_CASE("a killed server fails what is in flight; the next command after restart reconnects") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   auto slow = c.command("DEBUG", "SLEEP", "2");
   REQUIRE(c.in_flight() == 1);
   srv.kill();
@@ -269,8 +267,8 @@ TEST_CASE("a killed server fails what is in flight; the next command after resta
 TEST_CASE("an idle connection closed by the server is replaced without failing a command") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
-  redis::connection admin(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
+  redis::connection admin(local_options(srv.port()));
   for (int round = 0; round < 20; ++round) {
     auto id = c.command("CLIENT", "ID").get().integer();
     admin.command("CLIENT", "KILL", "ID", id);
@@ -282,7 +280,7 @@ TEST_CASE("an idle connection closed by the server is replaced without failing a
 TEST_CASE("blocking, subscribing and state-changing commands are refused with a clear error") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   for (auto cmd : {"BLPOP", "blpop", "BRPOP", "BZPOPMIN", "WAIT", "SUBSCRIBE", "psubscribe",
                    "MONITOR", "MULTI", "WATCH", "SELECT", "AUTH", "HELLO", "QUIT"}) {
     try {
@@ -308,14 +306,14 @@ TEST_CASE("RESP3 push frames go to the handler, never to a command") {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<redis::reply> pushes;
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.protocol = 3;
   redis::async_client c(o, {.on_push = [&](redis::reply r) {
                               std::lock_guard lk(mu);
                               pushes.push_back(std::move(r));
                               cv.notify_all();
                             }});
-  redis::connection other(local(srv.port()));
+  redis::connection other(local_options(srv.port()));
   CHECK(c.command("CLIENT", "TRACKING", "ON").get().str() == "OK");
   for (int round = 0; round < 3; ++round) {
     std::string k = "tracked:" + std::to_string(round);
@@ -333,7 +331,7 @@ TEST_CASE("RESP3 push frames go to the handler, never to a command") {
 TEST_CASE("an idle client uses almost no CPU") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()), {.default_timeout = 10s});
+  redis::async_client c(local_options(srv.port()), {.default_timeout = 10s});
   c.command("PING").get();
   auto before = process_cpu();
   std::this_thread::sleep_for(200ms);  // measuring idleness, not synchronising
@@ -345,7 +343,7 @@ TEST_CASE("an idle client uses almost no CPU") {
 TEST_CASE("a flood of callers never has more than max_in_flight commands in flight") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()), {.max_in_flight = 8});
+  redis::async_client c(local_options(srv.port()), {.max_in_flight = 8});
   constexpr int threads = 16, per_thread = 200;
   test_support::start_gate gate;
   test_support::thread_group g;
@@ -370,7 +368,7 @@ TEST_CASE("a flood of callers never has more than max_in_flight commands in flig
 TEST_CASE("a full client: try_command returns nullopt, a timed or stopped wait for room gives up") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());
-  redis::async_client c(local(srv.port()), {.max_in_flight = 2});
+  redis::async_client c(local_options(srv.port()), {.max_in_flight = 2});
   auto a = c.command("DEBUG", "SLEEP", "1");
   auto b = c.command("DEBUG", "SLEEP", "0");
   CHECK_FALSE(c.try_command("SET", "k", "try").has_value());
@@ -391,7 +389,7 @@ TEST_CASE("a full client: try_command returns nullopt, a timed or stopped wait f
 TEST_CASE("close answers every command already issued; later commands throw closed_error") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   std::vector<spindle::future<redis::reply>> fs;
   for (int i = 0; i < 500; ++i) fs.push_back(c.command("INCR", "n"));
   c.close();
@@ -403,7 +401,7 @@ TEST_CASE("close answers every command already issued; later commands throw clos
 TEST_CASE("close waits for a slow reply asleep, not spinning") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   auto slow = c.command("DEBUG", "SLEEP", "0.5");
   auto before = process_cpu();
   c.close();  // drains: waits for the reply
@@ -415,7 +413,7 @@ TEST_CASE("close waits for a slow reply asleep, not spinning") {
 TEST_CASE("a continuation may issue the next command from the I/O thread") {
   if (!redis_server::available()) return;
   redis_server srv(debug_server());
-  redis::async_client c(local(srv.port()));
+  redis::async_client c(local_options(srv.port()));
   c.command("SET", "a", "b").get();
   c.command("SET", "b", "c").get();
   for (int round = 0; round < 3; ++round) {
@@ -445,8 +443,8 @@ TEST_CASE("a lost reply fails its command and those behind it; none is re-sent")
   if (!redis_server::available()) return;
   redis_server srv;
   spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
-  redis::async_client c(local(proxy.port()));
-  redis::connection direct(local(srv.port()));
+  redis::async_client c(local_options(proxy.port()));
+  redis::connection direct(local_options(srv.port()));
   for (int round = 1; round <= 5; ++round) {
     proxy.drop_reply_of("INCR");
     auto before = c.command("PING");
@@ -474,7 +472,7 @@ TEST_CASE("a reply cut in the middle fails its command with a connection error")
   if (!redis_server::available()) return;
   redis_server srv;
   spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
-  redis::async_client c(local(proxy.port()));
+  redis::async_client c(local_options(proxy.port()));
   c.command("SET", "big", std::string(100000, 'x')).get();
   proxy.cut_mid_reply("GET");
   auto cut = c.command("GET", "big");
@@ -486,7 +484,7 @@ TEST_CASE("a blackholed path fails what is in flight after io_timeout, then reco
   if (!redis_server::available()) return;
   redis_server srv;
   spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
-  auto o = local(proxy.port());
+  auto o = local_options(proxy.port());
   o.io_timeout = 200ms;
   o.connect_timeout = 200ms;
   redis::async_client c(o);
@@ -503,7 +501,7 @@ TEST_CASE("a slow path: a timed-out command's late reply goes to no one") {
   if (!redis_server::available()) return;
   redis_server srv;
   spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
-  redis::async_client c(local(proxy.port()));
+  redis::async_client c(local_options(proxy.port()));
   c.command("SET", "k", "mine").get();
   proxy.delay(100ms);
   auto late = c.command_for(10ms, "ECHO", "late");
@@ -519,7 +517,7 @@ TEST_CASE("every connection dropped while idle: the next command reconnects and 
   if (!redis_server::available()) return;
   redis_server srv;
   spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
-  redis::async_client c(local(proxy.port()));
+  redis::async_client c(local_options(proxy.port()));
   for (int round = 0; round < 10; ++round) {
     CHECK(c.command("PING").get().str() == "PONG");
     proxy.disconnect_all();

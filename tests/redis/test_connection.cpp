@@ -97,9 +97,7 @@ class fake_server {
   std::thread thread_;
 };
 
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
 }  // namespace
 
@@ -154,7 +152,7 @@ TEST_CASE("from_url rejects bad URLs with std::invalid_argument that hides the p
 TEST_CASE("commands return strings, integers, nil and arrays") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   CHECK(c.command("PING").str() == "PONG");
   CHECK(c.command("SET", "k", "v").str() == "OK");
   CHECK(c.command("GET", "k").str() == "v");
@@ -173,7 +171,7 @@ TEST_CASE("commands return strings, integers, nil and arrays") {
 TEST_CASE("an error reply throws server_error and the connection stays usable") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   c.command("SET", "s", "x");
   try {
     c.command("LPUSH", "s", "y");
@@ -189,7 +187,7 @@ TEST_CASE("an error reply throws server_error and the connection stays usable") 
 TEST_CASE("arguments are binary-safe: every byte value, NUL in keys, empty strings") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   std::string all;
   for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
   std::string key("k\0ey\r\n", 6);
@@ -207,7 +205,7 @@ TEST_CASE("arguments are binary-safe: every byte value, NUL in keys, empty strin
 TEST_CASE("append then read pipelines commands and replies come back in order") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   constexpr int n = 5000;
   for (int i = 0; i < n; ++i) c.append("INCR", "counter");
   CHECK(c.pending() == n);
@@ -220,7 +218,7 @@ TEST_CASE("append then read pipelines commands and replies come back in order") 
 TEST_CASE("pipeline returns every reply, error replies included, in order") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   redis::batch b;
   b.add("SET", "a", 1).add("INCR", "a").add("HSET", "a", "f", "v").add("GET", "a");
   auto rs = c.pipeline(b);
@@ -240,11 +238,11 @@ TEST_CASE("pipeline returns every reply, error replies included, in order") {
 TEST_CASE("read with nothing pending waits for unsolicited replies such as pub/sub messages") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection sub(local(srv.port()));
+  redis::connection sub(local_options(srv.port()));
   auto ack = sub.command("SUBSCRIBE", "news");
   REQUIRE(ack.size() == 3);
   CHECK(ack[0].str() == "subscribe");
-  redis::connection pub(local(srv.port()));
+  redis::connection pub(local_options(srv.port()));
   CHECK(pub.command("PUBLISH", "news", std::string("x\0y", 3)).integer() == 1);
   auto m = sub.read();
   REQUIRE(m.size() == 3);
@@ -256,9 +254,9 @@ TEST_CASE("AUTH with a password: refused without it or with a wrong one, the mes
           "holds the password") {
   if (!redis_server::available()) return;
   redis_server srv({.requirepass = "pa55-word"});
-  redis::connection anon(local(srv.port()));
+  redis::connection anon(local_options(srv.port()));
   CHECK_THROWS_AS(anon.command("PING"), redis::server_error);
-  auto wrong = local(srv.port());
+  auto wrong = local_options(srv.port());
   wrong.password = "wrong-secret";
   try {
     redis::connection c(wrong);
@@ -268,7 +266,7 @@ TEST_CASE("AUTH with a password: refused without it or with a wrong one, the mes
     CHECK(m.find("AUTH") != std::string::npos);
     CHECK(m.find("wrong-secret") == std::string::npos);
   }
-  auto right = local(srv.port());
+  auto right = local_options(srv.port());
   right.password = "pa55-word";
   redis::connection c(right);
   CHECK(c.command("PING").str() == "PONG");
@@ -277,7 +275,7 @@ TEST_CASE("AUTH with a password: refused without it or with a wrong one, the mes
 TEST_CASE("AUTH with an ACL user and password, also from a URL") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection admin(local(srv.port()));
+  redis::connection admin(local_options(srv.port()));
   admin.command("ACL", "SETUSER", "alice", "on", ">alice-pw", "~*", "&*", "+@all");
   auto o = redis::options::from_url("redis://alice:alice-pw@127.0.0.1:" +
                                     std::to_string(srv.port()));
@@ -295,16 +293,16 @@ TEST_CASE("AUTH with an ACL user and password, also from a URL") {
 TEST_CASE("SELECT on connect picks the database, and from_url sets it") {
   if (!redis_server::available()) return;
   redis_server srv;
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.db = 3;
   redis::connection c3(o);
   c3.command("SET", "where", "three");
-  redis::connection c0(local(srv.port()));
+  redis::connection c0(local_options(srv.port()));
   CHECK(c0.command("GET", "where").is_nil());
   redis::connection u(redis::options::from_url("redis://127.0.0.1:" +
                                                std::to_string(srv.port()) + "/3"));
   CHECK(u.command("GET", "where").str() == "three");
-  auto bad = local(srv.port());
+  auto bad = local_options(srv.port());
   bad.db = 100000;
   CHECK_THROWS_AS(redis::connection{bad}, redis::server_error);
 }
@@ -312,7 +310,7 @@ TEST_CASE("SELECT on connect picks the database, and from_url sets it") {
 TEST_CASE("protocol 3 sends HELLO 3 and replies carry RESP3 types") {
   if (!redis_server::available()) return;
   redis_server srv({.requirepass = "pw3"});
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.protocol = 3;
   o.password = "pw3";
   redis::connection c(o);
@@ -329,7 +327,7 @@ TEST_CASE("protocol 3 sends HELLO 3 and replies carry RESP3 types") {
 TEST_CASE("after the server restarts, the next command reconnects and the data is kept") {
   if (!redis_server::available()) return;
   redis_server srv({.appendonly = true});
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.db = 2;
   redis::connection c(o);
   c.command("SET", "durable", "yes");
@@ -341,7 +339,7 @@ TEST_CASE("after the server restarts, the next command reconnects and the data i
 TEST_CASE("a command on a socket broken mid-flight throws, and the next one reconnects") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   c.append("SET", "x", 1);
   srv.kill();  // the server dies with a command buffered, before it is sent
   CHECK_THROWS_AS(c.read(), redis::error);
@@ -354,9 +352,9 @@ TEST_CASE("a command on a socket broken mid-flight throws, and the next one reco
 TEST_CASE("a connection killed by the server is replaced on the next command") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection victim(local(srv.port()));
+  redis::connection victim(local_options(srv.port()));
   auto id = victim.command("CLIENT", "ID").integer();
-  redis::connection admin(local(srv.port()));
+  redis::connection admin(local_options(srv.port()));
   CHECK(admin.command("CLIENT", "KILL", "ID", id).integer() == 1);
   try {
     victim.command("PING");  // either noticed before sending (reconnects) or throws
@@ -369,7 +367,7 @@ TEST_CASE("a connection killed by the server is replaced on the next command") {
 TEST_CASE("io_timeout bounds a blocked command; the connection recovers afterwards") {
   if (!redis_server::available()) return;
   redis_server srv;
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.io_timeout = 100ms;
   redis::connection c(o);
   try {
@@ -387,14 +385,14 @@ TEST_CASE("connecting to a closed port throws redis::error") {
     fake_server f({});  // binds a port; once destroyed nothing listens there
     port = f.port();
   }
-  CHECK_THROWS_AS(redis::connection{local(port)}, redis::error);
+  CHECK_THROWS_AS(redis::connection{local_options(port)}, redis::error);
 }
 
 // ------------------------------------------------------------------------------ fake server
 
 TEST_CASE("a server that never answers trips io_timeout") {
   fake_server f({{.reply = "", .close_after = false}});
-  auto o = local(f.port());
+  auto o = local_options(f.port());
   o.io_timeout = 100ms;
   redis::connection c(o);
   CHECK_THROWS_AS(c.command("PING"), redis::error);
@@ -408,7 +406,7 @@ TEST_CASE("malformed replies throw redis::error and the next command reconnects"
     scripts.push_back({.reply = bad, .close_after = false});
   scripts.push_back({.reply = "+PONG\r\n", .close_after = false});
   fake_server f(scripts);
-  redis::connection c(local(f.port()));
+  redis::connection c(local_options(f.port()));
   for (std::size_t i = 0; i + 1 < scripts.size(); ++i) {
     CAPTURE(scripts[i].reply);
     CHECK_THROWS_AS(c.command("PING"), redis::error);
@@ -422,7 +420,7 @@ TEST_CASE("a reply truncated by the server closing throws redis::error") {
   fake_server f({{.reply = "$10\r\nabc", .close_after = true},
                  {.reply = "*3\r\n:1\r\n:2\r\n", .close_after = true},
                  {.reply = "+OK", .close_after = true}});
-  redis::connection c(local(f.port()));
+  redis::connection c(local_options(f.port()));
   for (int i = 0; i < 3; ++i) {
     try {
       c.command("GET", "k");
@@ -438,7 +436,7 @@ TEST_CASE("oversized replies throw at once, before the body is received or alloc
                  {.reply = "*2147483647\r\n", .close_after = false},
                  {.reply = "*" + std::string(2000, '9') + "\r\n", .close_after = false},
                  {.reply = "+" + std::string(100000, 'a'), .close_after = false}});
-  auto o = local(f.port());
+  auto o = local_options(f.port());
   o.limits.max_array_length = 1000;
   o.limits.max_line_length = 64 * 1024;  // the default (16 MiB) would wait for the rest
   redis::connection c(o);
@@ -453,7 +451,7 @@ TEST_CASE("deep nesting from a server throws instead of exhausting the stack") {
   std::string deep;
   for (int i = 0; i < 100000; ++i) deep += "*1\r\n";
   fake_server f({{.reply = deep, .close_after = false}});
-  redis::connection c(local(f.port()));
+  redis::connection c(local_options(f.port()));
   CHECK_THROWS_AS(c.command("GET", "k"), redis::error);
 }
 
@@ -564,7 +562,7 @@ TEST_CASE("a HELLO the server does not know (Redis 5, renamed) never shows the p
         "-" + secret + " is not a code\r\n"}) {
     CAPTURE(text);
     fake_server f({{.reply = text, .close_after = false}});
-    auto o = local(f.port());
+    auto o = local_options(f.port());
     o.protocol = 3;
     o.password = secret;
     o.username = "";
@@ -573,7 +571,7 @@ TEST_CASE("a HELLO the server does not know (Redis 5, renamed) never shows the p
     CHECK(m.find("HELLO failed") != std::string::npos);
   }
   fake_server echo({{.reply = "-ERR AUTH " + secret + "\r\n", .close_after = false}});
-  auto o = local(echo.port());
+  auto o = local_options(echo.port());
   o.password = secret;
   try {
     redis::connection c(o);
@@ -587,7 +585,7 @@ TEST_CASE("a HELLO the server does not know (Redis 5, renamed) never shows the p
 TEST_CASE("a renamed HELLO on a real server fails with protocol 3, never showing the password") {
   if (!redis_server::available()) return;
   redis_server srv({.requirepass = secret, .extra = {"--rename-command", "HELLO", ""}});
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.password = secret;
   o.protocol = 3;
   std::string m = what_of([&] { redis::connection c(o); });
@@ -602,7 +600,7 @@ TEST_CASE("no failure of a real connection shows the password: auth, refused, ti
   if (!redis_server::available()) return;
   redis_server srv({.requirepass = "the-right-one"});
   std::vector<std::string> messages;
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.password = secret;
   messages.push_back(what_of([&] { redis::connection c(o); }));  // WRONGPASS
   o.username = "nobody";
@@ -616,15 +614,15 @@ TEST_CASE("no failure of a real connection shows the password: auth, refused, ti
     fake_server f({});
     closed = f.port();
   }
-  auto refused = local(closed);
+  auto refused = local_options(closed);
   refused.password = secret;
   messages.push_back(what_of([&] { redis::connection c(refused); }));
   fake_server silent({{.reply = "", .close_after = false}});
-  auto slow = local(silent.port());
+  auto slow = local_options(silent.port());
   slow.password = secret;
   slow.io_timeout = 100ms;
   messages.push_back(what_of([&] { redis::connection c(slow); }));
-  auto right = local(srv.port());
+  auto right = local_options(srv.port());
   right.password = "the-right-one";
   redis::connection ok(right);
   // A command that echoes its arguments, given the password: the reply's text is withheld.
@@ -646,11 +644,11 @@ TEST_CASE("RESP3 push frames never become the reply of a command") {
   if (!redis_server::available()) return;
   redis_server srv;
   std::vector<redis::reply> pushes;
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.protocol = 3;
   o.on_push = [&](const redis::reply& r) { pushes.push_back(r); };
   redis::connection c(o);
-  redis::connection other(local(srv.port()));
+  redis::connection other(local_options(srv.port()));
   other.command("SET", "a", "1");
   other.command("SET", "b", "value-of-b");
   c.command("CLIENT", "TRACKING", "on");
@@ -683,7 +681,7 @@ TEST_CASE("a handshake error keeps the server's code, so LOADING and BUSY read a
   fake_server f({{.reply = "-LOADING Redis is loading the dataset in memory\r\n",
                   .close_after = false},
                  {.reply = "-BUSY Redis is busy running a script.\r\n", .close_after = false}});
-  auto o = local(f.port());
+  auto o = local_options(f.port());
   o.db = 1;  // the first command is SELECT
   try {
     redis::connection c(o);
@@ -708,7 +706,7 @@ TEST_CASE("client_name names the connection in CLIENT LIST, in RESP2 and RESP3 a
   if (!redis_server::available()) return;
   redis_server srv({.requirepass = "pw"});
   for (int protocol : {2, 3}) {
-    auto o = local(srv.port());
+    auto o = local_options(srv.port());
     o.password = "pw";
     o.protocol = protocol;
     o.client_name = "worker-" + std::to_string(protocol);
@@ -721,7 +719,7 @@ TEST_CASE("client_name names the connection in CLIENT LIST, in RESP2 and RESP3 a
   redis::connection u(redis::options::from_url(
       "redis://:pw@127.0.0.1:" + std::to_string(srv.port()) + "?client_name=from-url"));
   CHECK(u.command("CLIENT", "GETNAME").str() == "from-url");
-  auto bad = local(srv.port());
+  auto bad = local_options(srv.port());
   bad.password = "pw";
   bad.client_name = "has space";
   CHECK_THROWS_AS(redis::connection{bad}, redis::server_error);
@@ -730,7 +728,7 @@ TEST_CASE("client_name names the connection in CLIENT LIST, in RESP2 and RESP3 a
 TEST_CASE("a 100 KiB status reply from a Lua script is read") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto r = c.command("EVAL", "return {ok = string.rep('a', 102400)}", 0);
   CHECK(r.kind() == redis::type::simple_string);
   CHECK(r.str().size() == 102400);
@@ -740,7 +738,7 @@ TEST_CASE("a reply over the budget fails clearly and the connection recovers") {
   std::string many = "*3000\r\n";
   for (int i = 0; i < 3000; ++i) many += ":1\r\n";
   fake_server f({{.reply = many, .close_after = false}, {.reply = "+OK\r\n", .close_after = false}});
-  auto o = local(f.port());
+  auto o = local_options(f.port());
   o.limits.max_reply_elements = 1000;
   redis::connection c(o);
   std::string m = what_of([&] { c.command("LRANGE", "k", 0, -1); });
@@ -754,7 +752,7 @@ TEST_CASE("numbers go to and come from the server intact in a comma-decimal loca
   if (!loc.active()) return;
   redis_server srv;
   for (int protocol : {2, 3}) {
-    auto o = local(srv.port());
+    auto o = local_options(srv.port());
     o.protocol = protocol;
     redis::connection c(o);
     c.command("DEL", "f");
@@ -772,7 +770,7 @@ TEST_CASE("a unix:// URL reaches a server on a Unix-domain socket") {
   redis_server srv({.extra = {"--unixsocket", path, "--unixsocketperm", "700"}});
   redis::connection c(redis::options::from_url("unix://" + path + "?db=2"));
   c.command("SET", "k", "v");
-  redis::connection tcp(local(srv.port()));
+  redis::connection tcp(local_options(srv.port()));
   tcp.command("SELECT", 2);
   CHECK(tcp.command("GET", "k").str() == "v");
   ::unlink(path.c_str());
@@ -781,7 +779,7 @@ TEST_CASE("a unix:// URL reaches a server on a Unix-domain socket") {
 TEST_CASE("every TCP socket has keepalive and TCP_USER_TIMEOUT set") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   int on = 0;
   socklen_t len = sizeof on;
   REQUIRE(::getsockopt(c.native_handle(), SOL_SOCKET, SO_KEEPALIVE, &on, &len) == 0);
@@ -790,7 +788,7 @@ TEST_CASE("every TCP socket has keepalive and TCP_USER_TIMEOUT set") {
   len = sizeof user;
   REQUIRE(::getsockopt(c.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user, &len) == 0);
   CHECK(user == (15 + 3 * 5) * 1000);
-  auto off = local(srv.port());
+  auto off = local_options(srv.port());
   off.keepalive = 0s;
   redis::connection d(off);
   len = sizeof on;

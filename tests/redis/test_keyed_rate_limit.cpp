@@ -21,9 +21,7 @@ using spindle::status;
 using test_support::redis_server;
 
 namespace {
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 }  // namespace
 
 TEST_CASE("keyed limiters refuse bad arguments with std::invalid_argument") {
@@ -43,9 +41,9 @@ TEST_CASE("keyed limiters refuse bad arguments with std::invalid_argument") {
 TEST_CASE("each key has its own limit: one key's traffic never uses another's room") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::keyed_fixed_window fw("fw", local(srv.port()), 3, 60s);
-  redis::keyed_sliding_window sw("sw", local(srv.port()), 3, 60s);
-  redis::keyed_token_bucket tb("tb", local(srv.port()), 0.001, 3);
+  redis::keyed_fixed_window fw("fw", local_options(srv.port()), 3, 60s);
+  redis::keyed_sliding_window sw("sw", local_options(srv.port()), 3, 60s);
+  redis::keyed_token_bucket tb("tb", local_options(srv.port()), 0.001, 3);
   for (const char* key : {"10.0.0.1", "10.0.0.2", ""}) {
     CHECK(fw.try_acquire(key, 2));
     CHECK(fw.try_acquire(key));
@@ -60,14 +58,14 @@ TEST_CASE("each key has its own limit: one key's traffic never uses another's ro
 TEST_CASE("a fixed window counts at most limit per window, expires with it, and names the wait") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::keyed_fixed_window fw("win", local(srv.port()), 2, 1000ms);
+  redis::keyed_fixed_window fw("win", local_options(srv.port()), 2, 1000ms);
   CHECK(fw.retry_after("a") == 0ms);
   CHECK(fw.try_acquire("a", 2));
   CHECK_FALSE(fw.try_acquire("a"));
   auto w = fw.retry_after("a");
   CHECK(w > 0ms);
   CHECK(w <= 1000ms);
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto ttl = c.command("PTTL", "{win:a}:fw").integer();
   CHECK(ttl > 0);  // INCR and PEXPIRE in one script: never a counter without expiry
   CHECK(ttl <= 1000);
@@ -83,9 +81,9 @@ TEST_CASE("threads with their own keyed limiters on one key never exceed its lim
   test_support::thread_group g;
   for (int t = 0; t < 4; ++t)
     g.spawn([&] {
-      redis::keyed_fixed_window fw("c", local(srv.port()), 30, 60s);
-      redis::keyed_sliding_window sw("c", local(srv.port()), 20, 60s);
-      redis::keyed_token_bucket tb("c", local(srv.port()), 0.01, 25);
+      redis::keyed_fixed_window fw("c", local_options(srv.port()), 30, 60s);
+      redis::keyed_sliding_window sw("c", local_options(srv.port()), 20, 60s);
+      redis::keyed_token_bucket tb("c", local_options(srv.port()), 0.01, 25);
       gate.wait();
       for (int i = 0; i < 40; ++i) {
         if (fw.try_acquire("user-1")) fw_granted.fetch_add(1, std::memory_order_relaxed);
@@ -105,8 +103,8 @@ TEST_CASE("threads with their own keyed limiters on one key never exceed its lim
 TEST_CASE("keyed waits: a sliding window and a token bucket wait for room and time out early") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::keyed_sliding_window sw("w", local(srv.port()), 2, 100ms);
-  redis::keyed_token_bucket tb("w", local(srv.port()), 20.0, 2);  // a token per 50 ms
+  redis::keyed_sliding_window sw("w", local_options(srv.port()), 2, 100ms);
+  redis::keyed_token_bucket tb("w", local_options(srv.port()), 20.0, 2);  // a token per 50 ms
   CHECK(sw.try_acquire("k", 2));
   sw.acquire("k");  // once the first grants leave the window
   CHECK(sw.acquire_until("k", 2, std::chrono::steady_clock::now() + 10s) == status::ok);
@@ -119,7 +117,7 @@ TEST_CASE("keyed waits: a sliding window and a token bucket wait for room and ti
 TEST_CASE("a waiting keyed acquire ends promptly with cancelled on a stop request") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::keyed_fixed_window fw("s", local(srv.port()), 1, 1000s);
+  redis::keyed_fixed_window fw("s", local_options(srv.port()), 1, 1000s);
   CHECK(fw.try_acquire("k"));
   std::stop_source s1, s2;
   auto a = std::async(std::launch::async, [&] { return fw.acquire("k", 1, s1.get_token()); });
@@ -136,16 +134,16 @@ TEST_CASE("a waiting keyed acquire ends promptly with cancelled on a stop reques
 TEST_CASE("every key a keyed limiter writes expires, so one-off keys leave nothing behind") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::keyed_fixed_window fw("e", local(srv.port()), 5, 30s);
-  redis::keyed_sliding_window sw("e", local(srv.port()), 5, 30s);
-  redis::keyed_token_bucket tb("e", local(srv.port()), 1.0, 5);
+  redis::keyed_fixed_window fw("e", local_options(srv.port()), 5, 30s);
+  redis::keyed_sliding_window sw("e", local_options(srv.port()), 5, 30s);
+  redis::keyed_token_bucket tb("e", local_options(srv.port()), 1.0, 5);
   for (int i = 0; i < 50; ++i) {
     auto key = "ip-" + std::to_string(i);
     CHECK(fw.try_acquire(key));
     CHECK(sw.try_acquire(key));
     CHECK(tb.try_acquire(key));
   }
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto keys = c.command("KEYS", "*").elements();
   CHECK(keys.size() == 200);  // fw, sw, sw:seq, tb per key
   for (const auto& k : keys) CHECK(c.command("PTTL", k.str()).integer() > 0);

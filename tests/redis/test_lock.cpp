@@ -28,9 +28,7 @@ using test_support::redis_server;
 
 namespace {
 
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
 // A resource that checks fences (Kleppmann): it remembers the highest fence it accepted and
 // refuses writes carrying a lower or equal one.
@@ -69,7 +67,7 @@ TEST_CASE("distributed_lock refuses bad options with std::invalid_argument") {
 TEST_CASE("try_lock takes a free lock once, and each acquisition draws a greater fence") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::distributed_lock m("t", local(srv.port()), {.renew = false});
+  redis::distributed_lock m("t", local_options(srv.port()), {.renew = false});
   CHECK(m.last_fence() == 0);
   auto a = m.try_lock();
   REQUIRE(a);
@@ -89,7 +87,7 @@ TEST_CASE("try_lock takes a free lock once, and each acquisition draws a greater
 TEST_CASE("a held_lock releases its lock when destroyed, and a moved guard releases once") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::distributed_lock m("d", local(srv.port()), {.renew = false});
+  redis::distributed_lock m("d", local_options(srv.port()), {.renew = false});
   {
     auto a = m.try_lock();
     REQUIRE(a);
@@ -103,7 +101,7 @@ TEST_CASE("threads racing for one lock never overlap, and fences grow in critica
   if (!redis_server::available()) return;
   redis_server srv;
   constexpr int threads = 8, rounds = 25;
-  redis::distributed_lock m("race", local(srv.port()),
+  redis::distributed_lock m("race", local_options(srv.port()),
                             {.lease = 10s, .renew = false, .max_retry_delay = 2ms},
                             {.max_connections = threads});
   std::atomic<int> inside{0}, overlaps{0};
@@ -145,7 +143,7 @@ TEST_CASE("four processes racing for one lock lose no update and never see a fen
     INFO("worker stderr: " << r.err);
     CHECK(r.exited(0));
   }
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   CHECK(c.command("GET", "{xp}:counter").integer() == procs * rounds);
   CHECK(c.command("GET", "{xp}:lock:fence").integer() == procs * rounds);
 }
@@ -154,13 +152,13 @@ TEST_CASE("a holder stalled past its lease cannot release its successor's lock, 
           "checking fences refuses its write") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::distributed_lock m("stale", local(srv.port()), {.lease = 50ms, .renew = false});
+  redis::distributed_lock m("stale", local_options(srv.port()), {.lease = 50ms, .renew = false});
   fenced_store store;
   auto stale = m.try_lock();
   REQUIRE(stale);
   // The stale holder "pauses": it does nothing while its lease runs out and B takes the lock
   // (with a lease that outlasts the test, however slow the machine).
-  redis::distributed_lock m_b("stale", local(srv.port()), {.lease = 60s, .renew = false});
+  redis::distributed_lock m_b("stale", local_options(srv.port()), {.lease = 60s, .renew = false});
   auto b = m_b.lock_for(10s);
   REQUIRE(b);
   CHECK(b->fence() > stale->fence());
@@ -180,11 +178,11 @@ TEST_CASE("renewal keeps a lock past its lease while the holder lives") {
   if (!redis_server::available()) return;
   redis_server srv;
   std::atomic<int> lost{0};
-  redis::distributed_lock m("renew", local(srv.port()),
+  redis::distributed_lock m("renew", local_options(srv.port()),
                             {.lease = 1s, .on_lost = [&](std::uint64_t) { lost.fetch_add(1); }});
   auto h = m.try_lock();
   REQUIRE(h);
-  redis::distributed_lock other("renew", local(srv.port()), {.renew = false});
+  redis::distributed_lock other("renew", local_options(srv.port()), {.renew = false});
   // Two and a half leases, tried every few ms. (The lease leaves 2/3 of a second of slack for
   // a late renewal: a 100 ms lease was lost under ASan on a busy 2-core machine.)
   CHECK_FALSE(other.lock_for(2500ms));
@@ -198,13 +196,13 @@ TEST_CASE("renewal that finds the lock taken calls on_lost once and marks the gu
   redis_server srv;
   std::promise<std::uint64_t> fired;
   std::atomic<int> calls{0};
-  redis::distributed_lock m("steal", local(srv.port()),
+  redis::distributed_lock m("steal", local_options(srv.port()),
                             {.lease = 100ms, .on_lost = [&](std::uint64_t f) {
                                if (calls.fetch_add(1) == 0) fired.set_value(f);
                              }});
   auto h = m.try_lock();
   REQUIRE(h);
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   c.command("SET", "{steal}:lock", "someone-else", "PX", 10000);  // as if it expired and was taken
   auto f = fired.get_future();
   REQUIRE(f.wait_for(10s) == std::future_status::ready);
@@ -234,7 +232,7 @@ TEST_CASE("renewal that cannot reach the server within the lease calls on_lost")
 TEST_CASE("a waiting lock() returns nullopt promptly on a stop request, also with hours::max()") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::distributed_lock m("stop", local(srv.port()),
+  redis::distributed_lock m("stop", local_options(srv.port()),
                             {.lease = 10s, .renew = false, .max_retry_delay = 1000ms});
   auto h = m.try_lock();
   REQUIRE(h);

@@ -16,9 +16,7 @@ using namespace std::chrono_literals;
 using test_support::redis_server;
 
 namespace {
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 }  // namespace
 
 TEST_CASE("a pool refuses zero connections") {
@@ -28,7 +26,7 @@ TEST_CASE("a pool refuses zero connections") {
 TEST_CASE("threads sharing a pool never exceed max_connections and lose no increment") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::pool p(local(srv.port()), {.max_connections = 2});
+  redis::pool p(local_options(srv.port()), {.max_connections = 2});
   constexpr int threads = 4, per_thread = 300;
   test_support::start_gate gate;
   test_support::thread_group g;
@@ -50,7 +48,7 @@ TEST_CASE("threads sharing a pool never exceed max_connections and lose no incre
 TEST_CASE("a command blocked on one pooled connection does not block another thread's") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::pool p(local(srv.port()), {.max_connections = 2});
+  redis::pool p(local_options(srv.port()), {.max_connections = 2});
   test_support::thread_group g;
   std::atomic<bool> popped{false};
   g.spawn([&] {
@@ -66,7 +64,7 @@ TEST_CASE("a command blocked on one pooled connection does not block another thr
 TEST_CASE("acquire_for returns nullopt while every connection is leased, then succeeds") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::pool p(local(srv.port()), {.max_connections = 1, .acquire_timeout = 50ms});
+  redis::pool p(local_options(srv.port()), {.max_connections = 1, .acquire_timeout = 50ms});
   {
     auto held = p.acquire();
     CHECK_FALSE(p.acquire_for(10ms).has_value());
@@ -81,7 +79,7 @@ TEST_CASE("acquire_for returns nullopt while every connection is leased, then su
 TEST_CASE("a lease given back with unread replies is reset before its next use") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::pool p(local(srv.port()), {.max_connections = 1});
+  redis::pool p(local_options(srv.port()), {.max_connections = 1});
   {
     auto l = p.acquire();
     l->append("SET", "a", "1");
@@ -99,7 +97,7 @@ TEST_CASE("a failed connect gives its slot back") {
     redis_server srv;  // learn a port, then free it
     port = srv.port();
   }
-  redis::pool p(local(port), {.max_connections = 1});
+  redis::pool p(local_options(port), {.max_connections = 1});
   CHECK_THROWS_AS(p.command("PING"), redis::error);
   CHECK(p.size() == 0);
   CHECK_THROWS_AS(p.command("PING"), redis::error);  // not "no connection free"

@@ -36,25 +36,14 @@ static_assert(spindle::detail::acknowledging_channel<redis::queue<int>>);
 extern char** environ;
 
 namespace {
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
 // redis-cli next to the redis-server the fixture runs: the foreign producer of the tests.
 std::string redis_cli() {
   return (std::filesystem::path(redis_server::binary()).parent_path() / "redis-cli").string();
 }
 
-// Polls `pred` until it holds or `limit` passes (waiting on another process's state).
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
-  }
-  return pred();
-}
+using test_support::eventually;
 }  // namespace
 
 TEST_CASE("a queue refuses an empty name and zero timeouts") {
@@ -77,13 +66,13 @@ TEST_CASE("the channels refuse a server older than 6.2 (LMOVE, XAUTOCLAIM)") {
 TEST_CASE("a server whose maxmemory-policy may evict keys is reported; noeviction is not") {
   if (!redis_server::available()) return;
   redis_server lru({.extra = {"--maxmemory-policy", "allkeys-lru"}});
-  redis::connection c(local(lru.port()));
+  redis::connection c(local_options(lru.port()));
   std::string w = redis::detail::check_server(c, "redis::queue");
   CHECK(w.find("allkeys-lru") != std::string::npos);
   redis_server plain;
-  redis::connection p(local(plain.port()));
+  redis::connection p(local_options(plain.port()));
   CHECK(redis::detail::check_server(p, "redis::queue").empty());
-  redis::queue<int> q("lru", local(lru.port()));  // works, with the warning on stderr
+  redis::queue<int> q("lru", local_options(lru.port()));  // works, with the warning on stderr
   REQUIRE(q.push(1) == status::ok);
   int v = 0;
   REQUIRE(q.try_pop(v) == status::ok);
@@ -93,7 +82,7 @@ TEST_CASE("a server whose maxmemory-policy may evict keys is reported; noevictio
 TEST_CASE("push and pop move values in FIFO order with ok, empty and timeout statuses") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<std::string> q("fifo", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<std::string> q("fifo", local_options(srv.port()), {.poll_interval = 20ms});
   std::string v;
   CHECK(q.try_pop(v) == status::empty);
   CHECK(q.pop_for(v, 30ms) == status::timeout);
@@ -117,7 +106,7 @@ TEST_CASE("push and pop move values in FIFO order with ok, empty and timeout sta
 TEST_CASE("pop after close drains, then returns closed, and pushes fail with closed") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("drain", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> q("drain", local_options(srv.port()), {.poll_interval = 20ms});
   for (int i = 0; i < 3; ++i) CHECK(q.push(i) == status::ok);
   CHECK_FALSE(q.closed());
   q.close();
@@ -141,8 +130,8 @@ TEST_CASE("pop after close drains, then returns closed, and pushes fail with clo
 TEST_CASE("close by one object wakes a blocked pop of another object on the same name") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> a("shared", local(srv.port()), {.poll_interval = 20ms});
-  redis::queue<int> b("shared", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> a("shared", local_options(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> b("shared", local_options(srv.port()), {.poll_interval = 20ms});
   std::atomic<int> result{-1};
   redis::queue<int>::delivery got;
   test_support::thread_group g;
@@ -164,7 +153,7 @@ TEST_CASE("close by one object wakes a blocked pop of another object on the same
 TEST_CASE("a pop with a stop token returns cancelled promptly") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("cancel", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> q("cancel", local_options(srv.port()), {.poll_interval = 20ms});
   std::stop_source src;
   std::atomic<int> result{-1};
   test_support::thread_group g;
@@ -184,7 +173,8 @@ TEST_CASE("a pop with a stop token returns cancelled promptly") {
 TEST_CASE("max_length gives backpressure: try_push returns full and push_for times out") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("bounded", local(srv.port()), {.max_length = 2, .poll_interval = 10ms});
+  redis::queue<int> q("bounded", local_options(srv.port()),
+                      {.max_length = 2, .poll_interval = 10ms});
   CHECK(q.try_push(1) == status::ok);
   CHECK(q.try_push(2) == status::ok);
   CHECK(q.try_push(3) == status::full);
@@ -203,7 +193,7 @@ TEST_CASE("max_length gives backpressure: try_push returns full and push_for tim
 TEST_CASE("deliveries carry unique ids and counts, and nack redelivers then dead-letters") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<std::string> q("dlq", local(srv.port()),
+  redis::queue<std::string> q("dlq", local_options(srv.port()),
                               {.max_deliveries = 3, .poll_interval = 20ms});
   CHECK(q.push(std::string("x")) == status::ok);
   CHECK(q.push(std::string("y")) == status::ok);
@@ -231,11 +221,11 @@ TEST_CASE("deliveries carry unique ids and counts, and nack redelivers then dead
 TEST_CASE("a dead consumer's items return after the visibility timeout with a higher count") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("vis", local(srv.port()),
+  redis::queue<int> q("vis", local_options(srv.port()),
                       {.visibility_timeout = 150ms, .poll_interval = 20ms});
   redis::queue<int>::delivery d;
   {
-    redis::queue<int> dead("vis", local(srv.port()),
+    redis::queue<int> dead("vis", local_options(srv.port()),
                            {.visibility_timeout = 150ms, .poll_interval = 20ms});
     CHECK(q.push(41) == status::ok);
     REQUIRE(dead.try_pop_delivery(d) == status::ok);
@@ -258,7 +248,7 @@ TEST_CASE("a dead consumer's items return after the visibility timeout with a hi
 TEST_CASE("an ack after the lease expired fails and leaves the redelivery alone") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::queue<int> q("lease", o, {.visibility_timeout = 100ms, .poll_interval = 20ms});
   redis::queue<int> other("lease", o, {.visibility_timeout = 100ms, .poll_interval = 20ms});
   CHECK(q.push(5) == status::ok);
@@ -280,8 +270,8 @@ TEST_CASE("an ack after the lease expired fails and leaves the redelivery alone"
 TEST_CASE("after close, a pop waits while another consumer holds a delivery; an ack ends it") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> a("held", local(srv.port()), {.poll_interval = 20ms});
-  redis::queue<int> b("held", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> a("held", local_options(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> b("held", local_options(srv.port()), {.poll_interval = 20ms});
   REQUIRE(a.push(1) == status::ok);
   redis::queue<int>::delivery d;
   REQUIRE(a.try_pop_delivery(d) == status::ok);
@@ -306,8 +296,8 @@ TEST_CASE("after close, a pop waits while another consumer holds a delivery; an 
 TEST_CASE("after close, an item nacked by its holder reaches the consumer waiting for it") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> a("renack", local(srv.port()), {.poll_interval = 20ms});
-  redis::queue<int> b("renack", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> a("renack", local_options(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> b("renack", local_options(srv.port()), {.poll_interval = 20ms});
   REQUIRE(a.push(8) == status::ok);
   redis::queue<int>::delivery d;
   REQUIRE(a.try_pop_delivery(d) == status::ok);
@@ -330,10 +320,10 @@ TEST_CASE("after close, an item nacked by its holder reaches the consumer waitin
 TEST_CASE("after close, a dead holder's item is recovered by the consumer waiting for it") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> b("redead", local(srv.port()),
+  redis::queue<int> b("redead", local_options(srv.port()),
                       {.visibility_timeout = 150ms, .poll_interval = 20ms});
   {
-    redis::queue<int> a("redead", local(srv.port()),
+    redis::queue<int> a("redead", local_options(srv.port()),
                         {.visibility_timeout = 150ms, .poll_interval = 20ms});
     REQUIRE(a.push(9) == status::ok);
     redis::queue<int>::delivery d;
@@ -351,7 +341,7 @@ TEST_CASE("after close, a dead holder's item is recovered by the consumer waitin
 TEST_CASE("ack_and_pop_delivery acks and pops in one call, and acks before closed or cancelled") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("fused", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> q("fused", local_options(srv.port()), {.poll_interval = 20ms});
   for (int i = 0; i < 3; ++i) REQUIRE(q.push(i) == status::ok);
   redis::queue<int>::delivery d;
   REQUIRE(q.pop_delivery(d) == status::ok);
@@ -375,7 +365,7 @@ TEST_CASE("ack_and_pop_delivery acks and pops in one call, and acks before close
 TEST_CASE("push_all pushes in order, in batches, waits while full and stops at close") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("many", local(srv.port()), {.poll_interval = 20ms, .prefetch = 16});
+  redis::queue<int> q("many", local_options(srv.port()), {.poll_interval = 20ms, .prefetch = 16});
   std::vector<int> items(200);
   for (int i = 0; i < 200; ++i) items[static_cast<std::size_t>(i)] = i;
   std::size_t n = 0;
@@ -393,7 +383,7 @@ TEST_CASE("push_all pushes in order, in batches, waits while full and stops at c
   }
   CHECK(ids.size() == 200);
 
-  redis::queue<int> bounded("many-bounded", local(srv.port()),
+  redis::queue<int> bounded("many-bounded", local_options(srv.port()),
                             {.max_length = 10, .poll_interval = 20ms});
   std::atomic<int> result{-1};
   std::atomic<std::size_t> pushed{0};
@@ -422,11 +412,11 @@ TEST_CASE("prefetch takes several envelopes per fetch, hands them out in order, 
           "rest on destruction") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("pf", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> q("pf", local_options(srv.port()), {.poll_interval = 20ms});
   std::vector<int> items{0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
   REQUIRE(q.push_all(items) == status::ok);
   {
-    redis::queue<int> c("pf", local(srv.port()), {.poll_interval = 20ms, .prefetch = 4});
+    redis::queue<int> c("pf", local_options(srv.port()), {.poll_interval = 20ms, .prefetch = 4});
     redis::queue<int>::delivery d;
     REQUIRE(c.try_pop_delivery(d) == status::ok);
     CHECK(d.value == 0);
@@ -453,7 +443,7 @@ TEST_CASE("prefetch takes several envelopes per fetch, hands them out in order, 
 TEST_CASE("with prefetch, pop(T&) acks are sent with the next fetch and closed comes last") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("pfc", local(srv.port()), {.poll_interval = 20ms, .prefetch = 3});
+  redis::queue<int> q("pfc", local_options(srv.port()), {.poll_interval = 20ms, .prefetch = 3});
   std::vector<int> items{0, 1, 2, 3, 4};
   REQUIRE(q.push_all(items) == status::ok);
   q.close();
@@ -476,7 +466,7 @@ TEST_CASE("with prefetch, pop(T&) acks are sent with the next fetch and closed c
 TEST_CASE("a consumer whose lease was recovered by another drops its prefetched envelopes") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::queue<int> c("pflost", o,
                       {.visibility_timeout = 300ms, .poll_interval = 20ms, .prefetch = 4});
   redis::queue<int> other("pflost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
@@ -509,7 +499,7 @@ TEST_CASE("a consumer whose lease is gone moves no item into its processing list
           "holds a lease again") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::connection r(o);
   redis::queue<int> c("nolease", o, {.visibility_timeout = 60s, .poll_interval = 20ms});
   redis::queue<int> producer("nolease", o);
@@ -530,7 +520,7 @@ TEST_CASE("a consumer whose lease is gone moves no item into its processing list
 TEST_CASE("a heartbeat that finds its lease gone requeues what its processing list holds") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::connection r(o);
   redis::queue<int> c("hblost", o, {.visibility_timeout = 300ms, .poll_interval = 20ms});
   REQUIRE(c.push(7) == status::ok);
@@ -553,7 +543,7 @@ TEST_CASE("a heartbeat that finds its lease gone requeues what its processing li
 TEST_CASE("a sweep requeues a processing list that no lease covers") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::connection r(o);
   // A consumer known to the queue whose lease entry is gone (a failover) and who then died.
   r.command("LPUSH", "{sweep}:proc:ghost", "9:0:42");
@@ -574,7 +564,7 @@ TEST_CASE("a sweep requeues a processing list that no lease covers") {
 TEST_CASE("a bare payload pushed by redis-cli is a first delivery, counted pending") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::queue<std::string> q("foreign", o, {.poll_interval = 20ms});
   REQUIRE(q.push(std::string("ours")) == status::ok);
   auto r = test_support::run({redis_cli(), "-p", std::to_string(srv.port()), "LPUSH",
@@ -597,7 +587,7 @@ TEST_CASE("a bare payload pushed by redis-cli is a first delivery, counted pendi
 TEST_CASE("a poison payload in a prefetched batch is dead-lettered alone, with its reason") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::connection r(o);
   // int queue; "oops" does not decode. Pushed as envelopes by a producer in another language.
   r.command("LPUSH", "{poison}:ready", "1:0:10", "2:0:oops", "3:0:30", "4:0:40");
@@ -625,7 +615,7 @@ TEST_CASE("a poison payload in a prefetched batch is dead-lettered alone, with i
 TEST_CASE("a dead letter reports max_deliveries deliveries and the reason") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<std::string> q("dlcount", local(srv.port()),
+  redis::queue<std::string> q("dlcount", local_options(srv.port()),
                               {.max_deliveries = 5, .poll_interval = 20ms});
   REQUIRE(q.push(std::string("bad")) == status::ok);
   redis::queue<std::string>::delivery d;
@@ -652,7 +642,7 @@ TEST_CASE("a poll_interval not shorter than io_timeout is refused") {
 TEST_CASE("push_for on a full queue polls at most once per poll_interval once backed off") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::queue<int> q("backoff", o, {.max_length = 1, .poll_interval = 1ms});
   REQUIRE(q.push(1) == status::ok);
   redis::connection r(o);
@@ -671,7 +661,7 @@ TEST_CASE("push_for on a full queue polls at most once per poll_interval once ba
 TEST_CASE("prefetching threads whose lease keeps vanishing lose nothing and hold nothing") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::connection r(o);
   redis::queue<int> q("churnlease", o,
                       {.visibility_timeout = 300ms, .poll_interval = 5ms, .prefetch = 4});
@@ -724,10 +714,10 @@ TEST_CASE("a fetch whose reply was lost gives its item back uncounted: max_deliv
           "does not dead-letter it") {
   if (!redis_server::available()) return;
   redis_server srv({.extra = {"--enable-debug-command", "yes"}});
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   o.io_timeout = 150ms;
   redis::queue<int> q("lostreply", o, {.max_deliveries = 1, .poll_interval = 140ms});
-  redis::connection r(local(srv.port()));
+  redis::connection r(local_options(srv.port()));
   redis::queue<int>::delivery d;
   CHECK(q.try_pop_delivery(d) == status::empty);  // takes the lease, loads the scripts
   REQUIRE(q.push(7) == status::ok);
@@ -737,7 +727,7 @@ TEST_CASE("a fetch whose reply was lost gives its item back uncounted: max_deliv
   int attempts = 0;
   for (; attempts < 10 && !stranded; ++attempts) {
     std::thread stall([&] {
-      redis::connection s(local(srv.port()));
+      redis::connection s(local_options(srv.port()));
       s.command("DEBUG", "SLEEP", "0.4");
     });
     std::this_thread::sleep_for(50ms);  // lets DEBUG SLEEP reach the server first (retried)
@@ -768,7 +758,8 @@ TEST_CASE("a fetch whose reply was lost gives its item back uncounted: max_deliv
 TEST_CASE("worker_pool acks after the handler and a throwing handler leads to dead letter") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("pool", local(srv.port()), {.max_deliveries = 3, .poll_interval = 20ms});
+  redis::queue<int> q("pool", local_options(srv.port()),
+                      {.max_deliveries = 3, .poll_interval = 20ms});
   constexpr int n = 50;
   for (int i = 0; i < n; ++i) REQUIRE(q.push(i) == status::ok);
   std::atomic<int> sum{0}, poison_calls{0}, errors{0};
@@ -797,7 +788,7 @@ TEST_CASE("worker_pool acks after the handler and a throwing handler leads to de
 TEST_CASE("worker_pool over a Redis queue outlives an outage longer than the retry window") {
   if (!redis_server::available()) return;
   redis_server srv({.appendonly = true});
-  redis::queue<int> q("outage", local(srv.port()),
+  redis::queue<int> q("outage", local_options(srv.port()),
                       {.poll_interval = 20ms, .retry_window = 100ms});
   std::atomic<int> handled{0}, errors{0};
   spindle::worker_pool wp(
@@ -821,7 +812,7 @@ TEST_CASE("worker_pool over a Redis queue outlives an outage longer than the ret
 TEST_CASE("threads sharing a queue lose and duplicate nothing") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::queue<int> q("mt", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> q("mt", local_options(srv.port()), {.poll_interval = 20ms});
   constexpr int producers = 2, consumers = 2, per = 200;
   test_support::start_gate gate;
   test_support::thread_group g;
@@ -858,7 +849,7 @@ TEST_CASE("threads sharing a queue lose and duplicate nothing") {
 TEST_CASE("a server restart mid-run (appendonly) loses nothing: clients reconnect") {
   if (!redis_server::available()) return;
   redis_server srv({.appendonly = true});
-  redis::queue<int> q("restart", local(srv.port()), {.poll_interval = 20ms});
+  redis::queue<int> q("restart", local_options(srv.port()), {.poll_interval = 20ms});
   constexpr int n = 100;
   std::mutex mu;
   std::set<int> seen;
@@ -907,7 +898,7 @@ TEST_CASE("two consumer processes, one killed holding items: nothing lost, dupli
   redis_server srv;
   const std::string port = std::to_string(srv.port());
   constexpr int n = 300;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   // the victim takes 5 items at a time and never acks; the survivor processes normally
   pid_t victim = spawn_worker({port, "xp", "consume", "victim", "hold"});
   pid_t producer = spawn_worker({port, "xp", "produce", std::to_string(n)});

@@ -35,9 +35,7 @@ using test_support::redis_server;
 #ifdef SPINDLE_REDIS_WORKER
 namespace {
 
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
 // Polls `pred` until it holds or `limit` passes (waiting on other processes' state).
 template <class P>
@@ -66,8 +64,8 @@ class fault_run {
   fault_run(redis_server& srv, std::string name)
       : srv_(srv),
         name_(std::move(name)),
-        ch_(name_, local(srv.port()), opts()),
-        log_(local(srv.port())) {}
+        ch_(name_, local_options(srv.port()), opts()),
+        log_(local_options(srv.port())) {}
 
   static auto opts() {
     if constexpr (Stream) {

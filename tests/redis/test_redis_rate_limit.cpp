@@ -28,9 +28,7 @@ static_assert(spindle::rate_limiter<redis::sliding_window>);
 extern char** environ;
 
 namespace {
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 }  // namespace
 
 TEST_CASE("redis limiters refuse bad arguments with std::invalid_argument") {
@@ -51,12 +49,12 @@ TEST_CASE("redis limiters refuse bad arguments with std::invalid_argument") {
 TEST_CASE("a redis token bucket starts full, refuses when empty, and refills by server time") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::token_bucket tb("tb", local(srv.port()), 100.0, 5);
+  redis::token_bucket tb("tb", local_options(srv.port()), 100.0, 5);
   CHECK(tb.try_acquire(5));
   CHECK_FALSE(tb.try_acquire());
   tb.acquire();  // waits about 10 ms for one token
   tb.acquire(2);
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto ttl = c.command("PTTL", "{tb}:tb").integer();
   CHECK(ttl > 0);  // expires when idle
   CHECK(ttl <= 1050);
@@ -65,23 +63,23 @@ TEST_CASE("a redis token bucket starts full, refuses when empty, and refills by 
 TEST_CASE("a redis sliding window grants at most limit per window and waits for room") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::sliding_window sw("sw", local(srv.port()), 3, 100ms);
+  redis::sliding_window sw("sw", local_options(srv.port()), 3, 100ms);
   CHECK(sw.try_acquire(2));
   CHECK(sw.try_acquire());
   CHECK_FALSE(sw.try_acquire());
   sw.acquire();  // once the first grants leave the window
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   CHECK(c.command("PTTL", "{sw}:sw").integer() > 0);
 }
 
 TEST_CASE("redis limiters reload their script after SCRIPT FLUSH (NOSCRIPT)") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::token_bucket tb("flush", local(srv.port()), 1.0, 10);
-  redis::sliding_window sw("flush", local(srv.port()), 10, 10s);
+  redis::token_bucket tb("flush", local_options(srv.port()), 1.0, 10);
+  redis::sliding_window sw("flush", local_options(srv.port()), 10, 10s);
   CHECK(tb.try_acquire());
   CHECK(sw.try_acquire());
-  redis::connection(local(srv.port())).command("SCRIPT", "FLUSH");
+  redis::connection(local_options(srv.port())).command("SCRIPT", "FLUSH");
   CHECK(tb.try_acquire());
   CHECK(sw.try_acquire());
 }
@@ -94,8 +92,8 @@ TEST_CASE("threads with their own limiter objects on one key never exceed the li
   test_support::thread_group g;
   for (int t = 0; t < 3; ++t)
     g.spawn([&] {
-      redis::token_bucket tb("shared", local(srv.port()), 0.01, 40);
-      redis::sliding_window sw("shared", local(srv.port()), 25, 60s);
+      redis::token_bucket tb("shared", local_options(srv.port()), 0.01, 40);
+      redis::sliding_window sw("shared", local_options(srv.port()), 25, 60s);
       gate.wait();
       for (int i = 0; i < 60; ++i) {
         if (tb.try_acquire()) tb_granted.fetch_add(1, std::memory_order_relaxed);
@@ -136,7 +134,8 @@ TEST_CASE("two processes sharing one key together never exceed the limit") {
       REQUIRE(done);
       CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
     }
-    auto granted = redis::connection(local(srv.port())).command("GET", key + ":granted").integer();
+    auto granted =
+        redis::connection(local_options(srv.port())).command("GET", key + ":granted").integer();
     CHECK(granted == (kind == "tb" ? 50 : 30));
   }
 }
@@ -145,8 +144,8 @@ TEST_CASE("two processes sharing one key together never exceed the limit") {
 TEST_CASE("redis limiters' timed acquire returns timeout at once when room cannot come in time") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::token_bucket tb("tf", local(srv.port()), 1.0, 1);  // one token per second
-  redis::sliding_window sw("tf", local(srv.port()), 1, 60s);
+  redis::token_bucket tb("tf", local_options(srv.port()), 1.0, 1);  // one token per second
+  redis::sliding_window sw("tf", local_options(srv.port()), 1, 60s);
   CHECK(tb.try_acquire());
   CHECK(sw.try_acquire());
   auto start = std::chrono::steady_clock::now();
@@ -161,8 +160,8 @@ TEST_CASE("redis limiters' timed acquire returns timeout at once when room canno
 TEST_CASE("redis limiters' retry_after names the wait and takes nothing") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::token_bucket tb("ra", local(srv.port()), 10.0, 2);  // a token per 100 ms
-  redis::sliding_window sw("ra", local(srv.port()), 2, 60s);
+  redis::token_bucket tb("ra", local_options(srv.port()), 10.0, 2);  // a token per 100 ms
+  redis::sliding_window sw("ra", local_options(srv.port()), 2, 60s);
   CHECK(tb.retry_after() == 0ms);
   CHECK(tb.retry_after(2) == 0ms);
   CHECK(tb.retry_after(2) == 0ms);  // a dry run: the two tokens are still there
@@ -184,8 +183,8 @@ TEST_CASE("a waiting redis acquire ends promptly with cancelled on a stop reques
           "an unlimited acquire_for") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::token_bucket tb("st", local(srv.port()), 0.001, 1);  // the next token in 1000 s
-  redis::sliding_window sw("st", local(srv.port()), 1, 1000s);
+  redis::token_bucket tb("st", local_options(srv.port()), 0.001, 1);  // the next token in 1000 s
+  redis::sliding_window sw("st", local_options(srv.port()), 1, 1000s);
   CHECK(tb.try_acquire());
   CHECK(sw.try_acquire());
   std::stop_source s1, s2;
@@ -199,6 +198,6 @@ TEST_CASE("a waiting redis acquire ends promptly with cancelled on a stop reques
   REQUIRE(b.wait_for(10s) == std::future_status::ready);
   CHECK(a.get() == spindle::status::cancelled);
   CHECK(b.get() == spindle::status::cancelled);
-  redis::token_bucket fresh("st2", local(srv.port()), 1.0, 1);
+  redis::token_bucket fresh("st2", local_options(srv.port()), 1.0, 1);
   CHECK(fresh.acquire_for(1, std::chrono::nanoseconds::max()) == spindle::status::ok);
 }

@@ -36,19 +36,9 @@ static_assert(spindle::detail::fused_ack_channel<redis::stream<int>>);  // worke
 extern char** environ;
 
 namespace {
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
-  }
-  return pred();
-}
+using test_support::eventually;
 }  // namespace
 
 TEST_CASE("a stream refuses an empty name or group and zero timeouts") {
@@ -61,7 +51,7 @@ TEST_CASE("a stream refuses an empty name or group and zero timeouts") {
 TEST_CASE("stream push and pop deliver in order with ok, empty, timeout, closed, cancelled") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::stream<std::string> s("st", local(srv.port()), {.poll_interval = 20ms});
+  redis::stream<std::string> s("st", local_options(srv.port()), {.poll_interval = 20ms});
   std::string v;
   CHECK(s.try_pop(v) == status::empty);
   CHECK(s.pop_for(v, 30ms) == status::timeout);
@@ -104,8 +94,8 @@ long evalsha_calls(redis::connection& c) {
 TEST_CASE("pop(T&) and ack_and_pop_delivery ack the previous entry in the next pop's script") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
-  redis::stream<std::string> s("fused", local(srv.port()), {.poll_interval = 20ms});
+  redis::connection c(local_options(srv.port()));
+  redis::stream<std::string> s("fused", local_options(srv.port()), {.poll_interval = 20ms});
   for (int i = 0; i < 6; ++i) REQUIRE(s.push("e" + std::to_string(i)) == status::ok);
   std::string v;
   REQUIRE(s.pop(v) == status::ok);  // loads the script
@@ -125,7 +115,7 @@ TEST_CASE("pop(T&) and ack_and_pop_delivery ack the previous entry in the next p
   CHECK(evalsha_calls(c) - before == 4);  // pop, settle, pop, pop: no settle before a pop
   CHECK(s.pending() == 1);                // e0..e2 acked (kept in the log), e3 held
   // An entry no longer held (another consumer claimed it) is skipped, never acked for them.
-  redis::stream<std::string> other("fused", local(srv.port()),
+  redis::stream<std::string> other("fused", local_options(srv.port()),
                                    {.visibility_timeout = 1ms, .poll_interval = 20ms});
   redis::stream<std::string>::delivery taken;
   REQUIRE(eventually([&] {
@@ -139,8 +129,8 @@ TEST_CASE("pop(T&) and ack_and_pop_delivery ack the previous entry in the next p
 TEST_CASE("close by one stream object ends a blocked pop of another") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::stream<int> a("sc", local(srv.port()), {.poll_interval = 20ms});
-  redis::stream<int> b("sc", local(srv.port()), {.poll_interval = 20ms});
+  redis::stream<int> a("sc", local_options(srv.port()), {.poll_interval = 20ms});
+  redis::stream<int> b("sc", local_options(srv.port()), {.poll_interval = 20ms});
   std::atomic<int> result{-1};
   test_support::thread_group g;
   g.spawn([&] {
@@ -155,8 +145,8 @@ TEST_CASE("close by one stream object ends a blocked pop of another") {
 TEST_CASE("after close, a stream pop waits while another consumer holds an entry") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::stream<int> a("sheld", local(srv.port()), {.poll_interval = 20ms});
-  redis::stream<int> b("sheld", local(srv.port()), {.poll_interval = 20ms});
+  redis::stream<int> a("sheld", local_options(srv.port()), {.poll_interval = 20ms});
+  redis::stream<int> b("sheld", local_options(srv.port()), {.poll_interval = 20ms});
   REQUIRE(a.push(1) == status::ok);
   REQUIRE(a.push(2) == status::ok);
   redis::stream<int>::delivery d1, d2;
@@ -194,9 +184,9 @@ TEST_CASE("a dead consumer's pending entry is claimed by another and the old ack
   if (!redis_server::available()) return;
   redis_server srv;
   redis::stream_options so{.visibility_timeout = 150ms, .poll_interval = 20ms};
-  redis::stream<int> live("claim", local(srv.port()), so);
+  redis::stream<int> live("claim", local_options(srv.port()), so);
   redis::stream<int>::delivery d;
-  auto dead = std::make_unique<redis::stream<int>>("claim", local(srv.port()), so);
+  auto dead = std::make_unique<redis::stream<int>>("claim", local_options(srv.port()), so);
   CHECK(live.push(7) == status::ok);
   REQUIRE(dead->try_pop_delivery(d) == status::ok);
   CHECK(d.deliveries == 1);
@@ -207,7 +197,7 @@ TEST_CASE("a dead consumer's pending entry is claimed by another and the old ack
   CHECK(e.value == 7);
   CHECK(e.id == d.id);
   CHECK(e.deliveries == 2);
-  redis::stream<int> zombie("claim", local(srv.port()), so);  // cannot ack another's entry
+  redis::stream<int> zombie("claim", local_options(srv.port()), so);  // cannot ack another's entry
   CHECK_FALSE(zombie.ack(d));
   CHECK(live.ack(e));
   CHECK_FALSE(live.ack(e));
@@ -217,8 +207,8 @@ TEST_CASE("a live consumer's heartbeat keeps its entries from being claimed") {
   if (!redis_server::available()) return;
   redis_server srv;
   redis::stream_options so{.visibility_timeout = 100ms, .poll_interval = 20ms};
-  redis::stream<int> a("hb", local(srv.port()), so);
-  redis::stream<int> b("hb", local(srv.port()), so);
+  redis::stream<int> a("hb", local_options(srv.port()), so);
+  redis::stream<int> b("hb", local_options(srv.port()), so);
   CHECK(a.push(1) == status::ok);
   redis::stream<int>::delivery d, e;
   REQUIRE(a.try_pop_delivery(d) == status::ok);
@@ -229,7 +219,7 @@ TEST_CASE("a live consumer's heartbeat keeps its entries from being claimed") {
 TEST_CASE("stream nack redelivers and dead-letters after max_deliveries") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::stream<std::string> s("sd", local(srv.port()),
+  redis::stream<std::string> s("sd", local_options(srv.port()),
                                {.max_deliveries = 3, .poll_interval = 20ms});
   CHECK(s.push(std::string("p")) == status::ok);
   redis::stream<std::string>::delivery d;
@@ -245,7 +235,7 @@ TEST_CASE("stream nack redelivers and dead-letters after max_deliveries") {
 TEST_CASE("a stream with max_length trims the oldest entries") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::stream<int> s("trim", local(srv.port()), {.max_length = 3, .poll_interval = 20ms});
+  redis::stream<int> s("trim", local_options(srv.port()), {.max_length = 3, .poll_interval = 20ms});
   for (int i = 0; i < 10; ++i) CHECK(s.push(i) == status::ok);
   CHECK(s.size() == 3);
   int v = -1;
@@ -256,8 +246,8 @@ TEST_CASE("a stream with max_length trims the oldest entries") {
 TEST_CASE("a second consumer group sees every entry the first one acknowledged") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::stream<int> a("groups", local(srv.port()), {.group = "a", .poll_interval = 20ms});
-  redis::stream<int> b("groups", local(srv.port()), {.group = "b", .poll_interval = 20ms});
+  redis::stream<int> a("groups", local_options(srv.port()), {.group = "a", .poll_interval = 20ms});
+  redis::stream<int> b("groups", local_options(srv.port()), {.group = "b", .poll_interval = 20ms});
   redis::stream<int>::delivery d;
   CHECK(b.try_pop_delivery(d) == status::empty);  // creates group b before the pushes
   for (int i = 0; i < 5; ++i) REQUIRE(a.push(i) == status::ok);
@@ -280,7 +270,7 @@ TEST_CASE("an entry whose reply was lost is not renewed by its consumer's heartb
           "claims it") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::stream_options so{.visibility_timeout = 300ms, .poll_interval = 20ms};
   redis::stream<int> s("lost", o, so);
   redis::stream<int>::delivery d;
@@ -307,7 +297,7 @@ TEST_CASE("stream entries from redis-cli: a bare v is delivered, an undecodable 
           "dead-lettered at once with its reason") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::stream<int> s("sfor", o, {.poll_interval = 20ms});
   redis::stream<int>::delivery d;
   CHECK(s.try_pop_delivery(d) == status::empty);  // creates the group
@@ -338,7 +328,7 @@ TEST_CASE("stream entries from redis-cli: a bare v is delivered, an undecodable 
 TEST_CASE("short-lived stream consumers that hold nothing leave the group") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   for (int i = 0; i < 50; ++i) {
     redis::stream<int> s("churn", o, {.poll_interval = 20ms});
     REQUIRE(s.push(i) == status::ok);
@@ -353,7 +343,7 @@ TEST_CASE("short-lived stream consumers that hold nothing leave the group") {
 TEST_CASE("a queue and a stream of the same name share no key") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::options o = local(srv.port());
+  redis::options o = local_options(srv.port());
   redis::queue<int> q("same", o, {.max_deliveries = 1, .poll_interval = 20ms});
   redis::stream<int> s("same", o, {.max_deliveries = 1, .poll_interval = 20ms});
   REQUIRE(q.push(1) == status::ok);
@@ -374,7 +364,8 @@ TEST_CASE("a queue and a stream of the same name share no key") {
 TEST_CASE("worker_pool over a stream acks and dead-letters a poison entry") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::stream<int> s("wp", local(srv.port()), {.max_deliveries = 2, .poll_interval = 20ms});
+  redis::stream<int> s("wp", local_options(srv.port()),
+                       {.max_deliveries = 2, .poll_interval = 20ms});
   constexpr int n = 40;
   for (int i = 0; i < n; ++i) REQUIRE(s.push(i) == status::ok);
   std::atomic<int> sum{0};
@@ -395,7 +386,7 @@ TEST_CASE("stream: two consumer processes, one killed holding entries: nothing l
   redis_server srv;
   const std::string port = std::to_string(srv.port());
   constexpr int n = 200;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto spawn = [&](std::vector<std::string> args) {
     args.insert(args.begin(), SPINDLE_REDIS_WORKER);
     std::vector<char*> argv;

@@ -19,19 +19,9 @@ using namespace std::chrono_literals;
 using test_support::redis_server;
 
 namespace {
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
-  }
-  return pred();
-}
+using test_support::eventually;
 
 std::int64_t numsub(redis::connection& c, const std::string& ch) {
   return c.command("PUBSUB", "NUMSUB", ch)[1].integer();
@@ -47,7 +37,7 @@ TEST_CASE("a subscription refuses no channels and an empty handler") {
 TEST_CASE("publish reaches a subscriber in order and counts receivers") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
   CHECK(t.publish("news", "nobody") == 0);
   std::mutex mu;
   std::vector<std::string> got;
@@ -55,7 +45,7 @@ TEST_CASE("publish reaches a subscriber in order and counts receivers") {
     std::lock_guard lock(mu);
     got.push_back(m.channel + "=" + m.payload);
   });
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   REQUIRE(eventually([&] { return numsub(c, "news") == 1; }));
   for (int i = 0; i < 20; ++i) CHECK(t.publish("news", std::to_string(i)) == 1);
   REQUIRE(eventually([&] { return sub.received() == 20; }));
@@ -67,7 +57,7 @@ TEST_CASE("publish reaches a subscriber in order and counts receivers") {
 TEST_CASE("psubscribe delivers matching channels with their pattern") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
   std::mutex mu;
   std::vector<redis::message> got;
   auto sub = t.psubscribe({"ev.*"}, [&](const redis::message& m) {
@@ -87,7 +77,7 @@ TEST_CASE("psubscribe delivers matching channels with their pattern") {
 TEST_CASE("a handler exception goes to on_error and the subscription goes on") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
   std::atomic<int> errors{0};
   auto sub = t.subscribe(
       {"c"},
@@ -106,8 +96,8 @@ TEST_CASE("a handler exception goes to on_error and the subscription goes on") {
 TEST_CASE("stop and a stop token end a subscription promptly while idle") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
-  redis::connection c(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto a = t.subscribe({"idle"}, [](const redis::message&) {});
   std::stop_source src;
   auto b = t.subscribe(
@@ -127,8 +117,8 @@ TEST_CASE("stop and a stop token end a subscription promptly while idle") {
 TEST_CASE("a subscription resubscribes after its connection is killed") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
-  redis::connection c(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto sub = t.subscribe({"r"}, [](const redis::message&) {});
   REQUIRE(eventually([&] { return numsub(c, "r") == 1; }));
   c.command("CLIENT", "KILL", "TYPE", "pubsub");
@@ -142,7 +132,7 @@ TEST_CASE("a subscription resubscribes after its connection is killed") {
 TEST_CASE("wait_subscribed_for returns once the server confirmed, so the first publish counts") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
   for (int round = 0; round < 20; ++round) {  // no eventually(): the first publish must count
     std::string ch = "first-" + std::to_string(round);
     auto sub = t.subscribe({ch, ch + "b"}, [](const redis::message&) {});
@@ -155,7 +145,7 @@ TEST_CASE("wait_subscribed_for returns once the server confirmed, so the first p
 TEST_CASE("channels and patterns are added and removed on a running subscription") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
   auto sub = t.listen({"a"}, {});
   REQUIRE(sub.wait_subscribed_for(10s));
   sub.add_channels({"b", "c"});
@@ -186,7 +176,7 @@ TEST_CASE("channels and patterns are added and removed on a running subscription
 TEST_CASE("pop_for takes buffered messages in order, times out when none, closed after stop") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
   auto sub = t.listen({"q"}, {}, {.max_buffered = 5});
   REQUIRE(sub.wait_subscribed_for(10s));
   redis::message m;
@@ -213,16 +203,16 @@ TEST_CASE("pop_for takes buffered messages in order, times out when none, closed
 TEST_CASE("a subscription the server refuses calls on_error and backs off exponentially") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection admin(local(srv.port()));
+  redis::connection admin(local_options(srv.port()));
   admin.command("ACL", "SETUSER", "reader", "on", ">reader-pw", "resetchannels", "&allowed",
                 "+@all", "~*");
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.username = "reader";
   o.password = "reader-pw";
   std::mutex mu;
   std::vector<std::chrono::steady_clock::time_point> when;
   std::vector<std::string> codes;
-  redis::topic t(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
   redis::subscription sub(
       o, {"forbidden"}, {},
       redis::subscription_options{.on_error =
@@ -265,8 +255,8 @@ TEST_CASE("a subscription the server refuses calls on_error and backs off expone
 TEST_CASE("on_reconnect is called once resubscribed after the connection is killed") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::topic t(local(srv.port()));
-  redis::connection c(local(srv.port()));
+  redis::topic t(local_options(srv.port()));
+  redis::connection c(local_options(srv.port()));
   std::atomic<int> reconnected{0};
   std::atomic<int> errors{0};
   auto sub = t.subscribe({"r"}, [](const redis::message&) {},
@@ -291,7 +281,7 @@ TEST_CASE("on_reconnect is called once resubscribed after the connection is kill
 TEST_CASE("a RESP3 subscription receives messages and answers PINGs") {
   if (!redis_server::available()) return;
   redis_server srv;
-  auto o = local(srv.port());
+  auto o = local_options(srv.port());
   o.protocol = 3;
   redis::topic t(o);
   auto sub = t.listen({"r3"}, {"p3.*"}, {.ping_interval = 10ms, .ping_timeout = 5s});
@@ -314,7 +304,7 @@ TEST_CASE("a blackholed subscription notices, reconnects and receives again") {
   if (!redis_server::available()) return;
   redis_server srv;
   spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
-  redis::topic t(local(srv.port()));  // publishes straight to the server
+  redis::topic t(local_options(srv.port()));  // publishes straight to the server
   std::mutex mu;
   std::vector<std::string> errors, got;
   std::atomic<int> reconnected{0};

@@ -21,9 +21,7 @@ using namespace std::chrono_literals;
 using test_support::redis_server;
 
 namespace {
-redis::options local(std::uint16_t port) {
-  return redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
-}
+using test_support::local_options;
 
 // True if `c` carries no WATCH: a key changed by another client does not abort its EXEC.
 bool unwatched(redis::connection& c, redis::connection& other, const std::string& key) {
@@ -38,7 +36,7 @@ bool unwatched(redis::connection& c, redis::connection& other, const std::string
 TEST_CASE("exec runs the commands in one block and returns their replies in order") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   redis::transaction tx;
   tx.add("SET", "a", 1).add("INCR", "a").add("GET", "a");
   CHECK(tx.size() == 3);
@@ -53,7 +51,7 @@ TEST_CASE("exec runs the commands in one block and returns their replies in orde
 TEST_CASE("a command refused while queueing runs nothing and names its position") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   redis::transaction tx;
   tx.add("SET", "a", 1).add("SET", "b");  // wrong arity: refused at queue time
   try {
@@ -70,7 +68,7 @@ TEST_CASE("a command refused while queueing runs nothing and names its position"
 TEST_CASE("a command failing while running leaves its error reply; the others took effect") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   c.command("SET", "s", "text");
   redis::transaction tx;
   tx.add("INCR", "s").add("SET", "t", "x");
@@ -88,7 +86,7 @@ TEST_CASE("no reader sees half a transaction") {
   std::atomic<int> torn{0}, reads{0};
   test_support::thread_group g;
   g.spawn([&] {
-    redis::connection c(local(srv.port()));
+    redis::connection c(local_options(srv.port()));
     for (int i = 0; i < 300; ++i) {
       redis::transaction tx;
       tx.add("INCR", "{p}:a").add("INCR", "{p}:b");
@@ -97,7 +95,7 @@ TEST_CASE("no reader sees half a transaction") {
     done = true;
   });
   g.spawn([&] {
-    redis::connection c(local(srv.port()));
+    redis::connection c(local_options(srv.port()));
     while (!done) {
       auto r = c.command("MGET", "{p}:a", "{p}:b");
       auto a = r[0].is_nil() ? 0 : r[0].integer(), b = r[1].is_nil() ? 0 : r[1].integer();
@@ -113,7 +111,7 @@ TEST_CASE("no reader sees half a transaction") {
 TEST_CASE("check_and_set refuses bad arguments with std::invalid_argument") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port()));
+  redis::connection c(local_options(srv.port()));
   auto f = [](redis::connection&) { return std::optional<redis::transaction>{}; };
   CHECK_THROWS_AS(redis::check_and_set(c, {}, f), std::invalid_argument);
   CHECK_THROWS_AS(redis::check_and_set(c, {"k"}, f, {.max_attempts = 0}), std::invalid_argument);
@@ -123,7 +121,7 @@ TEST_CASE("check_and_set increments from many threads lose no update") {
   if (!redis_server::available()) return;
   redis_server srv;
   constexpr int threads = 6, rounds = 30;
-  redis::pool p(local(srv.port()), {.max_connections = threads});
+  redis::pool p(local_options(srv.port()), {.max_connections = threads});
   std::atomic<int> attempts{0}, failed{0};
   test_support::start_gate gate;
   test_support::thread_group g;
@@ -147,14 +145,15 @@ TEST_CASE("check_and_set increments from many threads lose no update") {
   gate.open();
   REQUIRE(g.join_within(120s));
   CHECK(failed.load() == 0);
-  CHECK(redis::connection(local(srv.port())).command("GET", "n").integer() == threads * rounds);
+  CHECK(redis::connection(local_options(srv.port())).command("GET", "n").integer() ==
+        threads * rounds);
   MESSAGE("attempts for " << threads * rounds << " commits: " << attempts.load());
 }
 
 TEST_CASE("check_and_set gives up as contended after max_attempts, having written nothing") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port())), other(local(srv.port()));
+  redis::connection c(local_options(srv.port())), other(local_options(srv.port()));
   int runs = 0;
   auto r = redis::check_and_set(
       c, {"w"},
@@ -175,7 +174,7 @@ TEST_CASE("check_and_set gives up as contended after max_attempts, having writte
 TEST_CASE("check_and_set leaves no WATCH behind when f aborts or throws") {
   if (!redis_server::available()) return;
   redis_server srv;
-  redis::connection c(local(srv.port())), other(local(srv.port()));
+  redis::connection c(local_options(srv.port())), other(local_options(srv.port()));
   auto r = redis::check_and_set(c, {"k"}, [](redis::connection& conn) {
     conn.command("GET", "k");
     return std::optional<redis::transaction>{};

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <spindle/redis/options.hpp>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -39,6 +40,13 @@
 #include <vector>
 
 namespace test_support {
+
+/// Options for a client of the fixture's server on 127.0.0.1:`port`, with timeouts generous
+/// enough for a loaded 2-core CI machine. The one definition every Redis test uses.
+inline spindle::redis::options local_options(std::uint16_t port) {
+  using namespace std::chrono_literals;
+  return spindle::redis::options{.port = port, .connect_timeout = 5s, .io_timeout = 10s};
+}
 
 /// How the fixture starts redis-server.
 struct redis_server_config {

@@ -97,4 +97,18 @@ inline std::chrono::nanoseconds thread_cpu_time(std::thread& t) {
   return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
 }
 
+/// Polls `pred` until it holds or `limit` passes; returns whether it held. Only for conditions
+/// that have no notification (another process's or the server's state): a bounded poll every
+/// `every`, never an unbounded wait.
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds limit = std::chrono::seconds(10),
+                std::chrono::milliseconds every = std::chrono::milliseconds(5)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(every);  // polling external state with a bounded deadline
+  }
+  return pred();
+}
+
 }  // namespace test_support
