@@ -357,3 +357,20 @@ TEST_CASE("a chain of 100,000 then continuations runs without overflowing the st
   q.set_exception(std::make_exception_ptr(std::runtime_error("head")));
   CHECK_THROWS_WITH_AS(g.get(), "head", std::runtime_error);
 }
+
+TEST_CASE("a promise may be destroyed as soon as its future saw the value") {
+  // The setter's thread is still inside set_value() (waking waiters) when the waiter returns and
+  // destroys both the future and the promise it shared by reference: the state must outlive the
+  // wake-up. ASan/TSan report a use after free without publish()'s extra reference.
+  for (int round = 0; round < 2000; ++round) {
+    auto p = std::make_unique<promise<std::string>>();
+    auto f = p->get_future();
+    std::thread setter([&p] { p->set_value(std::string(40, 'x')); });
+    CHECK(f.get().size() == 40);
+    {
+      future<std::string> gone = std::move(f);
+    }
+    p.reset();
+    setter.join();
+  }
+}

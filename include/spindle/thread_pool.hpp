@@ -194,20 +194,21 @@ class pool_core {
 
   /// Queues `t`; throws closed_error after close() unless `from_worker`.
   void push(task& t, bool from_worker) {
-    bool wake = false;
-    {
-      std::lock_guard lock(mu_);
-      if (closing_ && !from_worker)
-        throw closed_error("spindle::thread_pool::post: the pool is shut down");
-      queue_.push(std::move(t));
-      // relaxed: a hint for spinning workers, which then take mu_ (the real hand-over).
-      queued_hint_.store(queue_.size(), std::memory_order_relaxed);
-      // relaxed: only written under mu_ (a load and a store, no read-modify-write); pending()
-      // is approximate, and wait_idle() reads it under mu_.
-      pending_.store(pending_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      wake = sleepers_ != 0;  // Invariant: see the header (each push wakes a sleeper if any)
-    }
-    if (wake) work_cv_.notify_one();
+    std::lock_guard lock(mu_);
+    if (closing_ && !from_worker)
+      throw closed_error("spindle::thread_pool::post: the pool is shut down");
+    queue_.push(std::move(t));
+    // relaxed: a hint for spinning workers, which then take mu_ (the real hand-over).
+    queued_hint_.store(queue_.size(), std::memory_order_relaxed);
+    // relaxed: only written under mu_ (a load and a store, no read-modify-write); pending()
+    // is approximate, and wait_idle() reads it under mu_.
+    pending_.store(pending_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    // Invariant: see the header (each push wakes a sleeper if any). The notify happens under
+    // mu_: once mu_ is released a worker may run the task just queued, and if that task
+    // destroys the pool, the last worker to exit frees this core; so the pushing thread
+    // touches nothing of the core after unlocking. Attacked by "a pool destroyed by one of its
+    // own tasks does not terminate the program" (TSan saw the notify after unlock race the free).
+    if (sleepers_ != 0) work_cv_.notify_one();
   }
 
   /// The worker loop. `self` keeps this core alive while the thread runs.

@@ -183,7 +183,15 @@ class state_base {
 
   /// Makes the result visible, wakes waiters, runs the continuation (chain) if one is attached.
   void publish() noexcept {
+    // Invariant: the state outlives its own wake-up. A waiter may see ready (it spins before
+    // it sleeps), return, and drop the future's reference while the promise object that called
+    // us is being destroyed on that thread too (a promise captured by reference); the extra
+    // reference keeps the state alive until notify_all() and the continuation are done.
+    // Attacked by "a promise may be destroyed as soon as its future saw the value" (test_future)
+    // and test_async_client under TSan and ASan (a use after free of the event count without it).
+    add_ref();
     if (mark_ready()) run_chain(this);
+    release();
   }
 
   /// Runs the continuation of `next` (a state handed back with one reference, or nullptr), then
