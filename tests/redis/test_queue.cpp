@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/fault_proxy.hpp"
 #include "support/process.hpp"
 #include "support/redis_server.hpp"
 #include "support/threads.hpp"
@@ -713,43 +714,24 @@ TEST_CASE("prefetching threads whose lease keeps vanishing lose nothing and hold
 TEST_CASE("a fetch whose reply was lost gives its item back uncounted: max_deliveries = 1 "
           "does not dead-letter it") {
   if (!redis_server::available()) return;
-  redis_server srv({.extra = {"--enable-debug-command", "yes"}});
-  redis::options o = local_options(srv.port());
-  o.io_timeout = 150ms;
-  redis::queue<int> q("lostreply", o, {.max_deliveries = 1, .poll_interval = 140ms});
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  // A long lease: the heartbeat (an EVALSHA too) stays quiet while the fetch's reply is dropped.
+  redis::queue<int> q("lostreply", local_options(proxy.port()),
+                      {.visibility_timeout = 30s, .max_deliveries = 1});
   redis::connection r(local_options(srv.port()));
   redis::queue<int>::delivery d;
   CHECK(q.try_pop_delivery(d) == status::empty);  // takes the lease, loads the scripts
   REQUIRE(q.push(7) == status::ok);
-  // The server stalls past the client's io_timeout while the fetch is in flight: the fetch
-  // runs afterwards, moving the item, but its reply is lost (the client gave up).
-  bool stranded = false;
-  int attempts = 0;
-  for (; attempts < 10 && !stranded; ++attempts) {
-    std::thread stall([&] {
-      redis::connection s(local_options(srv.port()));
-      s.command("DEBUG", "SLEEP", "0.4");
-    });
-    std::this_thread::sleep_for(50ms);  // lets DEBUG SLEEP reach the server first (retried)
-    bool threw = false;
-    try {
-      if (q.try_pop_delivery(d) == status::ok) {  // the stall came too late: start over
-        CHECK(q.ack(d));
-        REQUIRE(q.push(7) == status::ok);
-      }
-    } catch (const redis::error&) {
-      threw = true;
-    }
-    stall.join();
-    // Stranded: the fetch ran after the stall, the item sits in q's processing list.
-    stranded = threw && r.command("LLEN", "{lostreply}:ready").integer() == 0;
-  }
-  MESSAGE("attempts until a fetch reply was lost: " << attempts);
-  REQUIRE(stranded);
+  // The fetch script runs on the server, moving the item to q's processing list; its reply
+  // never arrives (the proxy drops it and the connection).
+  proxy.drop_reply_of("EVALSHA");
+  CHECK_THROWS_AS((void)q.try_pop_delivery(d), redis::error);
+  CHECK(r.command("LLEN", "{lostreply}:ready").integer() == 0);  // stranded in q's list
   CHECK(q.in_flight() == 1);
   REQUIRE(q.try_pop_delivery(d) == status::ok);  // the stranded item was given back first
   CHECK(d.value == 7);
-  CHECK(d.deliveries == 1);
+  CHECK(d.deliveries == 1);  // uncounted: the lost delivery reached nobody
   CHECK(q.ack(d));
   CHECK(q.dead_letter_size() == 0);
   CHECK(q.pending() == 0);

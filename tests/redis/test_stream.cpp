@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/fault_proxy.hpp"
 #include "support/process.hpp"
 #include "support/redis_server.hpp"
 #include "support/threads.hpp"
@@ -289,6 +290,34 @@ TEST_CASE("an entry whose reply was lost is not renewed by its consumer's heartb
   CHECK(e.deliveries == 2);
   CHECK(other.ack(e));
   CHECK(other.pop_delivery_for(e, 600ms) == status::timeout);  // 1 stays renewed by s
+  CHECK(s.ack(d));
+  CHECK(s.pending() == 0);
+}
+
+TEST_CASE("a blocked read whose reply was lost on the way (the server delivered the entry) is "
+          "retried and the entry comes back to the same pop, counted twice") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  // poll_interval 1 s: one XREADGROUP BLOCK is in flight when the entry arrives, so the dropped
+  // reply is the one carrying it (not an empty timeout reply).
+  redis::stream_options so{.visibility_timeout = 300ms, .poll_interval = 1s};
+  redis::stream<int> s("lostblock", local_options(proxy.port()), so);
+  redis::connection r(local_options(srv.port()));
+  redis::stream<int>::delivery d;
+  CHECK(s.try_pop_delivery(d) == status::empty);  // creates the group, loads the scripts
+  proxy.drop_reply_of("XREADGROUP");
+  status got = status::closed;
+  std::thread popper([&] { got = s.pop_delivery_for(d, 10s); });
+  REQUIRE(eventually([&] { return proxy.commands_seen("XREADGROUP") >= 1; }, 5s));
+  redis::stream<int> producer("lostblock", local_options(srv.port()), so);
+  REQUIRE(producer.push(2) == status::ok);
+  popper.join();
+  // The server handed entry 2 to s's consumer; the reply was lost and the connection dropped.
+  // The pop retried; once the entry was idle past visibility_timeout it claimed it back.
+  REQUIRE(got == status::ok);
+  CHECK(d.value == 2);
+  CHECK(d.deliveries == 2);
   CHECK(s.ack(d));
   CHECK(s.pending() == 0);
 }
