@@ -420,7 +420,7 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
       return static_cast<std::uint64_t>(std::max<std::int64_t>(n, 0));
     };
     queue_health h;
-    const std::int64_t now = count(r[0][0]) * 1000 + static_cast<std::int64_t>(count(r[0][1]) / 1000);
+    const auto now = static_cast<std::int64_t>(count(r[0][0]) * 1000 + count(r[0][1]) / 1000);
     h.ready = count(r[1]);
     h.dead_letters = count(r[2]);
     h.pending = count(r[3]);

@@ -385,7 +385,8 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
       gh.last_delivered_id = g[3].str();
       gh.oldest_pending_id = g[4].str();
       if (!gh.oldest_pending_id.empty()) {
-        gh.oldest_pending_idle = std::chrono::milliseconds(std::max<std::int64_t>(g[5].integer(), 0));
+        gh.oldest_pending_idle =
+            std::chrono::milliseconds(std::max<std::int64_t>(g[5].integer(), 0));
         gh.oldest_pending_deliveries = static_cast<std::uint32_t>(g[6].integer());
         std::int64_t ms = 0;
         const std::string& id = gh.oldest_pending_id;
