@@ -93,5 +93,7 @@ TEST_CASE("redis_health: a queue and a stream report their ready, held and dead 
   CHECK(has(r.out, "consumer holds 2, lease live"));
   CHECK(has(r.out, "oldest ready: job id 4, 2 pushed after it"));
   CHECK(has(r.out, "stream example:events: 5 entries, 1 dead"));
-  CHECK(has(r.out, "group audit: lag 2, pending 1, oldest pending idle < 1 min"));
+  CHECK((has(r.out, "group audit: lag 2, pending 1") ||
+         has(r.out, "group audit: lag unknown, pending 1")));  // Redis 6.2 reports no lag
+  CHECK(has(r.out, "consumer holds 1, idle < 1 min"));
 }

@@ -573,15 +573,18 @@ TEST_CASE("stream health reports lag, pending, the oldest pending entry and each
   CHECK(*g1.oldest_pending_idle < 60s);
   CHECK(*g1.oldest_pending_age < 60s);
   CHECK(g1.last_delivered_id == d4.id);
-  REQUIRE(g1.lag.has_value());  // Redis 7 reports it (the fixture's server is 7.x)
-  CHECK(*g1.lag == 1);
+  // Redis 7 reports lag; 6.2 does not (then it is unknown, never made up).
+  const std::string info = redis::connection(o).command("INFO", "server").str();
+  const bool has_lag = info.find("redis_version:6.") == std::string::npos;
+  CHECK(g1.lag.has_value() == has_lag);
+  CHECK(g1.lag.value_or(1) == 1);
   std::map<std::string, std::uint64_t> held;
   for (const auto& c : g1.consumers) held[c.name] = c.pending;
   CHECK(held[a.consumer_id()] == 2);
   CHECK(held[b.consumer_id()] == 0);
   CHECK(g2.pending == 1);
-  REQUIRE(g2.lag.has_value());
-  CHECK(*g2.lag == 4);
+  CHECK(g2.lag.has_value() == has_lag);
+  CHECK(g2.lag.value_or(4) == 4);
   REQUIRE(g2.consumers.size() == 1);
   CHECK(g2.consumers[0].name == other.consumer_id());
   CHECK(a.ack(d1));
