@@ -396,7 +396,8 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   /// pending, and the oldest ready item. Two pipelined round trips of read-only commands (the
   /// consumers, then their processing lists and leases: each key named, as a cluster needs),
   /// so the figures are approximate under traffic - an item moving between the two may be
-  /// counted in neither or both. Never blocks; changes nothing. Throws redis::error on I/O
+  /// counted in neither or both. Sends no blocking command (it waits only for a pooled
+  /// connection, like every call); changes nothing. Throws redis::error on I/O
   /// failure. Allocates. Thread-safe.
   queue_health health() {
     auto c = pool_.acquire();

@@ -362,8 +362,9 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
 
   /// Reports the stream and each of its consumer groups: lag, pending, the oldest pending
   /// entry's idle time and age, and each consumer's pending count and idle time (see
-  /// stream_health). One read-only script: one round trip, a consistent snapshot; never
-  /// blocks, creates nothing (a stream or group that does not exist is reported absent).
+  /// stream_health). One read-only script: one round trip, a consistent snapshot; sends no
+  /// blocking command (it waits only for a pooled connection, like every call), creates
+  /// nothing (a stream or group that does not exist is reported absent).
   /// Throws redis::error on I/O failure. Allocates. Thread-safe.
   stream_health health() {
     reply r;
