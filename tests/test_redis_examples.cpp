@@ -69,3 +69,31 @@ TEST_CASE("redis_invalidation: the other process sees the new value at once") {
   CHECK(has(r.out, "child: before \"hello\""));
   CHECK(has(r.out, "after \"world\""));
 }
+
+TEST_CASE("redis_event_log: two groups read every event, then a paged replay from an offset") {
+  if (!test_support::redis_server::available()) return;
+  test_support::redis_server srv;
+  auto r = run_example("redis_event_log", srv);
+  INFO(r.out << r.err);
+  CHECK(r.exited(0));
+  CHECK(has(r.out, "group billing  read 5 events, 0 pending"));
+  CHECK(has(r.out, "group shipping read 5 events, 0 pending"));
+  CHECK(has(r.out, "entries still in the log: 5"));
+  CHECK(has(r.out, "order 2 cancelled"));
+  CHECK(has(r.out, "replayed 3 events in 2 pages"));
+}
+
+TEST_CASE("redis_health: a queue and a stream report their ready, held and dead work") {
+  if (!test_support::redis_server::available()) return;
+  test_support::redis_server srv;
+  auto r = run_example("redis_health", srv);
+  INFO(r.out << r.err);
+  CHECK(r.exited(0));
+  CHECK(has(r.out, "queue example:jobs: ready 3, held 2, dead 1, pending 5"));
+  CHECK(has(r.out, "consumer holds 2, lease live"));
+  CHECK(has(r.out, "oldest ready: job id 4, 2 pushed after it"));
+  CHECK(has(r.out, "stream example:events: 5 entries, 1 dead"));
+  CHECK((has(r.out, "group audit: lag 2, pending 1") ||
+         has(r.out, "group audit: lag unknown, pending 1")));  // Redis 6.2 reports no lag
+  CHECK(has(r.out, "consumer holds 1, idle < 1 min"));
+}

@@ -857,6 +857,86 @@ TEST_CASE("a server restart mid-run (appendonly) loses nothing: clients reconnec
   CHECK(q.in_flight() == 0);
 }
 
+TEST_CASE("queue health reports ready, held per consumer with its lease, dead and the oldest") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::queue_options qo{.max_deliveries = 1, .poll_interval = 20ms};
+  redis::queue<int> a("qh", o, qo);
+  redis::queue<int> b("qh", o, qo);
+  auto empty = a.health();
+  CHECK(empty.ready == 0);
+  CHECK(empty.held == 0);
+  CHECK(empty.pending == 0);
+  CHECK(empty.consumers.empty());
+  CHECK(empty.oldest_ready_id == 0);
+  redis::connection c(o);
+  CHECK(c.command("KEYS", "{qh}*").size() == 0);  // health creates nothing
+  for (int i = 1; i <= 5; ++i) REQUIRE(a.push(i) == status::ok);  // ids 1..5
+  redis::queue<int>::delivery d1, d2, d3;
+  REQUIRE(a.try_pop_delivery(d1) == status::ok);
+  REQUIRE(a.try_pop_delivery(d2) == status::ok);
+  REQUIRE(b.try_pop_delivery(d3) == status::ok);
+  CHECK(b.nack(d3));  // max_deliveries 1: dead-lettered
+  auto h = a.health();
+  CHECK(h.ready == 2);
+  CHECK(h.held == 2);
+  CHECK(h.dead_letters == 1);
+  CHECK(h.pending == 4);
+  CHECK_FALSE(h.closed);
+  CHECK(h.oldest_ready_id == 4);
+  CHECK(h.oldest_ready_deliveries == 0);
+  CHECK(h.ids_since_oldest_ready == 1);
+  REQUIRE(h.consumers.size() == 2);
+  for (const auto& ch : h.consumers) {
+    CHECK(ch.held == (ch.id == a.consumer_id() ? 2u : 0u));
+    REQUIRE(ch.lease_left.has_value());
+    CHECK(*ch.lease_left > 0ms);
+    CHECK(*ch.lease_left <= qo.visibility_timeout);
+  }
+  CHECK(a.ack(d1));
+  CHECK(a.nack(d2));  // max_deliveries 1: dead too
+  a.close();
+  auto after = a.health();
+  CHECK(after.held == 0);
+  CHECK(after.dead_letters == 2);
+  CHECK(after.closed);
+}
+
+TEST_CASE("queue health: a lost or expired lease, a bare payload first in line, a wrong type") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::queue<std::string> q("qg", o, {.poll_interval = 20ms});
+  REQUIRE(q.push(std::string("x")) == status::ok);
+  redis::connection c(o);
+  // Two consumers that no live object is: one whose lease entry vanished (a failover), one
+  // whose lease expired and was not recovered yet (q pops nothing, so nothing sweeps).
+  c.command("SADD", "{qg}:known", "ghost", "late");
+  c.command("RPUSH", "{qg}:proc:ghost", "90:0:g");
+  c.command("RPUSH", "{qg}:proc:late", "91:1:l", "92:0:m");
+  c.command("ZADD", "{qg}:consumers", 1000, "late");
+  c.command("RPUSH", "{qg}:ready", "bare payload");  // the right end: next to be delivered
+  auto h = q.health();
+  CHECK(h.ready == 2);
+  CHECK(h.held == 3);
+  CHECK(h.oldest_ready_id == 0);  // a bare payload has no id until fetched
+  CHECK(h.ids_since_oldest_ready == 0);
+  std::map<std::string, redis::queue_consumer_health> by_id;
+  for (const auto& ch : h.consumers) by_id[ch.id] = ch;
+  REQUIRE(by_id.size() == 2);
+  CHECK(by_id["ghost"].held == 1);
+  CHECK_FALSE(by_id["ghost"].lease_left.has_value());
+  CHECK(by_id["late"].held == 2);
+  REQUIRE(by_id["late"].lease_left.has_value());
+  CHECK(*by_id["late"].lease_left < 0ms);  // expired long ago
+  c.command("DEL", "{qg}:ready");
+  c.command("SET", "{qg}:ready", "not a list");
+  CHECK_THROWS_AS(q.health(), redis::server_error);  // WRONGTYPE, not a made-up report
+  c.command("DEL", "{qg}:ready");
+  CHECK(q.health().ready == 0);  // the pooled connection is still in step
+}
+
 #ifdef SPINDLE_REDIS_WORKER
 namespace {
 pid_t spawn_worker(const std::vector<std::string>& args) {

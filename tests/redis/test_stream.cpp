@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <set>
 #include <spindle/channel.hpp>
@@ -407,6 +408,245 @@ TEST_CASE("worker_pool over a stream acks and dead-letters a poison entry") {
   wp.join();
   CHECK(wp.stats().failed == 2);
   CHECK(sum.load() == n * (n - 1) / 2 - 5);
+}
+
+// ---- reading the log, dead letters, health (issue 16 item 5) ----------------------------------
+
+TEST_CASE("read_range pages through the log in order without a consumer group") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> s("log", local_options(srv.port()), {.poll_interval = 20ms});
+  for (int i = 0; i < 25; ++i) REQUIRE(s.push(i) == status::ok);
+  std::vector<int> seen;
+  std::string from = "-";
+  int pages = 0;
+  for (; !from.empty(); ++pages) {
+    auto p = s.read_range(from, "+", 10);
+    CHECK(p.items.size() <= 10);
+    for (const auto& r : p.items) {
+      REQUIRE(r.value.has_value());
+      CHECK(r.error.empty());
+      seen.push_back(*r.value);
+    }
+    from = p.next;
+  }
+  CHECK(pages == 3);  // 10, 10, 5
+  REQUIRE(seen.size() == 25);
+  for (int i = 0; i < 25; ++i) CHECK(seen[static_cast<std::size_t>(i)] == i);
+  CHECK(s.health().groups.empty());  // reading the log created no group
+}
+
+TEST_CASE("read_range replays from an offset, inclusive or exclusive, and backwards") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<std::string> s("off", local_options(srv.port()), {.poll_interval = 20ms});
+  for (auto v : {"a", "b", "c", "d"}) REQUIRE(s.push(std::string(v)) == status::ok);
+  auto all = s.read_range();
+  REQUIRE(all.items.size() == 4);
+  CHECK(all.next.empty());
+  const std::string b = all.items[1].id;
+  auto inclusive = s.read_range(b);
+  REQUIRE(inclusive.items.size() == 3);
+  CHECK(*inclusive.items[0].value == "b");
+  auto exclusive = s.read_range("(" + b);
+  REQUIRE(exclusive.items.size() == 2);
+  CHECK(*exclusive.items[0].value == "c");
+  auto upto = s.read_range("-", b);
+  REQUIRE(upto.items.size() == 2);
+  CHECK(*upto.items[1].value == "b");
+  auto back = s.read_range_reverse("+", "-", 3);
+  REQUIRE(back.items.size() == 3);
+  CHECK(*back.items[0].value == "d");
+  CHECK(*back.items[2].value == "b");
+  CHECK(back.next == "(" + b);
+  auto rest = s.read_range_reverse(back.next, "-", 3);
+  REQUIRE(rest.items.size() == 1);
+  CHECK(*rest.items[0].value == "a");
+  CHECK(rest.next.empty());
+}
+
+TEST_CASE("read_range of an empty or missing stream, or past its end, is an empty last page") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> s("none", local_options(srv.port()), {.poll_interval = 20ms});
+  auto p = s.read_range();
+  CHECK(p.items.empty());
+  CHECK(p.next.empty());
+  CHECK(s.read_dead_letters().items.empty());
+  REQUIRE(s.push(1) == status::ok);
+  auto last = s.read_range_reverse("+", "-", 1);
+  REQUIRE(last.items.size() == 1);
+  CHECK_FALSE(last.next.empty());  // a full page: the caller asks once more
+  auto past = s.read_range("(" + last.items[0].id);
+  CHECK(past.items.empty());
+  CHECK(past.next.empty());
+  CHECK(s.read_range("9999999999999-0", "+").items.empty());
+  CHECK(s.read_range("+", "-").items.empty());  // an inverted range is empty, not an error
+}
+
+TEST_CASE("read_range refuses count 0 and empty bounds, clamps a huge count, reports bad ids") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::stream<int> s("bad", local_options(srv.port()), {.poll_interval = 20ms});
+  CHECK_THROWS_AS(s.read_range("-", "+", 0), std::invalid_argument);
+  CHECK_THROWS_AS(s.read_range_reverse("+", "-", 0), std::invalid_argument);
+  CHECK_THROWS_AS(s.read_dead_letters("-", "+", 0), std::invalid_argument);
+  CHECK_THROWS_AS(s.read_range("", "+"), std::invalid_argument);
+  CHECK_THROWS_AS(s.read_range("-", ""), std::invalid_argument);
+  try {
+    s.read_range("-", "+", 0);
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("read_range: count must be >= 1, got 0") != std::string::npos);
+  }
+  for (int i = 0; i < 3; ++i) REQUIRE(s.push(i) == status::ok);
+  auto p = s.read_range("-", "+", std::numeric_limits<std::size_t>::max());
+  CHECK(p.items.size() == 3);  // clamped to max_read_count, not sent as a huge COUNT
+  CHECK(p.next.empty());
+  CHECK_THROWS_AS(s.read_range("not-an-id", "+"), redis::server_error);
+  CHECK(s.read_range().items.size() == 3);  // the connection is still in step
+}
+
+TEST_CASE("read_range reports entries that do not decode instead of dropping them") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::stream<int> s("rfor", o, {.poll_interval = 20ms});
+  const std::string cli =
+      (std::filesystem::path(redis_server::binary()).parent_path() / "redis-cli").string();
+  const std::string port = std::to_string(srv.port());
+  for (auto fields : {std::vector<std::string>{"v", "oops"}, {"data", "1", "who", "cli"},
+                      {"who", "cli", "v", "5", "extra", "x"}}) {
+    std::vector<std::string> argv{cli, "-p", port, "XADD", "{rfor}:stream", "*"};
+    argv.insert(argv.end(), fields.begin(), fields.end());
+    REQUIRE(test_support::run(argv, 10s).exited(0));
+  }
+  auto p = s.read_range();
+  REQUIRE(p.items.size() == 3);
+  CHECK_FALSE(p.items[0].value.has_value());
+  CHECK(p.items[0].error == "undecodable payload");
+  CHECK_FALSE(p.items[1].value.has_value());
+  CHECK(p.items[1].error == "entry without a v field");
+  REQUIRE(p.items[2].value.has_value());  // foreign fields beside v are ignored
+  CHECK(*p.items[2].value == 5);
+  CHECK(p.items[2].error.empty());
+}
+
+TEST_CASE("read_dead_letters returns each letter with its id, group, deliveries and reason") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::stream<int> s("rdl", o, {.group = "g1", .max_deliveries = 2, .poll_interval = 20ms});
+  REQUIRE(s.push(41) == status::ok);
+  redis::stream<int>::delivery d;
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE(s.try_pop_delivery(d) == status::ok);
+    CHECK(s.nack(d));
+  }
+  redis::connection(o).command("XADD", "{rdl}:stream", "*", "v", "not a number");
+  CHECK(s.try_pop_delivery(d) == status::empty);  // the poison one is dead-lettered at once
+  auto p = s.read_dead_letters();
+  REQUIRE(p.items.size() == 2);
+  const auto& a = p.items[0];
+  CHECK(a.original_id == d.id);
+  CHECK(a.group == "g1");
+  CHECK(a.deliveries == 2);
+  CHECK(a.reason == "max_deliveries");
+  CHECK(a.payload == "41");
+  REQUIRE(a.value.has_value());
+  CHECK(*a.value == 41);
+  const auto& b = p.items[1];
+  CHECK(b.reason == "undecodable payload");
+  CHECK(b.payload == "not a number");
+  CHECK_FALSE(b.value.has_value());
+  CHECK(b.deliveries == 1);
+  auto one = s.read_dead_letters("-", "+", 1);  // pages like read_range
+  REQUIRE(one.items.size() == 1);
+  CHECK(s.read_dead_letters(one.next).items.size() == 1);
+}
+
+TEST_CASE("stream health reports lag, pending, the oldest pending entry and each consumer") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::stream_options so{.group = "g1", .max_deliveries = 1, .poll_interval = 20ms};
+  redis::stream<int> a("hl", o, so);
+  redis::stream<int> b("hl", o, so);
+  redis::stream_options so2 = so;
+  so2.group = "g2";
+  redis::stream<int> other("hl", o, so2);
+  auto empty = a.health();
+  CHECK(empty.length == 0);
+  CHECK(empty.groups.empty());  // no group yet: health creates nothing
+  CHECK(redis::connection(o).command("EXISTS", "{hl}:stream").integer() == 0);
+  for (int i = 0; i < 5; ++i) REQUIRE(a.push(i) == status::ok);
+  redis::stream<int>::delivery d1, d2, d3, d4;
+  REQUIRE(a.try_pop_delivery(d1) == status::ok);
+  REQUIRE(a.try_pop_delivery(d2) == status::ok);
+  REQUIRE(b.try_pop_delivery(d3) == status::ok);
+  CHECK(b.ack(d3));
+  REQUIRE(b.try_pop_delivery(d4) == status::ok);
+  CHECK(b.nack(d4));  // max_deliveries 1: dead-lettered
+  CHECK(other.try_pop_delivery(d3) == status::ok);
+  auto h = a.health();
+  CHECK(h.length == 5);
+  CHECK(h.dead_letters == 1);
+  CHECK_FALSE(h.closed);
+  REQUIRE(h.groups.size() == 2);
+  const auto& g1 = h.groups[0].name == "g1" ? h.groups[0] : h.groups[1];
+  const auto& g2 = h.groups[0].name == "g1" ? h.groups[1] : h.groups[0];
+  CHECK(g1.pending == 2);  // d1, d2 held by a
+  CHECK(g1.oldest_pending_id == d1.id);
+  CHECK(g1.oldest_pending_deliveries == 1);
+  REQUIRE(g1.oldest_pending_idle.has_value());
+  REQUIRE(g1.oldest_pending_age.has_value());
+  CHECK(*g1.oldest_pending_idle < 60s);
+  CHECK(*g1.oldest_pending_age < 60s);
+  CHECK(g1.last_delivered_id == d4.id);
+  // Redis 7 reports lag; 6.2 does not (then it is unknown, never made up).
+  const std::string info = redis::connection(o).command("INFO", "server").str();
+  const bool has_lag = info.find("redis_version:6.") == std::string::npos;
+  CHECK(g1.lag.has_value() == has_lag);
+  CHECK(g1.lag.value_or(1) == 1);
+  std::map<std::string, std::uint64_t> held;
+  for (const auto& c : g1.consumers) held[c.name] = c.pending;
+  CHECK(held[a.consumer_id()] == 2);
+  CHECK(held[b.consumer_id()] == 0);
+  CHECK(g2.pending == 1);
+  CHECK(g2.lag.has_value() == has_lag);
+  CHECK(g2.lag.value_or(4) == 4);
+  REQUIRE(g2.consumers.size() == 1);
+  CHECK(g2.consumers[0].name == other.consumer_id());
+  CHECK(a.ack(d1));
+  CHECK(a.ack(d2));
+  auto after = a.health();
+  for (const auto& g : after.groups)
+    if (g.name == "g1") {
+      CHECK(g.pending == 0);
+      CHECK(g.oldest_pending_id.empty());
+      CHECK_FALSE(g.oldest_pending_idle.has_value());
+    }
+  a.close();
+  CHECK(a.health().closed);
+}
+
+TEST_CASE("stream health of a group deleted under it, and of a key of another type") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::stream<int> s("hg", o, {.group = "g", .poll_interval = 20ms});
+  REQUIRE(s.push(1) == status::ok);
+  redis::stream<int>::delivery d;
+  REQUIRE(s.try_pop_delivery(d) == status::ok);
+  redis::connection c(o);
+  c.command("XGROUP", "DESTROY", "{hg}:stream", "g");
+  auto h = s.health();
+  CHECK(h.length == 1);
+  CHECK(h.groups.empty());
+  c.command("DEL", "{hg}:stream");
+  c.command("SET", "{hg}:stream", "not a stream");
+  CHECK_THROWS_AS(s.health(), redis::server_error);  // WRONGTYPE, not a made-up report
+  CHECK_THROWS_AS(s.read_range(), redis::server_error);
+  c.command("DEL", "{hg}:stream");
 }
 
 #ifdef SPINDLE_REDIS_WORKER

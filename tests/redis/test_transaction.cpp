@@ -1,7 +1,9 @@
 // Tests of spindle/redis/transaction.hpp against a real redis-server: replies in order, a
 // command refused while queueing runs nothing, a runtime error does not roll back, no reader
 // sees half a transaction, check_and_set loses no update under contention, gives up after
-// max_attempts, and never leaves a WATCH behind (abort, throw).
+// max_attempts, and never leaves a WATCH behind (abort, throw); the _for / _until forms stop at
+// their deadline (never sleeping a backoff past it), make one attempt for a zero or past one,
+// saturate for duration::max(), and bound the wait for a pooled connection.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -188,4 +190,134 @@ TEST_CASE("check_and_set leaves no WATCH behind when f aborts or throws") {
                                        }),
                   std::runtime_error);
   CHECK(unwatched(c, other, "k"));
+}
+
+// ---- deadlines: exec_for / exec_until, check_and_set_for / _until ----------------------------
+
+namespace {
+// f for check_and_set that another client always beats: it changes the watched key "w" after
+// the read, so every EXEC finds its WATCH broken.
+auto always_contended(redis::connection& other, int& runs) {
+  return [&other, &runs](redis::connection&) {
+    ++runs;
+    other.command("INCR", "w");
+    redis::transaction tx;
+    tx.add("SET", "w", "mine");
+    return std::optional<redis::transaction>(std::move(tx));
+  };
+}
+}  // namespace
+
+TEST_CASE("check_and_set_for gives up with timeout at its deadline, having written nothing") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::connection c(local_options(srv.port())), other(local_options(srv.port()));
+  int runs = 0;
+  // A backoff far longer than the deadline: the pause is cut at the deadline, never slept out
+  // (a random pause up to 10 s ends before 2 s one time in five: three rounds).
+  for (int round = 0; round < 3; ++round) {
+    auto start = std::chrono::steady_clock::now();
+    auto r = redis::check_and_set_for(c, {"w"}, always_contended(other, runs), 50ms,
+                                      {.max_attempts = 1000000, .max_backoff = 10s});
+    auto took = std::chrono::steady_clock::now() - start;
+    CHECK(r.outcome == redis::cas_outcome::timeout);
+    CHECK(r.attempts >= 1);
+    CHECK(r.replies.empty());
+    CHECK(took < 2s);  // generous for a 50 ms deadline
+  }
+  CHECK(c.command("GET", "w").str() == std::to_string(runs));  // only the other client wrote
+  CHECK(unwatched(c, other, "w"));
+}
+
+TEST_CASE("check_and_set_for with a zero or past deadline makes exactly one attempt") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::connection c(local_options(srv.port())), other(local_options(srv.port()));
+  int runs = 0;
+  auto r = redis::check_and_set_for(c, {"w"}, always_contended(other, runs), 0ms);
+  CHECK(r.outcome == redis::cas_outcome::timeout);
+  CHECK(r.attempts == 1);
+  auto past = std::chrono::steady_clock::now() - 1h;
+  r = redis::check_and_set_until(c, {"w"}, always_contended(other, runs), past);
+  CHECK(r.outcome == redis::cas_outcome::timeout);
+  CHECK(r.attempts == 1);
+  r = redis::check_and_set_for(
+      c, {"free"},
+      [](redis::connection&) {
+        redis::transaction tx;
+        tx.add("SET", "free", "1");
+        return std::optional<redis::transaction>(std::move(tx));
+      },
+      -5s);
+  CHECK(r.outcome == redis::cas_outcome::committed);  // uncontended: the one attempt commits
+  CHECK(r.attempts == 1);
+  CHECK(c.command("GET", "free").str() == "1");
+}
+
+TEST_CASE("check_and_set_for with duration::max() or hours::max() has no deadline") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::connection c(local_options(srv.port())), other(local_options(srv.port()));
+  int runs = 0;
+  auto r = redis::check_and_set_for(c, {"w"}, always_contended(other, runs),
+                                    std::chrono::nanoseconds::max(),
+                                    {.max_attempts = 3, .max_backoff = 1ms});
+  CHECK(r.outcome == redis::cas_outcome::contended);  // max_attempts, not a deadline, ended it
+  CHECK(r.attempts == 3);
+  r = redis::check_and_set_for(c, {"w"}, always_contended(other, runs), std::chrono::hours::max(),
+                               {.max_attempts = 2, .max_backoff = 1ms});
+  CHECK(r.outcome == redis::cas_outcome::contended);
+  CHECK(r.attempts == 2);
+}
+
+TEST_CASE("check_and_set_for and _until refuse bad arguments, naming themselves") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::connection c(local_options(srv.port()));
+  redis::pool p(local_options(srv.port()));
+  auto f = [](redis::connection&) { return std::optional<redis::transaction>{}; };
+  auto never = std::chrono::steady_clock::time_point::max();
+  CHECK_THROWS_AS(redis::check_and_set_for(c, {}, f, 1s), std::invalid_argument);
+  CHECK_THROWS_AS(redis::check_and_set_until(p, {}, f, never), std::invalid_argument);
+  CHECK_THROWS_AS(redis::check_and_set_for(p, {"k"}, f, 1s, {.max_attempts = 0}),
+                  std::invalid_argument);
+  try {
+    redis::check_and_set_for(c, {"k"}, f, 1s, {.max_attempts = -2});
+    FAIL("no exception");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()) ==
+          "redis::check_and_set_for: max_attempts must be >= 1, got -2");
+  }
+}
+
+TEST_CASE("the pool forms wait for a connection until the deadline, then report it") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::pool p(local_options(srv.port()), {.max_connections = 1});
+  redis::transaction tx;
+  tx.add("INCR", "n");
+  auto set_k = [](redis::connection&) {
+    redis::transaction t;
+    t.add("SET", "k", "v");
+    return std::optional<redis::transaction>(std::move(t));
+  };
+  {
+    auto busy = p.acquire();  // the only connection
+    CHECK_FALSE(redis::exec_for(p, tx, 20ms).has_value());
+    CHECK_FALSE(redis::exec_until(p, tx, std::chrono::steady_clock::now() - 1s).has_value());
+    auto r = redis::check_and_set_for(p, {"k"}, set_k, 20ms);
+    CHECK(r.outcome == redis::cas_outcome::timeout);
+    CHECK(r.attempts == 0);
+    CHECK(busy->command("EXISTS", "n", "k").integer() == 0);  // nothing was sent
+  }
+  auto rs = redis::exec_for(p, tx, 5s);
+  REQUIRE(rs.has_value());
+  REQUIRE(rs->size() == 1);
+  CHECK((*rs)[0].integer() == 1);
+  rs = redis::exec_for(p, tx, std::chrono::hours::max());  // saturates: the pool's acquire()
+  REQUIRE(rs.has_value());
+  CHECK((*rs)[0].integer() == 2);
+  auto r = redis::check_and_set_for(p, {"k"}, set_k, std::chrono::milliseconds::max());
+  CHECK(r.outcome == redis::cas_outcome::committed);
+  CHECK(p.acquire()->command("GET", "k").str() == "v");
 }

@@ -6,9 +6,9 @@
 //   spindle::redis::queue<std::string>::delivery d;
 //   if (q.pop_delivery(d) == spindle::status::ok) { work(d.value); q.ack(d); }
 //
-// Defines queue<T, Codec> (models spindle::channel), queue_options, queue<...>::delivery.
-// Operations: push / try_push / push_for / push_all, pop_delivery (+ ack / nack /
-// ack_and_pop_delivery), the channel pops (pop(T&) ...), close, recover, dead letters.
+// Defines queue<T, Codec> (models spindle::channel), queue_options, queue<...>::delivery,
+// queue_health. Operations: push / try_push / push_for / push_all, pop_delivery (+ ack / nack /
+// ack_and_pop_delivery), the channel pops (pop(T&) ...), close, recover, dead letters, health.
 //
 // Guarantees:
 //   - At-least-once: every pushed item is delivered until a consumer acknowledges it. Each item
@@ -54,6 +54,9 @@
 //     the ready list is empty AND no consumer (of any process) holds a delivery, since a held
 //     delivery may still be requeued (nack, throwing handler, expired lease). While some are
 //     held, pops wait (polling every poll_interval), and get the item if it is requeued.
+//   - health() reports ready, held per consumer (with its lease), dead, pending and the oldest
+//     ready item by read-only commands; it never blocks. No oldest-ready age: envelopes carry no
+//     push time (see queue_health for what is reported instead).
 //   - FIFO per producer while no item is redelivered. Thread-safe: threads share one object
 //     through its connection pool; a blocked pop holds only its own connection.
 //   - Needs Redis >= 6.2 (checked on first use: redis::error otherwise). A maxmemory-policy other
@@ -148,6 +151,37 @@ struct queue_options {
   /// 1 (the default) takes one per pop, so no item waits in one consumer's buffer while another
   /// consumer is idle. Larger values cut round trips (one per `prefetch` items) for short jobs.
   std::size_t prefetch = 1;
+};
+
+/// One consumer of a queue, as queue<...>::health() reports it.
+struct queue_consumer_health {
+  std::string id{};
+  std::uint64_t held = 0;  ///< envelopes in its processing list (handed out or prefetched)
+  /// Time left on its lease by server time: negative once expired (its list is requeued by
+  /// the next recovery); nullopt when it has no lease (it left, or a failover lost the entry).
+  std::optional<std::chrono::milliseconds> lease_left{};
+};
+
+/// What queue<...>::health() reports.
+///
+/// There is no oldest-ready *age*: an envelope carries its id and delivery count, not the time
+/// it was pushed, and the wire format (README, shared with other languages) is not changed for
+/// a figure. Reported instead: the oldest ready item's id and delivery count, and how many ids
+/// were given out after it (pushes since then: how far behind the consumers are, in items).
+struct queue_health {
+  std::uint64_t ready = 0;         ///< items waiting in the ready list
+  std::uint64_t held = 0;          ///< items in every consumer's processing list (sum)
+  std::uint64_t dead_letters = 0;  ///< items in the dead-letter list
+  std::uint64_t pending = 0;       ///< pushed, not yet acked or dead-lettered (the counter)
+  bool closed = false;             ///< close() was called
+  std::vector<queue_consumer_health> consumers{};  ///< every known or leased consumer
+  /// The envelope id of the next item to be delivered (the oldest ready one); 0 when none is
+  /// ready or it is a bare payload from a foreign producer (no id until it is fetched).
+  std::uint64_t oldest_ready_id = 0;
+  std::uint32_t oldest_ready_deliveries = 0;  ///< its deliveries so far (0: never delivered)
+  /// Ids given out after the oldest ready item's (pushes and wrapped bare payloads since it
+  /// was pushed); 0 when oldest_ready_id is 0.
+  std::uint64_t ids_since_oldest_ready = 0;
 };
 
 /// A reliable Redis list queue. See the header comment.
@@ -357,6 +391,76 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     }
     out.envelope = r.str();
     return status::ok;
+  }
+  /// Reports the queue (see queue_health): ready, held per consumer with its lease, dead,
+  /// pending, and the oldest ready item. Two pipelined round trips of read-only commands (the
+  /// consumers, then their processing lists and leases: each key named, as a cluster needs),
+  /// so the figures are approximate under traffic - an item moving between the two may be
+  /// counted in neither or both. Sends no blocking command (it waits only for a pooled
+  /// connection, like every call); changes nothing. Throws redis::error on I/O
+  /// failure. Allocates. Thread-safe.
+  queue_health health() {
+    auto c = pool_.acquire();
+    batch first;
+    first.add("TIME");
+    first.add("LLEN", ready());
+    first.add("LLEN", keys_[3]);
+    first.add("GET", keys_[4]);
+    first.add("EXISTS", keys_[5]);
+    first.add("LINDEX", ready(), -1);  // consumers take from the right: the oldest ready item
+    first.add("GET", keys_[6]);
+    first.add("SMEMBERS", keys_[8]);
+    first.add("ZRANGE", keys_[0], 0, -1);
+    std::vector<reply> r = c->pipeline(first);
+    for (const reply& x : r)
+      if (x.is_error()) throw server_error(x.str() + " (redis::queue::health)");
+    auto count = [](const reply& x) -> std::uint64_t {
+      if (x.is_nil()) return 0;
+      std::int64_t n = x.is_integer() ? x.integer() : 0;
+      if (!x.is_integer()) std::from_chars(x.str().data(), x.str().data() + x.str().size(), n);
+      return static_cast<std::uint64_t>(std::max<std::int64_t>(n, 0));
+    };
+    queue_health h;
+    const auto now = static_cast<std::int64_t>(count(r[0][0]) * 1000 + count(r[0][1]) / 1000);
+    h.ready = count(r[1]);
+    h.dead_letters = count(r[2]);
+    h.pending = count(r[3]);
+    h.closed = count(r[4]) != 0;
+    if (!r[5].is_nil()) {
+      std::string_view payload;
+      std::uint32_t deliveries = 0;
+      std::uint64_t id = 0;
+      if (parse_envelope(r[5].str(), id, deliveries, payload)) {
+        h.oldest_ready_id = id;
+        h.oldest_ready_deliveries = deliveries;
+        std::uint64_t seq = count(r[6]);
+        h.ids_since_oldest_ready = seq > id ? seq - id : 0;
+      }
+    }
+    std::vector<std::string> ids;
+    for (const reply& m : r[7].elements()) ids.push_back(m.str());
+    for (const reply& m : r[8].elements()) ids.push_back(m.str());
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    if (ids.empty()) return h;
+    batch second;
+    for (const auto& id : ids) {
+      second.add("LLEN", proc_prefix_ + id);
+      second.add("ZSCORE", keys_[0], id);
+    }
+    std::vector<reply> s = c->pipeline(second);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      const reply& len = s[2 * i];
+      const reply& score = s[2 * i + 1];
+      if (len.is_error() || score.is_error())
+        throw server_error((len.is_error() ? len : score).str() + " (redis::queue::health)");
+      queue_consumer_health ch{ids[i], count(len), std::nullopt};
+      if (!score.is_nil())
+        ch.lease_left = std::chrono::milliseconds(static_cast<std::int64_t>(score.number()) - now);
+      h.held += ch.held;
+      h.consumers.push_back(std::move(ch));
+    }
+    return h;
   }
   /// Requeues the deliveries of every consumer whose lease expired, and the processing lists of
   /// known consumers without a lease; pop() and the heartbeat do this by themselves. Returns how

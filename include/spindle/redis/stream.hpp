@@ -5,7 +5,9 @@
 //   spindle::redis::stream<std::string>::delivery d;
 //   if (s.pop_delivery(d) == spindle::status::ok) { use(d.value); s.ack(d); }   // XREADGROUP, XACK
 //
-// Defines stream<T, Codec> (models spindle::channel), stream_options, stream<...>::delivery.
+// Defines stream<T, Codec> (models spindle::channel), stream_options, stream<...>::delivery,
+// and for reading the log and watching it: stream<...>::read_range / read_range_reverse /
+// read_dead_letters (pages of stream<...>::record / dead_letter) and health() (stream_health).
 //
 // Guarantees:
 //   - A stream is a log: every consumer group sees every entry. Within one group, every entry is
@@ -40,6 +42,13 @@
 //   - A consumer object that holds nothing is deleted from the group when it is destroyed; the
 //     heartbeat deletes the group's consumers that hold nothing and were idle longer than the
 //     visibility timeout.
+//   - The log can be read back at any time without a group (replay, audit, event sourcing):
+//     read_range(from, to, count) returns at most count entries (clamped to max_read_count, so
+//     a huge stream never loads at once) and the bound to continue from. An entry that does not
+//     decode is returned with its reason, never skipped. Reading acknowledges nothing.
+//   - health() reports, per group, lag, pending, the oldest pending entry (idle time and age)
+//     and each consumer's pending count and idle time, in one read-only script: it never
+//     blocks and creates no key or group.
 //   - Thread-safe: threads share one object (one consumer name) through its connection pool; a
 //     blocked pop holds only its own connection. Needs Redis >= 6.2 (checked on first use).
 //
@@ -77,6 +86,7 @@
 #include <stdexcept>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <iterator>
 #include <utility>
 #include <vector>
@@ -110,6 +120,39 @@ struct stream_options {
   /// Retention, the default: the heartbeat trims the entries that every group of the stream has
   /// acknowledged (never one a group still needs). false: keep everything.
   bool trim_acknowledged = true;
+};
+
+/// One consumer of a group, as stream<...>::health() reports it (XINFO CONSUMERS).
+struct stream_consumer_health {
+  std::string name{};
+  std::uint64_t pending = 0;          ///< entries delivered to it and not acknowledged
+  std::chrono::milliseconds idle{0};  ///< since its last read or claim (server's figure)
+};
+
+/// One consumer group, as stream<...>::health() reports it.
+struct stream_group_health {
+  std::string name{};
+  /// Entries of the stream not yet delivered to the group (XINFO GROUPS `lag`); nullopt when
+  /// unknown: Redis < 7 does not report it, and Redis 7 cannot tell after some deletions.
+  std::optional<std::uint64_t> lag{};
+  std::uint64_t pending = 0;      ///< delivered to a consumer, not acknowledged (XPENDING)
+  std::string last_delivered_id{};
+  std::string oldest_pending_id{};  ///< empty when nothing is pending
+  /// Time since the oldest pending entry was last delivered (XPENDING); nullopt if none.
+  std::optional<std::chrono::milliseconds> oldest_pending_idle{};
+  /// Server time less the oldest pending entry's id time (its age, for ids XADD made with `*`;
+  /// 0 for a foreign id in the future); nullopt if none.
+  std::optional<std::chrono::milliseconds> oldest_pending_age{};
+  std::uint32_t oldest_pending_deliveries = 0;  ///< the group's delivery count of that entry
+  std::vector<stream_consumer_health> consumers{};
+};
+
+/// What stream<...>::health() reports: the stream and every consumer group of it.
+struct stream_health {
+  std::uint64_t length = 0;        ///< entries in the stream (XLEN)
+  std::uint64_t dead_letters = 0;  ///< entries in the dead-letter stream
+  bool closed = false;             ///< close() was called
+  std::vector<stream_group_health> groups{};  ///< every group of the stream, not only ours
 };
 
 /// A reliable channel on a Redis Stream consumer group. See the header comment.
@@ -252,6 +295,114 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     auto c = pool_.acquire();
     return static_cast<std::size_t>(trim_.run(*c, keys_, {}).integer());
   }
+  // ---- reading the log: replay, audit, event sourcing ---------------------------------------
+
+  /// One entry read back from the log: its id and its value, or why it has none.
+  struct record {
+    std::string id{};
+    std::optional<T> value{};  ///< nullopt when the entry does not decode (see error)
+    std::string error{};       ///< "" | "entry without a v field" | "undecodable payload"
+  };
+
+  /// One entry of the dead-letter stream ({name}:stream:dead).
+  struct dead_letter {
+    std::string id{};           ///< the dead letter's own id (in the dead-letter stream)
+    std::string original_id{};  ///< the entry's id in the stream
+    std::string group{};        ///< the group that gave up on it
+    std::uint32_t deliveries = 0;
+    std::string reason{};       ///< "max_deliveries" | "undecodable payload" | ...
+    std::string payload{};      ///< the payload bytes as they were in the entry
+    std::optional<T> value{};   ///< the payload decoded; nullopt if it does not decode
+  };
+
+  /// One page of a read, in the order read, and where the next page starts.
+  template <class Item>
+  struct page {
+    std::vector<Item> items{};
+    /// The `from` of the next page ("(<last id>": exclusive), or "" once the range is
+    /// exhausted (fewer than `count` items came back; a full last page is followed by an empty
+    /// one).
+    std::string next{};
+  };
+
+  /// The most entries one read returns: a larger count is clamped to it.
+  static constexpr std::size_t max_read_count = 10000;
+
+  /// Reads at most `count` entries with ids in [from, to], oldest first (XRANGE ... COUNT), and
+  /// decodes each with Codec; an entry that does not decode is returned with its error, never
+  /// skipped. `from` / `to` are entry ids ("1700000000000-0", or "1700000000000" for a whole
+  /// millisecond), "-" / "+" for the ends, or "(<id>" for an exclusive bound: replay from an
+  /// offset is read_range(offset), then read_range(page.next) until next is "". Reads the log
+  /// only: no group, delivery or ack is involved. Throws std::invalid_argument for an empty
+  /// bound or count 0 (count > max_read_count is clamped), server_error for a malformed id,
+  /// redis::error on I/O failure. Allocates. Thread-safe.
+  page<record> read_range(std::string_view from = "-", std::string_view to = "+",
+                          std::size_t count = 100) {
+    return read_page<record>("read_range", "XRANGE", keys_[0], from, to, count,
+                             [](record& r, const reply& fields) { decode_entry(r, fields); });
+  }
+  /// Like read_range(), newest first (XREVRANGE): `from` is the upper bound ("+" the newest),
+  /// `to` the lower one; next continues downwards. Thread-safe.
+  page<record> read_range_reverse(std::string_view from = "+", std::string_view to = "-",
+                                  std::size_t count = 100) {
+    return read_page<record>("read_range_reverse", "XREVRANGE", keys_[0], from, to, count,
+                             [](record& r, const reply& fields) { decode_entry(r, fields); });
+  }
+  /// Reads the dead-letter stream like read_range() (oldest first): each letter with the
+  /// original id, group, deliveries made, reason and payload, decoded where it can be. Dead
+  /// letters stay until deleted (XDEL {name}:stream:dead <id>, or destroy()). Throws like
+  /// read_range(). Allocates. Thread-safe.
+  page<dead_letter> read_dead_letters(std::string_view from = "-", std::string_view to = "+",
+                                      std::size_t count = 100) {
+    return read_page<dead_letter>("read_dead_letters", "XRANGE", keys_[1], from, to, count,
+                                  [](dead_letter& d, const reply& fields) {
+                                    decode_dead_letter(d, fields);
+                                  });
+  }
+
+  /// Reports the stream and each of its consumer groups: lag, pending, the oldest pending
+  /// entry's idle time and age, and each consumer's pending count and idle time (see
+  /// stream_health). One read-only script: one round trip, a consistent snapshot; sends no
+  /// blocking command (it waits only for a pooled connection, like every call), creates
+  /// nothing (a stream or group that does not exist is reported absent).
+  /// Throws redis::error on I/O failure. Allocates. Thread-safe.
+  stream_health health() {
+    reply r;
+    {
+      auto c = pool_.acquire();
+      r = health_.run(*c, keys_, {});
+    }
+    stream_health h;
+    h.length = static_cast<std::uint64_t>(r[0].integer());
+    h.dead_letters = static_cast<std::uint64_t>(r[1].integer());
+    h.closed = r[2].integer() != 0;
+    const std::int64_t now = r[3].integer();
+    for (std::size_t i = 4; i < r.size(); ++i) {
+      const reply& g = r[i];
+      stream_group_health gh;
+      gh.name = g[0].str();
+      if (g[1].integer() >= 0) gh.lag = static_cast<std::uint64_t>(g[1].integer());
+      gh.pending = static_cast<std::uint64_t>(g[2].integer());
+      gh.last_delivered_id = g[3].str();
+      gh.oldest_pending_id = g[4].str();
+      if (!gh.oldest_pending_id.empty()) {
+        gh.oldest_pending_idle =
+            std::chrono::milliseconds(std::max<std::int64_t>(g[5].integer(), 0));
+        gh.oldest_pending_deliveries = static_cast<std::uint32_t>(g[6].integer());
+        std::int64_t ms = 0;
+        const std::string& id = gh.oldest_pending_id;
+        std::from_chars(id.data(), id.data() + id.size(), ms);
+        gh.oldest_pending_age = std::chrono::milliseconds(std::max<std::int64_t>(now - ms, 0));
+      }
+      const reply& cs = g[7];
+      for (std::size_t j = 0; j + 2 < cs.size(); j += 3)
+        gh.consumers.push_back({cs[j].str(), static_cast<std::uint64_t>(cs[j + 1].integer()),
+                                std::chrono::milliseconds(cs[j + 2].integer())});
+      h.groups.push_back(std::move(gh));
+    }
+    return h;
+  }
+
   /// Deletes every key of the stream. For tests and tear-down.
   void destroy() {
     pool_.command("DEL", keys_);
@@ -446,6 +597,65 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     return r;
   }
 
+  // One XRANGE / XREVRANGE page of `key`, each entry made into an Item by fill(item, fields).
+  template <class Item, class Fill>
+  page<Item> read_page(const char* fn, const char* cmd, const std::string& key,
+                       std::string_view from, std::string_view to, std::size_t count, Fill fill) {
+    if (from.empty() || to.empty())
+      throw std::invalid_argument(std::string("redis::stream::") + fn + ": empty " +
+                                  (from.empty() ? "from" : "to") + " bound");
+    if (count == 0)
+      throw std::invalid_argument(std::string("redis::stream::") + fn +
+                                  ": count must be >= 1, got 0");
+    count = std::min(count, max_read_count);
+    reply r = pool_.command(cmd, key, from, to, "COUNT", count);
+    page<Item> p;
+    p.items.reserve(r.size());
+    for (const reply& e : r.elements()) {
+      Item it;
+      it.id = e[0].str();
+      fill(it, e[1]);
+      p.items.push_back(std::move(it));
+    }
+    if (p.items.size() == count) p.next = "(" + p.items.back().id;
+    return p;
+  }
+
+  // The value of field `name` in an entry's field list, or nullptr.
+  static const std::string* entry_field(const reply& fields, std::string_view name) {
+    for (std::size_t i = 0; i + 1 < fields.size(); i += 2)
+      if (fields[i].str() == name) return &fields[i + 1].str();
+    return nullptr;
+  }
+
+  static void decode_entry(record& r, const reply& fields) {
+    const std::string* v = entry_field(fields, "v");
+    if (v == nullptr) {
+      r.error = "entry without a v field";
+      return;
+    }
+    try {
+      r.value = Codec::decode(*v);
+    } catch (...) {  // Codec's own exception: reported in the record
+      r.error = "undecodable payload";
+    }
+  }
+
+  static void decode_dead_letter(dead_letter& d, const reply& fields) {
+    if (const std::string* v = entry_field(fields, "v")) {
+      d.payload = *v;
+      try {
+        d.value = Codec::decode(*v);
+      } catch (...) {  // the reason says why it is here
+      }
+    }
+    if (const std::string* v = entry_field(fields, "id")) d.original_id = *v;
+    if (const std::string* v = entry_field(fields, "group")) d.group = *v;
+    if (const std::string* v = entry_field(fields, "reason")) d.reason = *v;
+    if (const std::string* v = entry_field(fields, "deliveries"))
+      std::from_chars(v->data(), v->data() + v->size(), d.deliveries);
+  }
+
   std::string name_;
   stream_options so_;
   mutable pool pool_;  // thread-safe itself; closed() const reads through it
@@ -460,6 +670,7 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   detail::script heartbeat_{detail::lua_stream_heartbeat, detail::lua_stream_prelude};
   detail::script leave_{detail::lua_stream_leave, detail::lua_stream_prelude};
   detail::script trim_{detail::lua_stream_trim, detail::lua_stream_prelude};
+  detail::script health_{detail::lua_stream_health, detail::lua_stream_prelude};
 
   detail::holdings held_;       // handed out and not settled: what the heartbeat renews
   detail::deferred_acks acks_;  // handled entry ids for the next pop's script

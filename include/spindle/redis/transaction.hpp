@@ -13,7 +13,8 @@
 //     return std::optional<transaction>(std::move(tx));
 //   });                                                        // r.outcome: committed | ...
 //
-// Defines transaction, exec(), cas_options, cas_outcome, cas_result and check_and_set().
+// Defines transaction, exec() / exec_for() / exec_until(), cas_options, cas_outcome,
+// cas_result and check_and_set() / check_and_set_for() / check_and_set_until().
 //
 // Guarantees of exec(connection&, transaction&): MULTI, the commands and EXEC go in one write.
 // If the server refuses any command while queueing (unknown command, wrong arity: its reply is
@@ -31,6 +32,11 @@
 // loop (a pool lease is held, never shared); a failure (f throws, I/O error) leaves the
 // connection unwatched or closed, so no later user inherits a WATCH or a half-open MULTI.
 //
+// Deadlines (the _for / _until forms): they bound the waiting - for a pooled connection, and
+// between check-and-set attempts (the backoff never sleeps past the deadline) - never a block
+// already sent: cutting off a MULTI/EXEC in flight would leave its outcome unknown, so each of
+// its reads is bounded by options::io_timeout instead. duration::max() means no deadline.
+//
 // Failure modes: redis::error on I/O failure (an EXEC whose reply was lost may have run),
 // server_error as above. f's exceptions propagate after UNWATCH.
 //
@@ -39,6 +45,7 @@
 // thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -50,6 +57,7 @@
 #include <utility>
 #include <vector>
 
+#include "spindle/clock.hpp"
 #include "spindle/redis/connection.hpp"
 #include "spindle/redis/detail/token.hpp"
 #include "spindle/redis/error.hpp"
@@ -127,6 +135,7 @@ enum class cas_outcome {
   committed,  ///< the transaction ran; replies holds its replies
   aborted,    ///< f returned nullopt: nothing was written
   contended,  ///< a watched key changed on every attempt; nothing was written
+  timeout,    ///< (_for / _until forms) the deadline passed first; nothing was written
 };
 
 /// What check_and_set did.
@@ -142,21 +151,52 @@ struct cas_options {
   std::chrono::milliseconds max_backoff{20};   ///< the longest random pause between attempts
 };
 
-/// The optimistic check-and-set loop on a connection used by this thread alone (see the header).
-/// `f(connection&)` returns std::optional<transaction>. Throws std::invalid_argument if `keys`
-/// is empty or max_attempts < 1; redis::error / server_error as exec(); what f throws.
+namespace detail {
+
+using cas_clock = std::chrono::steady_clock;
+
+// The longest single wait handed to pool::acquire_for: it adds the wait to now() in
+// nanoseconds, so a far deadline is cut to a wait that cannot overflow (a century).
+inline constexpr std::chrono::milliseconds longest_pool_wait =
+    std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::hours(24 * 365 * 100));
+
+// A connection of `p` by `until` (time_point::max(): the pool's own acquire(), which throws
+// after its acquire_timeout), or nullopt once `until` passed.
+inline std::optional<pool::lease> acquire_until(pool& p, cas_clock::time_point until) {
+  if (until == cas_clock::time_point::max()) return p.acquire();
+  auto left = until - cas_clock::now();
+  auto wait = left <= left.zero()
+                  ? std::chrono::milliseconds(0)
+                  : spindle::detail::saturating_ceil<std::chrono::milliseconds>(left);
+  return p.acquire_for(std::min(wait, longest_pool_wait));
+}
+
+// The loop of check_and_set and its _until form; `until` max(): no deadline. The first attempt
+// always runs; another starts only before `until`, and the backoff never sleeps past it.
 template <class F>
-cas_result check_and_set(connection& c, const std::vector<std::string>& keys, F&& f,
-                         cas_options o = {}) {
-  if (keys.empty()) throw std::invalid_argument("redis::check_and_set: no key to watch");
+cas_result cas_loop(const char* fn, connection& c, const std::vector<std::string>& keys, F& f,
+                    const cas_options& o, cas_clock::time_point until) {
+  if (keys.empty())
+    throw std::invalid_argument(std::string("redis::") + fn + ": no key to watch");
   if (o.max_attempts < 1)
-    throw std::invalid_argument("redis::check_and_set: max_attempts must be >= 1, got " +
+    throw std::invalid_argument(std::string("redis::") + fn + ": max_attempts must be >= 1, got " +
                                 std::to_string(o.max_attempts));
   cas_result r;
   while (r.attempts < o.max_attempts) {
-    if (r.attempts > 0 && o.max_backoff.count() > 0) {  // desynchronise the contenders
-      auto us = detail::random_u64() % (static_cast<std::uint64_t>(o.max_backoff.count()) * 1000);
-      std::this_thread::sleep_for(std::chrono::microseconds(us));
+    if (r.attempts > 0) {
+      if (cas_clock::now() >= until) {
+        r.outcome = cas_outcome::timeout;
+        return r;
+      }
+      if (o.max_backoff.count() > 0) {  // desynchronise the contenders
+        auto us = std::chrono::microseconds(
+            random_u64() % (static_cast<std::uint64_t>(o.max_backoff.count()) * 1000));
+        // Never sleep past the deadline; attacked by "check_and_set_for gives up with timeout
+        // at its deadline ..." (test_transaction.cpp).
+        auto left = std::max(until - cas_clock::now(), cas_clock::duration::zero());
+        if (left < us) us = std::chrono::ceil<std::chrono::microseconds>(left);
+        std::this_thread::sleep_for(us);
+      }
     }
     c.command("WATCH", keys);
     ++r.attempts;
@@ -195,12 +235,78 @@ cas_result check_and_set(connection& c, const std::vector<std::string>& keys, F&
   return r;
 }
 
+}  // namespace detail
+
+/// Runs `t` like exec() on a connection of `p`, waiting for a free connection until `until`.
+/// Returns the replies, or nullopt if no connection came free in time (nothing was sent). The
+/// deadline bounds the wait for a connection only: once sent, the block runs to its end, each
+/// read bounded by options::io_timeout (a deadline that cut it off would leave its outcome
+/// unknown). Throws like exec(). Allocates. Thread-safe.
+inline std::optional<std::vector<reply>> exec_until(pool& p, const transaction& t,
+                                                    std::chrono::steady_clock::time_point until) {
+  auto lease = detail::acquire_until(p, until);
+  if (!lease) return std::nullopt;
+  return exec(**lease, t);
+}
+/// As exec_until(p, t, now + d); saturates (duration::max(): the pool's own acquire_timeout,
+/// then redis::error, as without a deadline). Thread-safe.
+template <class Rep, class Period>
+std::optional<std::vector<reply>> exec_for(pool& p, const transaction& t,
+                                           std::chrono::duration<Rep, Period> d) {
+  return exec_until(p, t, spindle::detail::time_after<std::chrono::steady_clock>(d));
+}
+
+/// The optimistic check-and-set loop on a connection used by this thread alone (see the header).
+/// `f(connection&)` returns std::optional<transaction>. Throws std::invalid_argument if `keys`
+/// is empty or max_attempts < 1; redis::error / server_error as exec(); what f throws.
+template <class F>
+cas_result check_and_set(connection& c, const std::vector<std::string>& keys, F&& f,
+                         cas_options o = {}) {
+  return detail::cas_loop("check_and_set", c, keys, f, o,
+                          std::chrono::steady_clock::time_point::max());
+}
+
 /// As above, on a connection leased from `p` for the whole loop. Thread-safe.
 template <class F>
 cas_result check_and_set(pool& p, const std::vector<std::string>& keys, F&& f,
                          cas_options o = {}) {
   auto lease = p.acquire();
   return check_and_set(*lease, keys, std::forward<F>(f), o);
+}
+
+/// check_and_set() with a deadline: the first attempt always runs (as a try_ call would);
+/// another starts only before `until`, and the backoff pause never sleeps past it. An attempt
+/// in progress is not cut off (its I/O is bounded by options::io_timeout). Returns outcome
+/// timeout, having written nothing, when `until` passed with every attempt so far contended;
+/// otherwise as check_and_set(). Throws like check_and_set().
+template <class F>
+cas_result check_and_set_until(connection& c, const std::vector<std::string>& keys, F&& f,
+                               std::chrono::steady_clock::time_point until, cas_options o = {}) {
+  return detail::cas_loop("check_and_set_until", c, keys, f, o, until);
+}
+/// As check_and_set_until(c, keys, f, now + d); saturates (duration::max(): no deadline).
+template <class F, class Rep, class Period>
+cas_result check_and_set_for(connection& c, const std::vector<std::string>& keys, F&& f,
+                             std::chrono::duration<Rep, Period> d, cas_options o = {}) {
+  return detail::cas_loop("check_and_set_for", c, keys, f, o,
+                          spindle::detail::time_after<std::chrono::steady_clock>(d));
+}
+/// check_and_set_until on a connection of `p`, waiting for one until `until` at the latest
+/// (outcome timeout, attempts 0, if none came free). Thread-safe.
+template <class F>
+cas_result check_and_set_until(pool& p, const std::vector<std::string>& keys, F&& f,
+                               std::chrono::steady_clock::time_point until, cas_options o = {}) {
+  if (keys.empty()) throw std::invalid_argument("redis::check_and_set_until: no key to watch");
+  auto lease = detail::acquire_until(p, until);
+  if (!lease) return cas_result{cas_outcome::timeout, {}, 0};
+  return detail::cas_loop("check_and_set_until", **lease, keys, f, o, until);
+}
+/// As check_and_set_until(p, keys, f, now + d); saturates. Thread-safe.
+template <class F, class Rep, class Period>
+cas_result check_and_set_for(pool& p, const std::vector<std::string>& keys, F&& f,
+                             std::chrono::duration<Rep, Period> d, cas_options o = {}) {
+  return check_and_set_until(p, keys, std::forward<F>(f),
+                             spindle::detail::time_after<std::chrono::steady_clock>(d), o);
 }
 
 }  // namespace spindle::redis

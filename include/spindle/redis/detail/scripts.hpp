@@ -397,6 +397,40 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 )lua";
 
+// Read-only: the figures of stream<...>::health() in one round trip. KEYS: stream, dead,
+// closed. Returns {length, dead letters, closed (0/1), server time ms, group...}, each group
+// {name, lag (-1: unknown - Redis < 7, or XINFO cannot tell), pending, last delivered id,
+// oldest pending id ('' if none), its idle ms (-1 if none), its delivery count, {consumer
+// name, pending, idle ms, ...}}. A missing stream has no group.
+inline constexpr std::string_view lua_stream_health = R"lua(
+local s = KEYS[1]
+local out = {redis.call('XLEN', s), redis.call('XLEN', KEYS[2]), redis.call('EXISTS', KEYS[3]),
+             now_ms()}
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', s)
+if not ok then return out end
+for i = 1, #groups do
+  local gi = groups[i]
+  local g = field(gi, 'name')
+  local lag = field(gi, 'lag')
+  if not lag then lag = -1 end
+  local summary = redis.call('XPENDING', s, g)
+  local oldest, idle, count = '', -1, 0
+  if tonumber(summary[1]) > 0 then
+    oldest = summary[2]
+    local p = redis.call('XPENDING', s, g, oldest, oldest, 1)
+    if #p > 0 then idle, count = p[1][3], p[1][4] end
+  end
+  local flat = {}
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', s, g)) do
+    flat[#flat + 1] = field(c, 'name')
+    flat[#flat + 1] = field(c, 'pending')
+    flat[#flat + 1] = field(c, 'idle')
+  end
+  out[#out + 1] = {g, lag, summary[1], field(gi, 'last-delivered-id'), oldest, idle, count, flat}
+end
+return out
+)lua";
+
 // Trims the entries that every group of the stream has acknowledged: below the oldest pending
 // entry of each group, or up to and including its last delivered id when none is pending
 // (XTRIM MINID). Returns how many entries were trimmed.
