@@ -186,6 +186,49 @@ TEST_CASE("sharded channels are added and removed on a running buffered subscrip
   CHECK(sub.failures() == 0);
 }
 
+TEST_CASE("a RESP3 subscription on a cluster receives sharded messages and answers PINGs") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  auto o = redis::cluster_options::from_url(cl->url());
+  o.node.protocol = 3;
+  auto c = std::make_shared<redis::cluster>(o);
+  redis::topic t(c);
+  std::vector<std::string> channels;
+  for (const auto& p : c->primaries()) channels.push_back(channel_on(*c, p, "resp3-"));
+  auto sub = t.listen(channels, {}, {.ping_interval = 10ms, .ping_timeout = 5s});
+  REQUIRE(sub.wait_subscribed_for(10s));
+  redis::message m;
+  CHECK(sub.pop_for(m, 100ms) == spindle::status::timeout);  // pings meanwhile: all answered
+  for (const auto& ch : channels) CHECK(t.publish(ch, ch) == 1);
+  for (std::size_t i = 0; i < channels.size(); ++i) {
+    REQUIRE(sub.pop_for(m, 10s) == spindle::status::ok);
+    CHECK(m.payload == m.channel);
+    CHECK(m.pattern.empty());
+  }
+  CHECK(sub.failures() == 0);
+}
+
+TEST_CASE("stop ends a cluster subscription at once and closes its connection to every primary") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  auto c = std::make_shared<redis::cluster>(cl->url());
+  redis::topic t(c);
+  std::vector<std::string> channels;
+  for (const auto& p : c->primaries()) channels.push_back(channel_on(*c, p, "stop-"));
+  auto sub = t.subscribe(channels, [](const redis::message&) {});
+  REQUIRE(sub.wait_subscribed_for(10s));
+  test_support::thread_group g;
+  g.spawn([&] {
+    sub.stop();
+    sub.join();
+  });
+  REQUIRE(g.join_within(10s));
+  for (const auto& p : c->primaries())
+    CHECK(eventually(
+        [&] { return to(p).command("CLIENT", "LIST", "TYPE", "pubsub").str().empty(); }));
+  CHECK_FALSE(sub.wait_subscribed_for(0ms));
+}
+
 TEST_CASE(
     "a channel whose slot migrates to another primary is subscribed there, and messages "
     "published after the move arrive") {
