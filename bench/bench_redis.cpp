@@ -16,8 +16,14 @@
 //   stream [2 trips/entry] pop_delivery + ack         |  XREADGROUP, then XACK
 //   stream [1 trip/entry]  pop(T&), fused ack         |  XACK(previous) + XREADGROUP
 //
-// Sizes: --items (default 100k) synchronous LPUSH, 10x pipelined; --items / 5 jobs or entries
-// per queue and stream run; --items / 10 limiter calls.
+// Cluster against single server: GET/SET round trips through redis::cluster on a 3-primary
+// cluster (tests/support/redis_cluster.hpp, no replicas, like the single server) beside
+// redis::pool on the single server, same run, same client threads (1 and 4), keys without hash
+// tag spread over every slot and so over the 3 primaries. Skipped, with the reason printed, when
+// no cluster can be started (redis-cli missing).
+//
+// Sizes: --items (default 100k) synchronous LPUSH, 10x pipelined, and GET/SET pairs; --items / 5
+// jobs or entries per queue and stream run; --items / 10 limiter calls.
 #include <spindle/redis.hpp>
 
 #include <atomic>
@@ -25,10 +31,13 @@
 #include <cstdio>
 #include <cstdlib>  // strtod
 #include <cstring>  // strncmp
+#include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../tests/support/redis_cluster.hpp"
 #include "../tests/support/redis_server.hpp"
 #include "harness.hpp"
 
@@ -525,6 +534,56 @@ bench::sample redis_benchmark(std::uint16_t port, redis::connection& c, std::uin
   return {static_cast<double>(n), static_cast<double>(n) / rps, std::nan("")};
 }
 
+// ---- GET/SET: a cluster against the single server ---------------------------------------------
+
+// n SET + GET pairs over `threads` client threads sharing one client `c` (redis::pool on the
+// single server, redis::cluster on the cluster: both lend each call a connection of a pool per
+// node). Keys "bench:kv:<i>" (no hash tag: spread over every slot); each round writes its own
+// values. Validated: every GET returned what its thread's SET of this round wrote.
+template <class Client>
+bench::sample get_set(Client& c, std::uint64_t n, int threads) {
+  const std::string round = std::to_string(unique_run.fetch_add(1)) + ":";
+  std::atomic<std::uint64_t> matched{0};
+  std::atomic<bool> failed{false};
+  bench::stopwatch sw;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      std::uint64_t ok = 0;
+      try {
+        for (auto i = static_cast<std::uint64_t>(t); i < n; i += static_cast<std::uint64_t>(threads)) {
+          std::string k = "bench:kv:" + std::to_string(i), v = round + std::to_string(i);
+          c.command("SET", k, v);
+          ok += c.command("GET", k).str() == v ? 1 : 0;
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "GET/SET: %s\n", e.what());
+        failed.store(true);
+      }
+      matched.fetch_add(ok);
+    });
+  for (auto& th : ts) th.join();
+  bench::sample r = sw.stop(2.0 * static_cast<double>(n));
+  bench::validate(!failed.load() && matched.load() == n, "GET/SET: a GET did not return its SET");
+  return r;
+}
+
+// A 3-primary cluster without replicas, or null with the reason in `why`.
+std::unique_ptr<test_support::redis_cluster> start_cluster(std::string& why) {
+  try {
+    if (!test_support::redis_cluster::available()) {
+      why = "redis-cli not found";
+      return nullptr;
+    }
+    return std::make_unique<test_support::redis_cluster>(
+        test_support::redis_cluster_config{.primaries = 3, .replicas_per_primary = 0});
+  } catch (const std::exception& e) {  // CI without redis-cli, or a cluster that did not form
+    why = e.what();
+    why = why.substr(0, why.find('\n'));
+    return nullptr;
+  }
+}
+
 bool have_redis_benchmark() {
   return std::system("command -v redis-benchmark >/dev/null 2>&1") == 0;
 }
@@ -634,6 +693,48 @@ int main(int argc, char** argv) {
     t.add("hiredis EVALSHA, same Lua script", [&] { return hiredis_bucket(h, calls); });
 #endif
     t.run();
+  }
+
+  // GET/SET: the 3-primary cluster against the single server, same client threads.
+  std::string why;
+  auto t_start = std::chrono::steady_clock::now();
+  if (auto cl = start_cluster(why)) {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::steady_clock::now() - t_start)
+                  .count();
+    for (int threads : {1, 4}) {
+      redis::pool single({.port = port},
+                         {.max_connections = static_cast<std::size_t>(threads)});
+      auto co = redis::cluster_options::from_url(cl->url());
+      co.connections_per_node = static_cast<std::size_t>(threads);
+      redis::cluster cluster(co);
+      std::map<std::string, std::uint64_t> spread;  // keys per primary
+      for (std::uint64_t i = 0; i < n_sync; ++i)
+        ++spread[cluster.primary_for_key("bench:kv:" + std::to_string(i)).str()];
+      bench::validate(spread.size() == 3, "GET/SET: keys on fewer than 3 primaries");
+      bench::suite t(a,
+                     "GET/SET synchronous round trips, " + std::to_string(threads) +
+                         (threads == 1 ? " client thread" : " client threads") +
+                         ": 3-primary cluster vs single server",
+                     "k ops/s", 1e-3);
+      t.add("spindle::redis::pool, single server",
+            [&, threads] { return get_set(single, n_sync, threads); });
+      t.add("spindle::redis::cluster, 3 primaries",
+            [&, threads] { return get_set(cluster, n_sync, threads); }, true);
+      std::string keys;
+      for (const auto& [node, count] : spread)
+        keys += (keys.empty() ? "" : ", ") + node + " " + std::to_string(count);
+      t.note("keys per primary: " + keys + "; cluster of 3 primaries, no replicas, started in " +
+             std::to_string(ms) + " ms; one op = one SET or one GET");
+      t.note("ratio: the cluster's median over the single server's. All servers share this "
+             "machine's cores with the client.");
+      t.run();
+    }
+    // TODO(issue 18): a "reliable queue push/pop/ack end to end on the cluster" row, its queues
+    // spread over the 3 primaries (one {name} per queue), beside the single-server rows above;
+    // it needs queue-on-cluster (queue.hpp/pool.hpp, being built on another branch).
+  } else {
+    std::printf("\nGET/SET on a cluster: skipped (%s)\n", why.c_str());
   }
 #ifdef SPINDLE_BENCH_HAVE_HIREDIS
   redisFree(h);
