@@ -376,6 +376,9 @@ class cluster {
     if (!refresh_now(why)) throw error("redis::cluster::refresh: no node gave a slot map: " + why);
   }
 
+  /// The options this cluster was made with.
+  const cluster_options& config() const noexcept { return cfg_; }
+
   /// Counters (approximate). Thread-safe.
   cluster_stats stats() const noexcept {
     return {moved_.load(std::memory_order_relaxed), ask_.load(std::memory_order_relaxed),
@@ -384,8 +387,39 @@ class cluster {
   }
 
  private:
+  friend class pool;  // pool(cluster&, route_key, pool_options): route_for
   using slot_map = detail::slot_map;
   static constexpr std::uint16_t no_owner = detail::slot_map::no_owner;
+
+  // A pool pinned to one slot (pool.hpp): its connections go to the slot's current primary;
+  // a failure marks the map stale, and the next target() reads it again.
+  class slot_route final : public detail::pool_route {
+   public:
+    slot_route(cluster& c, std::uint16_t slot) : c_(c), slot_(slot) {}
+    options target() override {
+      c_.maybe_refresh();
+      auto at = c_.primary_for_slot(slot_);
+      options o = c_.cfg_.node;
+      o.host = std::move(at.host);
+      o.port = at.port;
+      o.db = 0;
+      return o;
+    }
+    void failed() noexcept override {
+      try {
+        c_.mark_stale();
+      } catch (...) {  // std::system_error from the mutex: the next failure marks it
+      }
+    }
+
+   private:
+    cluster& c_;
+    std::uint16_t slot_;
+  };
+
+  std::unique_ptr<detail::pool_route> route_for(std::string_view key) {
+    return std::make_unique<slot_route>(*this, key_slot(key));
+  }
   static constexpr std::chrono::milliseconds max_acquire_wait = std::chrono::hours(24);
 
   // The commands of a batch as argument lists (views into `parsed`), and their common slot.
@@ -792,6 +826,9 @@ class cluster {
   std::atomic<std::uint64_t> moved_{0}, ask_{0}, retries_{0}, refreshes_{0},
       unknown_{0};  // relaxed counters
 };
+
+inline pool::pool(cluster& c, std::string_view route_key, pool_options po)
+    : pool(c.route_for(route_key), po) {}
 
 inline cluster_options cluster_options::from_url(std::string_view url) {
   auto fail = [&](const std::string& why) {
