@@ -1,6 +1,7 @@
 // Tests of the structures on Redis Cluster: queue and stream built on a redis::cluster (their
-// pool pinned to the slot of their {name} tag, pool.hpp), queues on all three primaries, and a
-// primary SIGKILLed during a worker_pool run over one queue per primary (conservation).
+// pool pinned to the slot of their {name} tag, pool.hpp), queues on all three primaries, a
+// primary SIGKILLed during a worker_pool run over one queue per primary (conservation), the
+// limiters (single-key: pinned; per-key: routed per call), the lock and check_and_set.
 //
 // One cluster (3 primaries + 3 replicas, tests/support/redis_cluster.hpp) is shared by the
 // cases; it is started on first use. Each case uses its own names.
@@ -13,8 +14,12 @@
 #include <mutex>
 #include <set>
 #include <spindle/redis/cluster.hpp>
+#include <spindle/redis/keyed_rate_limit.hpp>
+#include <spindle/redis/lock.hpp>
 #include <spindle/redis/queue.hpp>
+#include <spindle/redis/rate_limit.hpp>
 #include <spindle/redis/stream.hpp>
+#include <spindle/redis/transaction.hpp>
 #include <spindle/worker_pool.hpp>
 #include <string>
 #include <thread>
@@ -45,7 +50,8 @@ redis::connection direct(const redis::node_address& a) {
 }
 
 // A structure name `prefix`N whose {tag} slot the primary `owner` serves.
-std::string name_on(redis::cluster& c, const redis::node_address& owner, const std::string& prefix) {
+std::string name_on(redis::cluster& c, const redis::node_address& owner,
+                    const std::string& prefix) {
   for (int i = 0; i < 100000; ++i) {
     std::string n = prefix + std::to_string(i);
     if (c.primary_for_key("{" + n + "}") == owner) return n;
@@ -137,6 +143,110 @@ TEST_CASE("queues whose names hash to all three primaries each live on their own
   }
 }
 
+TEST_CASE("single-key limiters on a cluster keep their one key in the slot of {name}") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  for (const auto& p : c.primaries()) {  // one limiter of each kind on each primary
+    auto tb_name = name_on(c, p, "tb"), sw_name = name_on(c, p, "sw");
+    c.command("DEL", "{" + tb_name + "}:tb");
+    c.command("DEL", "{" + sw_name + "}:sw", "{" + sw_name + "}:sw:seq");
+    redis::token_bucket tb(tb_name, c, 0.001, 3);
+    redis::sliding_window sw(sw_name, c, 2, 60s);
+    for (int i = 0; i < 3; ++i) CHECK(tb.try_acquire());
+    CHECK_FALSE(tb.try_acquire());
+    CHECK(sw.try_acquire());
+    CHECK(sw.try_acquire());
+    CHECK_FALSE(sw.try_acquire());
+    CHECK(sw.retry_after() > 0ms);
+    CHECK(direct(p).command("EXISTS", "{" + tb_name + "}:tb").integer() == 1);
+    CHECK(direct(p).command("ZCARD", "{" + sw_name + "}:sw").integer() == 2);
+  }
+}
+
+TEST_CASE("a keyed limiter on a cluster routes each call to the primary of its key's slot") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  const std::string name = "per-user";
+  // Users whose {per-user:user} tags land on each of the three primaries.
+  std::vector<std::string> users;
+  std::set<std::uint16_t> ports;
+  for (int i = 0; users.size() < 12; ++i) {
+    std::string u = "u" + std::to_string(i);
+    auto at = c.primary_for_key("{" + name + ":" + u + "}");
+    ports.insert(at.port);
+    users.push_back(u);
+    c.command("DEL", "{" + name + ":" + u + "}:fw");
+  }
+  REQUIRE(ports.size() == 3);
+  redis::keyed_fixed_window per_user(name, c, 2, 60s);
+  redis::keyed_token_bucket buckets(name + "-tb", c, 0.001, 1);
+  for (const auto& u : users) {
+    CHECK(per_user.try_acquire(u));
+    CHECK(per_user.try_acquire(u));
+    CHECK_FALSE(per_user.try_acquire(u));  // each key has its own room, on its own node
+    CHECK(per_user.retry_after(u) > 0ms);
+    CHECK(buckets.try_acquire(u));
+    CHECK_FALSE(buckets.try_acquire(u));
+    std::string key = "{" + name + ":" + u + "}:fw";
+    auto owner = c.primary_for_key(key);
+    CHECK(direct(owner).command("GET", key).str() == "2");
+    for (const auto& p : c.primaries())  // and on no other node
+      if (!(p == owner))
+        CHECK(direct(p).command("CLUSTER", "COUNTKEYSINSLOT", redis::key_slot(key)).integer() ==
+              0);
+  }
+}
+
+TEST_CASE("a distributed lock on a cluster excludes, fences and releases on its slot's primary") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  c.command("DEL", "{cs-lock}:lock", "{cs-lock}:lock:fence");
+  redis::distributed_lock a("cs-lock", c, {.lease = 2s});
+  redis::distributed_lock b("cs-lock", c, {.lease = 2s});
+  auto h = a.try_lock();
+  REQUIRE(h);
+  CHECK_FALSE(b.try_lock());
+  auto owner = c.primary_for_key("{cs-lock}");
+  CHECK(direct(owner).command("EXISTS", "{cs-lock}:lock").integer() == 1);
+  CHECK(h->release());
+  auto h2 = b.try_lock();
+  REQUIRE(h2);
+  CHECK(h2->fence() > h->fence());
+  CHECK(h2->release());
+}
+
+TEST_CASE("check_and_set on a pool pinned to a cluster slot commits, and watches what it read") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  c.command("SET", "{cs-acct}:a", 100);
+  redis::pool p(c, "{cs-acct}", {.max_connections = 2});
+  int interfered = 0;
+  auto r = redis::check_and_set(p, {"{cs-acct}:a"}, [&](redis::connection& conn) {
+    auto bal = conn.command("GET", "{cs-acct}:a").integer();
+    if (interfered++ == 0) c.command("INCR", "{cs-acct}:a");  // another client: a retry
+    redis::transaction tx;
+    tx.add("SET", "{cs-acct}:a", bal - 10).add("INCRBY", "{cs-acct}:b", 10);
+    return std::optional<redis::transaction>(std::move(tx));
+  });
+  CHECK(r.outcome == redis::cas_outcome::committed);
+  CHECK(r.attempts == 2);
+  CHECK(c.command("GET", "{cs-acct}:a").str() == "91");
+  // A key of another slot is refused by the node (it does not own it): a clear server error.
+  auto other = name_on(c, c.primaries().at(0) == c.primary_for_key("{cs-acct}")
+                              ? c.primaries().at(1)
+                              : c.primaries().at(0),
+                       "cs-other");
+  CHECK_THROWS_AS(redis::check_and_set(p, {"{" + other + "}:a"},
+                                       [](redis::connection&) {
+                                         return std::optional<redis::transaction>{};
+                                       }),
+                  redis::server_error);
+}
+
 TEST_CASE(
     "a primary SIGKILLed during a worker_pool run over one queue per primary: its replica takes "
     "over, nothing is lost, only in-flight items are delivered twice, within a bounded time") {
@@ -188,7 +298,8 @@ TEST_CASE(
           handled.fetch_add(1);
           if (k == victim_q && killed.load()) victim_after_kill.fetch_add(1);
         },
-        spindle::worker_pool_options{.on_error = [&](std::exception_ptr) { errors.fetch_add(1); }}));
+        spindle::worker_pool_options{
+            .on_error = [&](std::exception_ptr) { errors.fetch_add(1); }}));
 
   REQUIRE(eventually([&] { return handled.load() >= per_queue; }, 30s));
   auto t_kill = std::chrono::steady_clock::now();

@@ -134,8 +134,9 @@ class pool {
     std::vector<std::unique_ptr<connection>> dropped;  // closed after the lock is released
     std::unique_lock lock(mu_);
     if (target && (gen_ == 0 || target->host != opts_.host || target->port != opts_.port)) {
-      // The first target, or the slot has a new primary: connections to the old one are closed, idle ones now and
-      // leased ones when they come back (give_back compares generations).
+      // The first target, or the slot has a new primary: connections to the old one are
+      // closed, idle ones now and leased ones when they come back (give_back compares
+      // generations).
       opts_ = std::move(*target);
       ++gen_;
       for (auto& c : idle_) dropped.push_back(std::move(c));
