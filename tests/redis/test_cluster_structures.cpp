@@ -1,7 +1,8 @@
 // Tests of the structures on Redis Cluster: queue and stream built on a redis::cluster (their
 // pool pinned to the slot of their {name} tag, pool.hpp), queues on all three primaries, a
 // primary SIGKILLed during a worker_pool run over one queue per primary (conservation), the
-// limiters (single-key: pinned; per-key: routed per call), the lock and check_and_set.
+// limiters (single-key: pinned; per-key: routed per call), the lock, check_and_set, and the
+// cache (routed per key).
 //
 // One cluster (3 primaries + 3 replicas, tests/support/redis_cluster.hpp) is shared by the
 // cases; it is started on first use. Each case uses its own names.
@@ -13,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <spindle/redis/cache.hpp>
 #include <spindle/redis/cluster.hpp>
 #include <spindle/redis/keyed_rate_limit.hpp>
 #include <spindle/redis/lock.hpp>
@@ -245,6 +247,37 @@ TEST_CASE("check_and_set on a pool pinned to a cluster slot commits, and watches
                                          return std::optional<redis::transaction>{};
                                        }),
                   redis::server_error);
+}
+
+TEST_CASE("a cache on a cluster computes each key once on its slot's primary and invalidates") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  std::atomic<int> dropped{0};  // invalidations of k3 that b heard
+  redis::cache<int> a("cs-cache", c, {.local_capacity = 100, .local_ttl = 60s});
+  redis::cache<int> b("cs-cache", c,
+                      {.local_capacity = 100,
+                       .local_ttl = 60s,
+                       .on_invalidate = [&](const std::string& k) {
+                         if (k == "k3") dropped.fetch_add(1);
+                       }});
+  std::set<std::uint16_t> ports;
+  std::atomic<int> computed{0};
+  for (int i = 0; i < 12; ++i) {
+    std::string k = "k" + std::to_string(i);
+    a.invalidate(k);
+    ports.insert(c.primary_for_key("{cs-cache:" + k + "}").port);
+    CHECK(a.get_or_compute(k, 60s, [&] { return computed.fetch_add(1), i; }) == i);
+    CHECK(b.get_or_compute(k, 60s, [&] { return computed.fetch_add(1), -1; }) == i);
+    CHECK(direct(c.primary_for_key("{cs-cache:" + k + "}"))
+              .command("EXISTS", "{cs-cache:" + k + "}:v")
+              .integer() == 1);
+  }
+  CHECK(ports.size() == 3);  // the keys spread over every primary
+  CHECK(computed.load() == 12);
+  CHECK(a.invalidate("k3"));  // b hears it through the subscription and drops its local copy
+  CHECK(eventually([&] { return dropped.load() == 2; }));  // the loop's, then this one
+  CHECK(b.get_or_compute("k3", 60s, [] { return 33; }) == 33);
 }
 
 TEST_CASE(
