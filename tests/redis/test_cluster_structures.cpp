@@ -62,10 +62,12 @@ std::string name_on(redis::cluster& c, const redis::node_address& owner,
   return {};
 }
 
-// Waits until the primary of `key`'s slot has `replicas` replicas with every write so far.
-void replicate(redis::cluster& c, const std::string& key, int replicas = 1) {
+// Waits until `replicas` replicas of the primary of `tag`'s slot have every write made there so
+// far. WAIT counts up to the last write of its own connection: hence the SET first (the
+// replication stream is ordered, so it covers the writes other connections made before).
+void replicate(redis::cluster& c, const std::string& tag, int replicas = 1) {
   redis::batch b;
-  b.add("EXISTS", key).add("WAIT", replicas, 5000);
+  b.add("SET", tag + ":replicated", 1).add("WAIT", replicas, 5000);
   auto rs = c.pipeline(b);
   REQUIRE(rs.at(1).integer() >= replicas);
 }
@@ -306,7 +308,7 @@ TEST_CASE(
     std::vector<int> items;
     for (int i = 0; i < per_queue; ++i) items.push_back(static_cast<int>(k) * 10000 + i);
     REQUIRE(qs[k]->push_all(items) == status::ok);
-    replicate(c, "{" + qs[k]->name() + "}:ready");
+    replicate(c, "{" + qs[k]->name() + "}");
   }
   const std::size_t victim_q = 1;
   auto victim = primaries[victim_q];

@@ -43,9 +43,16 @@
 // Sharded pub/sub: SPUBLISH goes through command() (routed by the channel's slot); SSUBSCRIBE on
 // the connection that connect_for_key(channel) opens to the channel's primary.
 //
+// The structures: queue, stream, token_bucket, sliding_window and distributed_lock take a
+// cluster& and pin their pool to the slot of their {name} tag (pool(cluster&, route_key): a
+// failed command or connect marks the map stale; the next connection goes to the slot's current
+// primary). The keyed limiters and the cache route each call by its {name:key} slot
+// (eval_script, pipeline). README.md, "On a Redis Cluster", says what a failover can lose.
+//
 // Not yet: replicas for reads, MULTI/EXEC across a slot migration (a transaction in a pipeline
-// works while its slot stays put), resubscribing when a sharded channel's slot moves, and the
-// structures (queue, stream, topic, limiters) on a cluster.
+// works while its slot stays put), resubscribing when a sharded channel's slot moves, and a slot
+// migrating under a pinned pool (ASK and TRYAGAIN are not followed there: the structure's
+// commands fail, its blocking pops retry, until the migration ends and MOVED names the owner).
 #pragma once
 
 #include <poll.h>  // noticing a peer gone from an idle pooled connection
