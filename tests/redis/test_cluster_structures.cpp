@@ -72,6 +72,28 @@ void replicate(redis::cluster& c, const std::string& tag, int replicas = 1) {
   REQUIRE(rs.at(1).integer() >= replicas);
 }
 
+// Moves `slot`, with its keys, from the primary src to dst (importing side first, as the
+// specification orders it), then tells every primary the new owner.
+void move_slot(redis::cluster& c, std::uint16_t slot, const redis::node_address& src,
+               const redis::node_address& dst) {
+  auto s = direct(src), d = direct(dst);
+  auto src_id = s.command("CLUSTER", "MYID").str(), dst_id = d.command("CLUSTER", "MYID").str();
+  REQUIRE(d.command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id).str() == "OK");
+  REQUIRE(s.command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id).str() == "OK");
+  for (;;) {
+    auto keys = s.command("CLUSTER", "GETKEYSINSLOT", slot, 100);
+    if (keys.size() == 0) break;
+    std::vector<std::string> ks;
+    for (const auto& k : keys.elements()) ks.push_back(k.str());
+    REQUIRE(s.command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", ks).str() == "OK");
+  }
+  REQUIRE(d.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  REQUIRE(s.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  for (const auto& p : c.primaries())
+    if (!(p == src) && !(p == dst))
+      REQUIRE(direct(p).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+}
+
 }  // namespace
 
 TEST_CASE("a queue and a stream on a cluster push, pop and ack on the primary of their slot") {
@@ -145,6 +167,47 @@ TEST_CASE("queues whose names hash to all three primaries each live on their own
       CHECK((direct(primaries[j]).command("CLUSTER", "COUNTKEYSINSLOT", slot).integer() > 0) ==
             (i == j));
   }
+}
+
+TEST_CASE("a queue whose slot moves to another primary follows it: MOVED, map refresh, go on") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  redis::queue<int> q("cs-moving", c, {.poll_interval = 20ms});
+  q.destroy();
+  for (int i = 0; i < 6; ++i) REQUIRE(q.push(i) == status::ok);
+  int v = -1;
+  REQUIRE(q.pop_for(v, 5s) == status::ok);  // the pool holds connections to the old primary
+  CHECK(v == 0);
+  const auto slot = redis::key_slot("{cs-moving}");
+  auto src = c.primary_for_key("{cs-moving}");
+  redis::node_address dst;
+  for (const auto& p : c.primaries())
+    if (!(p == src)) dst = p;
+  move_slot(c, slot, src, dst);
+  // The old primary answers MOVED; the pool reads the map again and goes to the new one. A
+  // blocking pop rides over it; a push (not blocking) may fail once with the MOVED reply.
+  for (int i = 1; i < 6; ++i) {
+    REQUIRE(q.pop_for(v, 10s) == status::ok);
+    CHECK(v == i);
+  }
+  status st = status::closed;
+  for (int attempt = 0; attempt < 2 && st != status::ok; ++attempt) {
+    try {
+      st = q.push(6);
+    } catch (const redis::server_error& e) {
+      CHECK(e.code() == "MOVED");
+    }
+  }
+  CHECK(st == status::ok);
+  REQUIRE(q.pop_for(v, 5s) == status::ok);
+  CHECK(v == 6);
+  CHECK(c.primary_for_key("{cs-moving}") == dst);
+  CHECK(direct(dst).command("EXISTS", "{cs-moving}:seq").integer() == 1);
+  CHECK(q.ack_last());
+  CHECK(q.pending() == 0);
+  move_slot(c, slot, dst, src);  // as it was, for the cases that follow
+  CHECK(cl->wait_ok(10s));
 }
 
 TEST_CASE("single-key limiters on a cluster keep their one key in the slot of {name}") {
