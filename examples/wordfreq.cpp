@@ -5,6 +5,7 @@
 //   wordfreq --redis URL --role producer [options] [DIR]     the same job over Redis: pushes the
 //   wordfreq --redis URL --role worker [options]             paths, workers count, the producer
 //                                                            gathers and prints the same result
+//   (URL: redis://host:port, or redis+cluster://host:port,host:port for a Redis Cluster)
 //
 // In one process:
 //   rate-limited reader --> pipeline: read -> tokenize -> count --> map-reduce merge --> top N
@@ -346,17 +347,20 @@ struct spindle::redis::codec<wordfreq::tally> {
 namespace wordfreq {
 
 /// A job's Redis channels, named after --job: the paths to count, and one tally per path.
+/// `Where`: redis::options (one server) or redis::cluster (each channel on its slot's primary).
+template <class Where>
 struct job_channels {
   redis::queue<std::string> paths;
   redis::stream<tally> results;
-  job_channels(const std::string& job, const redis::options& o)
+  job_channels(const std::string& job, Where& o)
       : paths(job + ":files", o), results(job + ":tallies", o, {.group = "producer"}) {}
 };
 
 /// Over Redis, the producer: queues every path, then gathers one tally per path.
-int run_producer(const config& cfg, const redis::options& o) {
+template <class Where>
+int run_producer(const config& cfg, Where& o) {
   auto files = list_files(cfg.dir);
-  job_channels job(cfg.job, o);
+  job_channels<Where> job(cfg.job, o);
   auto& paths = job.paths;
   auto& results = job.results;
   paths.destroy();  // a fresh job: no state left by an earlier run of the same name
@@ -392,8 +396,9 @@ int run_producer(const config& cfg, const redis::options& o) {
 }
 
 /// Over Redis, a worker: read -> tokenize -> count each queued path, with a worker_pool.
-int run_worker(const config& cfg, const redis::options& o) {
-  job_channels job(cfg.job, o);
+template <class Where>
+int run_worker(const config& cfg, Where& o) {
+  job_channels<Where> job(cfg.job, o);
   auto& paths = job.paths;
   auto& results = job.results;
   std::optional<redis::token_bucket> bucket;  // one rate shared by every worker
@@ -423,7 +428,8 @@ const char* const usage =
     "usage: wordfreq [--top N] [--threads N] [--rate FILES_PER_S] [DIR]\n"
     "       wordfreq --redis URL --role producer [--job NAME] [--wait S] [--top N] [DIR]\n"
     "       wordfreq --redis URL --role worker [--job NAME] [--threads N] [--rate FILES_PER_S]\n"
-    "Word frequencies of every text file under DIR (default /usr/share/common-licenses).\n";
+    "Word frequencies of every text file under DIR (default /usr/share/common-licenses).\n"
+    "URL: redis://HOST:PORT, or redis+cluster://HOST:PORT,HOST:PORT,... for a Redis Cluster.\n";
 
 template <class T>
 T number(const std::string& flag, const std::string& text) {
@@ -484,8 +490,16 @@ int main(int argc, char** argv) {
   try {
     auto cfg = wordfreq::parse(argc, argv);
     if (cfg.redis_url.empty()) return wordfreq::run_local(cfg);
+    auto run = [&](auto& where) {
+      return cfg.role == "producer" ? wordfreq::run_producer(cfg, where)
+                                    : wordfreq::run_worker(cfg, where);
+    };
+    if (cfg.redis_url.starts_with("redis+cluster://")) {  // every structure on its slot's primary
+      redis::cluster c(cfg.redis_url);
+      return run(c);
+    }
     auto o = redis::options::from_url(cfg.redis_url);
-    return cfg.role == "producer" ? wordfreq::run_producer(cfg, o) : wordfreq::run_worker(cfg, o);
+    return run(o);
   } catch (const wordfreq::usage_error& e) {
     std::fprintf(stderr, "wordfreq: %s\n%s", e.what(), wordfreq::usage);
     return 2;

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <spindle/redis/cluster.hpp>
 #include <spindle/redis/connection.hpp>
 #include <spindle/redis/stream.hpp>
 #include <sstream>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "support/process.hpp"
+#include "support/redis_cluster.hpp"
 #include "support/redis_server.hpp"
 
 #ifndef SPINDLE_WORDFREQ
@@ -255,20 +257,18 @@ struct redis_job_result {
   run_result producer, worker1, worker2;
 };
 
-// Runs the producer of `job` over dir, then (once it has queued `files` paths and `between` has
-// run) two worker processes of two threads each; waits for all three.
-template <class F>
-redis_job_result run_over_redis(const test_support::redis_server& srv, const std::string& job,
-                                const fs::path& dir, long files, F between) {
-  const std::string url = "redis://127.0.0.1:" + std::to_string(srv.port());
+// Runs the producer of `job` over dir against `url`, then (once `queued()` says it has queued
+// `files` paths and `between` has run) two worker processes of two threads each; waits for all
+// three.
+template <class Q, class F>
+redis_job_result run_over(const std::string& url, Q queued, const std::string& job,
+                          const fs::path& dir, long files, F between) {
   test_support::child producer(wordfreq_cmd(
       {"--redis", url, "--role", "producer", "--job", job, "--top", "0", dir.string()}));
-  spindle::redis::connection c({.port = srv.port()});
-  const std::string ready = "{" + job + ":files}:ready";
   auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (c.command("LLEN", ready).integer() < files && std::chrono::steady_clock::now() < deadline)
+  while (queued() < files && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(5ms);  // polling Redis state with a bounded deadline
-  REQUIRE(c.command("LLEN", ready).integer() == files);
+  REQUIRE(queued() == files);
   between();
   std::vector<std::string> worker = {"--redis", url, "--role",    "worker",
                                      "--job",   job, "--threads", "2"};
@@ -281,6 +281,17 @@ redis_job_result run_over_redis(const test_support::redis_server& srv, const std
   CHECK(r.worker1.exited(0));
   CHECK(r.worker2.exited(0));
   return r;
+}
+
+// run_over() on the single server `srv`.
+template <class F>
+redis_job_result run_over_redis(const test_support::redis_server& srv, const std::string& job,
+                                const fs::path& dir, long files, F between) {
+  spindle::redis::connection c({.port = srv.port()});
+  const std::string ready = "{" + job + ":files}:ready";
+  return run_over(
+      "redis://127.0.0.1:" + std::to_string(srv.port()),
+      [&] { return c.command("LLEN", ready).integer(); }, job, dir, files, between);
 }
 }  // namespace
 
@@ -333,4 +344,19 @@ TEST_CASE("a producer with no workers gives up after --wait seconds with a clear
                 "producer", "--job", "t2", "--wait", "1", t.path.string()});
   CHECK(r.exited(1));
   CHECK(r.err.find("1 files left: are workers running") != std::string::npos);
+}
+
+TEST_CASE("over Redis Cluster (redis+cluster://), the job gives the in-process result") {
+  if (!test_support::redis_cluster::available()) return;
+  test_support::redis_cluster cl;
+  temp_dir t;
+  make_tree(t.path);
+  auto local = run(wordfreq_cmd({"--top", "0", t.path.string()}));
+  REQUIRE(local.exited(0));
+  spindle::redis::cluster c(cl.url());
+  const std::string ready = "{t4:files}:ready";
+  auto r = run_over(
+      cl.url(), [&] { return c.command("LLEN", ready).integer(); }, "t4", t.path, 29, [] {});
+  CHECK(r.producer.out == local.out);  // byte for byte
+  CHECK(r.producer.err.find("29 files (2 skipped)") != std::string::npos);
 }

@@ -71,6 +71,7 @@
 #include <utility>
 
 #include "spindle/deadline.hpp"
+#include "spindle/redis/cluster.hpp"
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/detail/scripts.hpp"
 #include "spindle/redis/detail/token.hpp"
@@ -150,25 +151,29 @@ class cache {
         channel_("{" + name_ + "}:events"),
         co_(co),
         pool_(o, po) {
-    if (name_.empty()) throw std::invalid_argument("redis::cache: empty name");
-    if (co_.lock_lease.count() < 10)
-      throw std::invalid_argument("redis::cache: lock_lease must be >= 10 ms, got " +
-                                  std::to_string(co_.lock_lease.count()));
-    if (!(co_.ttl_jitter >= 0.0 && co_.ttl_jitter < 1.0))
-      throw std::invalid_argument("redis::cache: ttl_jitter must be in [0, 1), got " +
-                                  std::to_string(co_.ttl_jitter));
-    if (co_.negative_ttl.count() < 0 || co_.recheck.count() < 1 || co_.local_ttl.count() < 1)
-      throw std::invalid_argument(
-          "redis::cache: negative_ttl must be >= 0, recheck and local_ttl >= 1 ms");
-    sub_.emplace(o, std::vector<std::string>{channel_}, std::vector<std::string>{},
-                 [this](const message& m) { on_message(m.payload); });
-    // Bounded wait for the first SUBSCRIBE confirmation: polls a counter the subscription
-    // thread sets (no notification exists for it); at most connect_timeout.
-    auto until = spindle::detail::time_after<std::chrono::steady_clock>(
-        o.connect_timeout.count() > 0 ? o.connect_timeout : std::chrono::milliseconds(2000));
-    while (sub_->subscribed() == 0 && std::chrono::steady_clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    seen_subscriptions_ = sub_->subscribed();
+    init(o);
+  }
+
+  /// On a Redis Cluster: each key's value and lock share the slot of its {name:key} tag (keys
+  /// spread over the primaries), and each call goes to the primary of its key's slot
+  /// (cluster::eval_script, cluster::pipeline). The subscription is on the primary of the
+  /// channel's slot as the map stood at construction (PUBLISH reaches every node); if that node
+  /// goes away, notifications are lost and waiters fall back on `recheck`, local copies on
+  /// `local_ttl`. `c` must outlive the cache. Throws like the other constructor.
+  cache(std::string name, cluster& c, cache_options co = {},
+        pool_options po = {.max_connections = 8})
+      : name_(std::move(name)),
+        channel_("{" + name_ + "}:events"),
+        co_(co),
+        pool_(c, channel_, po),
+        cluster_(&c) {
+    options o = c.config().node;
+    if (!name_.empty()) {
+      auto at = c.primary_for_key(channel_);
+      o.host = at.host;
+      o.port = at.port;
+    }
+    init(o);
   }
 
   cache(const cache&) = delete;
@@ -211,6 +216,13 @@ class cache {
   /// name drops its local copy. Returns whether a value was deleted. Thread-safe.
   bool invalidate(std::string_view key) {
     drop_local(key);
+    if (cluster_ != nullptr) {  // the DEL's slot routes both; PUBLISH reaches every node
+      batch b;
+      b.add("DEL", value_key(key)).add("PUBLISH", channel_, "i" + std::string(key));
+      auto rs = cluster_->pipeline(b);
+      if (rs.at(0).is_error()) throw server_error(rs[0].str());
+      return rs[0].integer() == 1;
+    }
     auto c = pool_.acquire();
     c->append("DEL", value_key(key));
     c->append("PUBLISH", channel_, "i" + std::string(key));
@@ -312,10 +324,8 @@ class cache {
       waiter w(*this, key);
       const std::uint64_t epoch = epoch_.load(std::memory_order_acquire);  // pairs with on_message
       reply r;
-      {
-        auto c = pool_.acquire();
-        r = lookup_.run(*c, {vkey, lkey}, {token, lease, accept_negative ? "1" : "0"});
-      }
+      r = run_script(lookup_, detail::lua_cache_lookup, {vkey, lkey},
+                     {token, lease, accept_negative ? "1" : "0"});
       const auto code = r[0].integer();
       if (code == 1) {
         std::optional<T> v = decode(r[1].str());
@@ -356,12 +366,43 @@ class cache {
     }
   }
 
+  // Checks the options, starts the subscription with `o` and waits for it (see constructor).
+  void init(const options& o) {
+    if (name_.empty()) throw std::invalid_argument("redis::cache: empty name");
+    if (co_.lock_lease.count() < 10)
+      throw std::invalid_argument("redis::cache: lock_lease must be >= 10 ms, got " +
+                                  std::to_string(co_.lock_lease.count()));
+    if (!(co_.ttl_jitter >= 0.0 && co_.ttl_jitter < 1.0))
+      throw std::invalid_argument("redis::cache: ttl_jitter must be in [0, 1), got " +
+                                  std::to_string(co_.ttl_jitter));
+    if (co_.negative_ttl.count() < 0 || co_.recheck.count() < 1 || co_.local_ttl.count() < 1)
+      throw std::invalid_argument(
+          "redis::cache: negative_ttl must be >= 0, recheck and local_ttl >= 1 ms");
+    sub_.emplace(o, std::vector<std::string>{channel_}, std::vector<std::string>{},
+                 [this](const message& m) { on_message(m.payload); });
+    // Bounded wait for the first SUBSCRIBE confirmation: polls a counter the subscription
+    // thread sets (no notification exists for it); at most connect_timeout.
+    auto until = spindle::detail::time_after<std::chrono::steady_clock>(
+        o.connect_timeout.count() > 0 ? o.connect_timeout : std::chrono::milliseconds(2000));
+    while (sub_->subscribed() == 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    seen_subscriptions_ = sub_->subscribed();
+  }
+
+  // Runs `s` (whose source is `source`, no prelude) on this cache's server, or on the primary
+  // of the keys' slot on a cluster.
+  reply run_script(detail::script& s, std::string_view source,
+                   const std::vector<std::string>& keys, const std::vector<std::string>& args) {
+    if (cluster_ != nullptr) return cluster_->eval_script(std::string(source), keys, args);
+    auto c = pool_.acquire();
+    return s.run(*c, keys, args);
+  }
+
   // `kind`: 'f' (filled: wakes waiters) or 'i' (replaced: also drops local copies).
   void fill(std::string_view key, const std::string& token, const std::string& payload,
             std::chrono::milliseconds ttl, char kind = 'f') {
-    auto c = pool_.acquire();
-    fill_.run(*c, {value_key(key), lock_key(key)},
-              {token, payload, std::to_string(ttl.count()), channel_, kind + std::string(key)});
+    run_script(fill_, detail::lua_cache_fill, {value_key(key), lock_key(key)},
+               {token, payload, std::to_string(ttl.count()), channel_, kind + std::string(key)});
   }
 
   // ---- waiting for another caller's computation
@@ -488,7 +529,8 @@ class cache {
 
   const std::string name_, channel_;
   const cache_options co_;
-  pool pool_;
+  pool pool_;                   // one server (on a cluster: unused, never connects)
+  cluster* cluster_ = nullptr;  // on a cluster: each call routed by its key's slot
   detail::script lookup_{detail::lua_cache_lookup, ""};
   detail::script fill_{detail::lua_cache_fill, ""};
 

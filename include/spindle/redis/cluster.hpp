@@ -41,11 +41,19 @@
 // already returned stay valid.
 //
 // Sharded pub/sub: SPUBLISH goes through command() (routed by the channel's slot); SSUBSCRIBE on
-// the connection that connect_for_key(channel) opens to the channel's primary.
+// the connection that connect_for_key(channel) opens to the channel's primary. redis::topic on a
+// cluster (topic.hpp) does both and subscribes again on the new owner when a channel's slot moves.
+//
+// The structures: queue, stream, token_bucket, sliding_window and distributed_lock take a
+// cluster& and pin their pool to the slot of their {name} tag (pool(cluster&, route_key): a
+// failed command or connect marks the map stale; the next connection goes to the slot's current
+// primary). The keyed limiters and the cache route each call by its {name:key} slot
+// (eval_script, pipeline). README.md, "On a Redis Cluster", says what a failover can lose.
 //
 // Not yet: replicas for reads, MULTI/EXEC across a slot migration (a transaction in a pipeline
-// works while its slot stays put), resubscribing when a sharded channel's slot moves, and the
-// structures (queue, stream, topic, limiters) on a cluster.
+// works while its slot stays put), and a slot migrating under a pinned pool (ASK and TRYAGAIN
+// are not followed there: the structure's commands fail, its blocking pops retry, until the
+// migration ends and MOVED names the owner).
 #pragma once
 
 #include <poll.h>  // noticing a peer gone from an idle pooled connection
@@ -376,6 +384,9 @@ class cluster {
     if (!refresh_now(why)) throw error("redis::cluster::refresh: no node gave a slot map: " + why);
   }
 
+  /// The options this cluster was made with.
+  const cluster_options& config() const noexcept { return cfg_; }
+
   /// Counters (approximate). Thread-safe.
   cluster_stats stats() const noexcept {
     return {moved_.load(std::memory_order_relaxed), ask_.load(std::memory_order_relaxed),
@@ -384,8 +395,39 @@ class cluster {
   }
 
  private:
+  friend class pool;  // pool(cluster&, route_key, pool_options): route_for
   using slot_map = detail::slot_map;
   static constexpr std::uint16_t no_owner = detail::slot_map::no_owner;
+
+  // A pool pinned to one slot (pool.hpp): its connections go to the slot's current primary;
+  // a failure marks the map stale, and the next target() reads it again.
+  class slot_route final : public detail::pool_route {
+   public:
+    slot_route(cluster& c, std::uint16_t slot) : c_(c), slot_(slot) {}
+    options target() override {
+      c_.maybe_refresh();
+      auto at = c_.primary_for_slot(slot_);
+      options o = c_.cfg_.node;
+      o.host = std::move(at.host);
+      o.port = at.port;
+      o.db = 0;
+      return o;
+    }
+    void failed() noexcept override {
+      try {
+        c_.mark_stale();
+      } catch (...) {  // std::system_error from the mutex: the next failure marks it
+      }
+    }
+
+   private:
+    cluster& c_;
+    std::uint16_t slot_;
+  };
+
+  std::unique_ptr<detail::pool_route> route_for(std::string_view key) {
+    return std::make_unique<slot_route>(*this, key_slot(key));
+  }
   static constexpr std::chrono::milliseconds max_acquire_wait = std::chrono::hours(24);
 
   // The commands of a batch as argument lists (views into `parsed`), and their common slot.
@@ -792,6 +834,9 @@ class cluster {
   std::atomic<std::uint64_t> moved_{0}, ask_{0}, retries_{0}, refreshes_{0},
       unknown_{0};  // relaxed counters
 };
+
+inline pool::pool(cluster& c, std::string_view route_key, pool_options po)
+    : pool(c.route_for(route_key), po) {}
 
 inline cluster_options cluster_options::from_url(std::string_view url) {
   auto fail = [&](const std::string& why) {

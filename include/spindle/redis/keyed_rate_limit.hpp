@@ -99,6 +99,10 @@ class keyed_limiter {
   keyed_limiter(const char* what, limit_algorithm a, const std::string& name, options o,
                 pool_options po, double rate, std::uint64_t most, std::chrono::milliseconds window)
       : core_(what, a, name, std::move(o), po, rate, most, window) {}
+  // On a cluster, each call is routed by its key's {name:key} slot (cluster::eval_script).
+  keyed_limiter(const char* what, limit_algorithm a, const std::string& name, cluster& c,
+                double rate, std::uint64_t most, std::chrono::milliseconds window)
+      : core_(what, a, name, c, "", {}, rate, most, window) {}
   ~keyed_limiter() = default;
 
  private:
@@ -118,6 +122,14 @@ class keyed_fixed_window : public detail::keyed_limiter {
                      std::chrono::milliseconds window, pool_options po = {.max_connections = 4})
       : keyed_limiter("redis::keyed_fixed_window", detail::limit_algorithm::fixed_window, name,
                       std::move(o), po, 0.0, limit, window) {}
+  /// On a Redis Cluster: each key's state lives in the slot of its {name:key} tag, so keys
+  /// spread over the primaries; each call goes to the primary of its key's slot
+  /// (cluster::eval_script: redirects followed, the script loaded per node). `c` must outlive
+  /// the object. Throws like the other constructor.
+  keyed_fixed_window(std::string name, cluster& c, std::uint64_t limit,
+                     std::chrono::milliseconds window)
+      : keyed_limiter("redis::keyed_fixed_window", detail::limit_algorithm::fixed_window, name, c,
+                      0.0, limit, window) {}
 };
 
 /// Never more than `limit` grants per key in any window. See the header comment.
@@ -129,6 +141,14 @@ class keyed_sliding_window : public detail::keyed_limiter {
                        std::chrono::milliseconds window, pool_options po = {.max_connections = 4})
       : keyed_limiter("redis::keyed_sliding_window", detail::limit_algorithm::sliding_window,
                       name, std::move(o), po, 0.0, limit, window) {}
+  /// On a Redis Cluster: each key's state lives in the slot of its {name:key} tag, so keys
+  /// spread over the primaries; each call goes to the primary of its key's slot
+  /// (cluster::eval_script: redirects followed, the script loaded per node). `c` must outlive
+  /// the object. Throws like the other constructor.
+  keyed_sliding_window(std::string name, cluster& c, std::uint64_t limit,
+                       std::chrono::milliseconds window)
+      : keyed_limiter("redis::keyed_sliding_window", detail::limit_algorithm::sliding_window,
+                      name, c, 0.0, limit, window) {}
 };
 
 /// A token bucket per key. See the header comment.
@@ -140,6 +160,13 @@ class keyed_token_bucket : public detail::keyed_limiter {
                      pool_options po = {.max_connections = 4})
       : keyed_limiter("redis::keyed_token_bucket", detail::limit_algorithm::token_bucket, name,
                       std::move(o), po, rate_per_second, burst, {}) {}
+  /// On a Redis Cluster: each key's state lives in the slot of its {name:key} tag, so keys
+  /// spread over the primaries; each call goes to the primary of its key's slot
+  /// (cluster::eval_script: redirects followed, the script loaded per node). `c` must outlive
+  /// the object. Throws like the other constructor.
+  keyed_token_bucket(std::string name, cluster& c, double rate_per_second, std::uint64_t burst)
+      : keyed_limiter("redis::keyed_token_bucket", detail::limit_algorithm::token_bucket, name,
+                      c, rate_per_second, burst, {}) {}
 };
 
 }  // namespace spindle::redis

@@ -75,6 +75,7 @@
 #include <utility>
 
 #include "spindle/deadline.hpp"
+#include "spindle/redis/cluster.hpp"
 #include "spindle/redis/detail/scripts.hpp"
 #include "spindle/redis/detail/token.hpp"
 #include "spindle/redis/error.hpp"
@@ -127,6 +128,11 @@ struct lock_shared {
         fence_key("{" + name + "}:lock:fence"),
         opts(std::move(lo)),
         connections(std::move(o), po) {}
+  lock_shared(std::string name, cluster& c, lock_options lo, pool_options po)
+      : key("{" + name + "}:lock"),
+        fence_key("{" + name + "}:lock:fence"),
+        opts(std::move(lo)),
+        connections(c, "{" + name + "}", po) {}
   const std::string key, fence_key;
   const lock_options opts;
   pool connections;
@@ -299,17 +305,19 @@ class distributed_lock {
   /// or max_retry_delay < 1 ms. Connects lazily. Allocates.
   distributed_lock(std::string name, options o, lock_options lo = {},
                    pool_options po = {.max_connections = 4}) {
-    if (name.empty()) throw std::invalid_argument("redis::distributed_lock: empty name");
-    if (lo.lease.count() < 10)
-      throw std::invalid_argument("redis::distributed_lock: lease must be >= 10 ms, got " +
-                                  std::to_string(lo.lease.count()));
-    if (lo.renew_every.count() < 0 || lo.renew_every >= lo.lease)
-      throw std::invalid_argument(
-          "redis::distributed_lock: renew_every must be >= 0 and below the lease, got " +
-          std::to_string(lo.renew_every.count()) + " ms");
-    if (lo.max_retry_delay.count() < 1)
-      throw std::invalid_argument("redis::distributed_lock: max_retry_delay must be >= 1 ms");
+    check(name, lo);
     s_ = std::make_shared<detail::lock_shared>(std::move(name), std::move(o), std::move(lo), po);
+  }
+
+  /// On a Redis Cluster: the lock's keys share the tag {name}, served through a pool pinned to
+  /// that slot's primary. A failover can lose a lock taken just before it (asynchronous
+  /// replication: see README, "Redis Cluster"); the fence, drawn in the same script, tells a
+  /// resource that checks it. `c` must outlive the lock and every held_lock. Throws like the
+  /// other constructor.
+  distributed_lock(std::string name, cluster& c, lock_options lo = {},
+                   pool_options po = {.max_connections = 4}) {
+    check(name, lo);
+    s_ = std::make_shared<detail::lock_shared>(std::move(name), c, std::move(lo), po);
   }
 
   /// Takes the lock if it is free. Returns the held lock, or nullopt if someone holds it.
@@ -352,6 +360,19 @@ class distributed_lock {
   }
 
  private:
+  static void check(const std::string& name, const lock_options& lo) {
+    if (name.empty()) throw std::invalid_argument("redis::distributed_lock: empty name");
+    if (lo.lease.count() < 10)
+      throw std::invalid_argument("redis::distributed_lock: lease must be >= 10 ms, got " +
+                                  std::to_string(lo.lease.count()));
+    if (lo.renew_every.count() < 0 || lo.renew_every >= lo.lease)
+      throw std::invalid_argument(
+          "redis::distributed_lock: renew_every must be >= 0 and below the lease, got " +
+          std::to_string(lo.renew_every.count()) + " ms");
+    if (lo.max_retry_delay.count() < 1)
+      throw std::invalid_argument("redis::distributed_lock: max_retry_delay must be >= 1 ms");
+  }
+
   std::optional<held_lock> try_once(std::chrono::milliseconds& hint) {
     std::string token = detail::random_token();
     std::int64_t r;

@@ -121,6 +121,7 @@
 
 #include "spindle/deadline.hpp"
 
+#include "spindle/redis/cluster.hpp"
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/detail/channel_pops.hpp"
 #include "spindle/redis/detail/lease.hpp"
@@ -216,17 +217,19 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
         qo_(qo),
         pool_(checked(std::move(o), qo), {.max_connections = qo.max_connections}),
         closed_("{" + name_ + "}:closed") {
-    if (name_.empty()) throw std::invalid_argument("redis::queue: empty name");
-    std::string tag = "{" + name_ + "}";
-    consumer_ = detail::consumer_name();
-    proc_prefix_ = tag + ":proc:";
-    keys_ = {tag + ":consumers", proc_prefix_ + consumer_, tag + ":ready", tag + ":dead",
-             tag + ":pending", closed_.key(), tag + ":seq", tag + ":signal", tag + ":known",
-             tag + ":dead-reasons"};
-    max_arg_ = std::to_string(qo_.max_deliveries);
-    length_arg_ = std::to_string(qo_.max_length);
-    prefetch_arg_ = std::to_string(qo_.prefetch);
-    vis_arg_ = std::to_string(qo_.visibility_timeout.count());
+    init();
+  }
+
+  /// Opens the queue `name` on a Redis Cluster: every key shares the tag {name}, and the
+  /// object's pool is pinned to that slot's primary (pool.hpp), following a failover or a
+  /// resharding. `c` must outlive the queue. Throws like the other constructor (poll_interval
+  /// is checked against c.config().node.io_timeout). Allocates.
+  queue(std::string name, cluster& c, queue_options qo = {})
+      : name_(std::move(name)),
+        qo_(qo),
+        pool_(c, "{" + name_ + "}", {.max_connections = checked_count(c.config().node, qo)}),
+        closed_("{" + name_ + "}:closed") {
+    init();
   }
 
   queue(const queue&) = delete;
@@ -485,10 +488,28 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   using clock = std::chrono::steady_clock;
   using time_point = clock::time_point;
 
-  static options checked(options o, const queue_options& qo) {
+  void init() {
+    if (name_.empty()) throw std::invalid_argument("redis::queue: empty name");
+    std::string tag = "{" + name_ + "}";
+    consumer_ = detail::consumer_name();
+    proc_prefix_ = tag + ":proc:";
+    keys_ = {tag + ":consumers", proc_prefix_ + consumer_, tag + ":ready", tag + ":dead",
+             tag + ":pending", closed_.key(), tag + ":seq", tag + ":signal", tag + ":known",
+             tag + ":dead-reasons"};
+    max_arg_ = std::to_string(qo_.max_deliveries);
+    length_arg_ = std::to_string(qo_.max_length);
+    prefetch_arg_ = std::to_string(qo_.prefetch);
+    vis_arg_ = std::to_string(qo_.visibility_timeout.count());
+  }
+
+  // Checks the options; returns max_connections.
+  static std::size_t checked_count(const options& o, const queue_options& qo) {
     if (qo.prefetch == 0) throw std::invalid_argument("redis::queue: prefetch must be >= 1, got 0");
-    detail::check_consumer_options("redis::queue", qo.visibility_timeout, qo.poll_interval,
-                                   qo.max_connections, o.io_timeout);
+    return detail::check_consumer_options("redis::queue", qo.visibility_timeout,
+                                          qo.poll_interval, qo.max_connections, o.io_timeout);
+  }
+  static options checked(options o, const queue_options& qo) {
+    checked_count(o, qo);
     return o;
   }
 

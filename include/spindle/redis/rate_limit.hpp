@@ -88,6 +88,11 @@ class single_key_limiter {
                      pool_options po, double rate, std::uint64_t most,
                      std::chrono::milliseconds window)
       : core_(what, a, name, std::move(o), po, rate, most, window), prefix_("{" + name + "}") {}
+  single_key_limiter(const char* what, limit_algorithm a, const std::string& name, cluster& c,
+                     pool_options po, double rate, std::uint64_t most,
+                     std::chrono::milliseconds window)
+      : core_(what, a, name, c, "{" + name + "}", po, rate, most, window),
+        prefix_("{" + name + "}") {}
   ~single_key_limiter() = default;
 
  private:
@@ -105,6 +110,12 @@ class token_bucket : public detail::single_key_limiter {
                pool_options po = {.max_connections = 4})
       : single_key_limiter("redis::token_bucket", detail::limit_algorithm::token_bucket, name,
                            std::move(o), po, rate_per_second, burst, {}) {}
+  /// On a Redis Cluster: its one key lives in the slot of {name}, served through a pool pinned
+  /// to that slot's primary. `c` must outlive the object. Throws like the other constructor.
+  token_bucket(std::string name, cluster& c, double rate_per_second, std::uint64_t burst,
+               pool_options po = {.max_connections = 4})
+      : single_key_limiter("redis::token_bucket", detail::limit_algorithm::token_bucket, name, c,
+                           po, rate_per_second, burst, {}) {}
 };
 
 /// An exact sliding-window limiter on Redis. See the header comment.
@@ -116,6 +127,11 @@ class sliding_window : public detail::single_key_limiter {
                  pool_options po = {.max_connections = 4})
       : single_key_limiter("redis::sliding_window", detail::limit_algorithm::sliding_window, name,
                            std::move(o), po, 0.0, limit, window) {}
+  /// On a Redis Cluster, as token_bucket's. Throws like the other constructor.
+  sliding_window(std::string name, cluster& c, std::uint64_t limit,
+                 std::chrono::milliseconds window, pool_options po = {.max_connections = 4})
+      : single_key_limiter("redis::sliding_window", detail::limit_algorithm::sliding_window, name,
+                           c, po, 0.0, limit, window) {}
 };
 
 }  // namespace spindle::redis

@@ -92,6 +92,7 @@
 #include <vector>
 
 #include "spindle/deadline.hpp"
+#include "spindle/redis/cluster.hpp"
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/detail/channel_pops.hpp"
 #include "spindle/redis/detail/lease.hpp"
@@ -179,12 +180,19 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
         so_(std::move(so)),
         pool_(checked(std::move(o), so_), {.max_connections = so_.max_connections}),
         closed_("{" + name_ + "}:stream:closed") {
-    if (name_.empty()) throw std::invalid_argument("redis::stream: empty name");
-    std::string tag = "{" + name_ + "}";
-    keys_ = {tag + ":stream", tag + ":stream:dead", closed_.key()};
-    consumer_ = detail::consumer_name();
-    vis_arg_ = std::to_string(so_.visibility_timeout.count());
-    max_arg_ = std::to_string(so_.max_deliveries);
+    init();
+  }
+
+  /// Opens the stream `name` on a Redis Cluster: every key shares the tag {name}, and the
+  /// object's pool is pinned to that slot's primary (pool.hpp), following a failover or a
+  /// resharding. `c` must outlive the stream. Throws like the other constructor (poll_interval
+  /// is checked against c.config().node.io_timeout). Allocates.
+  stream(std::string name, cluster& c, stream_options so = {})
+      : name_(std::move(name)),
+        so_(std::move(so)),
+        pool_(c, "{" + name_ + "}", {.max_connections = checked_count(c.config().node, so_)}),
+        closed_("{" + name_ + "}:stream:closed") {
+    init();
   }
 
   stream(const stream&) = delete;
@@ -414,10 +422,23 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   using clock = std::chrono::steady_clock;
   using time_point = clock::time_point;
 
-  static options checked(options o, const stream_options& so) {
+  void init() {
+    if (name_.empty()) throw std::invalid_argument("redis::stream: empty name");
+    std::string tag = "{" + name_ + "}";
+    keys_ = {tag + ":stream", tag + ":stream:dead", closed_.key()};
+    consumer_ = detail::consumer_name();
+    vis_arg_ = std::to_string(so_.visibility_timeout.count());
+    max_arg_ = std::to_string(so_.max_deliveries);
+  }
+
+  // Checks the options; returns max_connections.
+  static std::size_t checked_count(const options& o, const stream_options& so) {
     if (so.group.empty()) throw std::invalid_argument("redis::stream: empty group name");
-    detail::check_consumer_options("redis::stream", so.visibility_timeout, so.poll_interval,
-                                   so.max_connections, o.io_timeout);
+    return detail::check_consumer_options("redis::stream", so.visibility_timeout,
+                                          so.poll_interval, so.max_connections, o.io_timeout);
+  }
+  static options checked(options o, const stream_options& so) {
+    checked_count(o, so);
     return o;
   }
 

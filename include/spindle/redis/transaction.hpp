@@ -37,6 +37,11 @@
 // already sent: cutting off a MULTI/EXEC in flight would leave its outcome unknown, so each of
 // its reads is bounded by options::io_timeout instead. duration::max() means no deadline.
 //
+// On a Redis Cluster every key of a transaction must share one slot (one {tag}): run exec() on
+// a connection of a pool pinned to that slot, `redis::pool p(cluster, "{acct}")` (pool.hpp), or
+// send MULTI ... EXEC through cluster::pipeline(); check_and_set(p, ...) on such a pool. A key
+// of another slot is refused by the node (server_error MOVED or CROSSSLOT), nothing written.
+//
 // Failure modes: redis::error on I/O failure (an EXEC whose reply was lost may have run),
 // server_error as above. f's exceptions propagate after UNWATCH.
 //

@@ -301,7 +301,9 @@ class retry_window {
   /// is still open; otherwise sleeps `pause` and returns.
   void failure(const error& e) {
     auto* se = dynamic_cast<const server_error*>(&e);
-    if (se != nullptr && !transient(*se)) throw;
+    // On a cluster, MOVED (the slot's primary changed: the pinned pool reads the map again)
+    // and CLUSTERDOWN (a failover in progress) mean "not run": retried like I/O failures.
+    if (se != nullptr && !transient(*se) && !se->transient() && se->code() != "MOVED") throw;
     start_failing();
     if (clock::now() - since_ > window_) throw;
     std::this_thread::sleep_for(pause_);  // the server is restarting: nothing to wait on

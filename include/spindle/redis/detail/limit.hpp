@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -19,6 +20,7 @@
 
 #include "spindle/clock.hpp"
 #include "spindle/deadline.hpp"
+#include "spindle/redis/cluster.hpp"
 #include "spindle/redis/codec.hpp"
 #include "spindle/redis/detail/scripts.hpp"
 #include "spindle/redis/options.hpp"
@@ -100,27 +102,24 @@ class limit_core {
   /// on a bad parameter. Connects lazily. Allocates.
   limit_core(const char* what, limit_algorithm a, std::string_view name, options o,
              pool_options po, double rate, std::uint64_t most, std::chrono::milliseconds window)
-      : what_(what),
-        algo_(a),
-        name_(name),
-        rate_(rate),
-        most_(most),
-        window_(window),
-        pool_(std::move(o), po),
-        script_(a == limit_algorithm::token_bucket     ? lua_limit_token_bucket
-                : a == limit_algorithm::sliding_window ? lua_limit_sliding_window
-                                                       : lua_limit_fixed_window) {
-    const bool tb = a == limit_algorithm::token_bucket;
-    if (name.empty()) throw std::invalid_argument(std::string(what) + ": empty name");
-    if (tb && !(rate > 0))
-      throw std::invalid_argument(std::string(what) + ": rate_per_second must be > 0, got " +
-                                  std::to_string(rate));
-    if (most == 0)
-      throw std::invalid_argument(std::string(what) + (tb ? ": burst" : ": limit") +
-                                  " must be >= 1, got 0");
-    if (!tb && window.count() <= 0)
-      throw std::invalid_argument(std::string(what) + ": window must be > 0 ms, got " +
-                                  std::to_string(window.count()));
+      : limit_core(what, a, name, rate, most, window) {
+    pool_ = std::make_unique<pool>(std::move(o), po);
+  }
+
+  /// On a Redis Cluster. A non-empty `route_key` pins the pool to its slot (a single-key
+  /// limiter: every key it touches shares that tag); an empty one routes each call by its keys
+  /// through cluster::eval_script (a per-key limiter: keys spread over the slots). `c` must
+  /// outlive the object. Throws like the other constructor.
+  limit_core(const char* what, limit_algorithm a, std::string_view name, cluster& c,
+             std::string_view route_key, pool_options po, double rate, std::uint64_t most,
+             std::chrono::milliseconds window)
+      : limit_core(what, a, name, rate, most, window) {
+    if (route_key.empty()) {
+      cluster_ = &c;
+      source_ = std::string(lua_prelude) + std::string(body(a));  // script_'s source
+    } else {
+      pool_ = std::make_unique<pool>(c, route_key, po);
+    }
   }
 
   const std::string& name() const noexcept { return name_; }
@@ -157,8 +156,11 @@ class limit_core {
     }
     std::string a2 = algo_ == limit_algorithm::token_bucket ? std::to_string(most_)
                                                             : std::to_string(window_.count());
-    auto c = pool_.acquire();
-    return script_.run(*c, keys, {a1, a2, std::to_string(n), dry ? "1" : "0"}).integer();
+    std::vector<std::string> args{a1, a2, std::to_string(n), dry ? "1" : "0"};
+    if (cluster_ != nullptr)  // EVALSHA on the keys' primary, loaded there on NOSCRIPT
+      return cluster_->eval_script(source_, keys, args).integer();
+    auto c = pool_->acquire();
+    return script_.run(*c, keys, args).integer();
   }
 
   /// Takes n under `prefix`, sleeping the time the server names between tries (at most 1 s, so
@@ -191,13 +193,44 @@ class limit_core {
   }
 
  private:
+  static std::string_view body(limit_algorithm a) noexcept {
+    return a == limit_algorithm::token_bucket     ? lua_limit_token_bucket
+           : a == limit_algorithm::sliding_window ? lua_limit_sliding_window
+                                                  : lua_limit_fixed_window;
+  }
+
+  // Checks the parameters; the public constructors then choose where the scripts run.
+  limit_core(const char* what, limit_algorithm a, std::string_view name, double rate,
+             std::uint64_t most, std::chrono::milliseconds window)
+      : what_(what),
+        algo_(a),
+        name_(name),
+        rate_(rate),
+        most_(most),
+        window_(window),
+        script_(body(a)) {
+    const bool tb = a == limit_algorithm::token_bucket;
+    if (name.empty()) throw std::invalid_argument(std::string(what) + ": empty name");
+    if (tb && !(rate > 0))
+      throw std::invalid_argument(std::string(what) + ": rate_per_second must be > 0, got " +
+                                  std::to_string(rate));
+    if (most == 0)
+      throw std::invalid_argument(std::string(what) + (tb ? ": burst" : ": limit") +
+                                  " must be >= 1, got 0");
+    if (!tb && window.count() <= 0)
+      throw std::invalid_argument(std::string(what) + ": window must be > 0 ms, got " +
+                                  std::to_string(window.count()));
+  }
+
   const char* what_;
   limit_algorithm algo_;
   std::string name_;
   double rate_;
   std::uint64_t most_;
   std::chrono::milliseconds window_;
-  pool pool_;
+  std::unique_ptr<pool> pool_;  // one server, or pinned to one cluster slot; else null
+  cluster* cluster_ = nullptr;  // routed per call (per-key limiter on a cluster); else null
+  std::string source_;          // with cluster_: the script's source for eval_script
   script script_;
 };
 
