@@ -19,8 +19,10 @@
 // Cluster against single server: GET/SET round trips through redis::cluster on a 3-primary
 // cluster (tests/support/redis_cluster.hpp, no replicas, like the single server) beside
 // redis::pool on the single server, same run, same client threads (1 and 4), keys without hash
-// tag spread over every slot and so over the 3 primaries. Skipped, with the reason printed, when
-// no cluster can be started (redis-cli missing).
+// tag spread over every slot and so over the 3 primaries; and the reliable queue end to end over
+// 3 queues at once (one producer and one consumer each, pop(T&)), one queue per primary on the
+// cluster, the same 3 queues on the single server. Skipped, with the reason printed, when no
+// cluster can be started (redis-cli missing).
 //
 // Sizes: --items (default 100k) synchronous LPUSH, 10x pipelined, and GET/SET pairs; --items / 5
 // jobs or entries per queue and stream run; --items / 10 limiter calls.
@@ -568,6 +570,46 @@ bench::sample get_set(Client& c, std::uint64_t n, int threads) {
   return r;
 }
 
+// The reliable queue end to end over `names.size()` queues at once: for each queue one producer
+// pushes n / queues jobs and one consumer pops them with pop(T&) (the ack rides on the next pop:
+// one round trip per job). `make(name)` builds a queue on the single server or on the cluster;
+// the names are the same for both, chosen so that on the cluster each queue's {name} lives on
+// a different primary. Validated per queue: count and payload checksum, nothing left ready, in
+// flight or pending.
+template <class Make>
+bench::sample queues_end_to_end(Make make, const std::vector<std::string>& names, std::uint64_t n) {
+  using q_t = redis::queue<std::uint64_t>;
+  const std::uint64_t per = n / names.size();
+  std::vector<std::unique_ptr<q_t>> qs;
+  for (const auto& name : names) {
+    qs.push_back(make(name));  // the same name every run (its slot is chosen): destroy() first
+    qs.back()->destroy();
+  }
+  std::vector<job_tally> tallies(names.size());
+  bench::stopwatch sw;
+  std::vector<std::thread> ts;
+  for (std::size_t k = 0; k < qs.size(); ++k) {
+    ts.emplace_back([&, k] {  // the consumer of queue k
+      std::uint64_t v = 0;
+      while (qs[k]->pop(v) == spindle::status::ok)
+        if (tallies[k].record(v, per)) qs[k]->close();
+    });
+    ts.emplace_back([&, k] {  // the producer of queue k
+      for (std::uint64_t i = 0; i < per; ++i)
+        bench::validate(qs[k]->push(i) == spindle::status::ok, "queues: push");
+    });
+  }
+  for (auto& th : ts) th.join();
+  bench::sample r = sw.stop(static_cast<double>(per * qs.size()));
+  for (std::size_t k = 0; k < qs.size(); ++k) {
+    tallies[k].check(per, "queues");
+    bench::validate(qs[k]->size() == 0 && qs[k]->in_flight() == 0 && qs[k]->pending() == 0,
+                    "queues: left ready, in flight or pending");
+    qs[k]->destroy();
+  }
+  return r;
+}
+
 // A 3-primary cluster without replicas, or null with the reason in `why`.
 std::unique_ptr<test_support::redis_cluster> start_cluster(std::string& why) {
   try {
@@ -730,9 +772,43 @@ int main(int argc, char** argv) {
              "machine's cores with the client.");
       t.run();
     }
-    // TODO(issue 18): a "reliable queue push/pop/ack end to end on the cluster" row, its queues
-    // spread over the 3 primaries (one {name} per queue), beside the single-server rows above;
-    // it needs queue-on-cluster (queue.hpp/pool.hpp, being built on another branch).
+    {
+      // The reliable queue over 3 queues at once, one per primary on the cluster.
+      auto co = redis::cluster_options::from_url(cl->url());
+      redis::cluster cluster(co);
+      std::vector<std::string> names;
+      std::map<std::string, bool> taken;  // primaries given a queue
+      for (int i = 0; names.size() < 3 && i < 1000; ++i) {
+        std::string name = "bench:cq" + std::to_string(i);
+        auto owner = cluster.primary_for_key("{" + name + "}").str();
+        if (!taken[owner]) {
+          taken[owner] = true;
+          names.push_back(name);
+        }
+      }
+      bench::validate(names.size() == 3, "queues: no name found for every primary");
+      using q_t = redis::queue<std::uint64_t>;
+      auto on_single = [&](const std::string& name) {
+        return std::make_unique<q_t>(name, redis::options{.port = port},
+                                     redis::queue_options{.poll_interval = std::chrono::milliseconds(20)});
+      };
+      auto on_cluster = [&](const std::string& name) {
+        return std::make_unique<q_t>(name, cluster, redis::queue_options{.poll_interval = std::chrono::milliseconds(20)});
+      };
+      bench::suite t(a,
+                     "reliable queue push/pop/ack end to end, 3 queues at once (1 producer + 1 "
+                     "consumer each): 3-primary cluster vs single server",
+                     "k jobs/s", 1e-3);
+      t.add("[1 trip/job] spindle queues on the single server",
+            [&] { return queues_end_to_end(on_single, names, n_jobs); });
+      t.add("[1 trip/job] spindle queues on the cluster, one per primary",
+            [&] { return queues_end_to_end(on_cluster, names, n_jobs); }, true);
+      t.note("queues " + names[0] + ", " + names[1] + ", " + names[2] +
+             " (one per primary on the cluster); pop(T&), the ack riding on the next pop");
+      t.note("ratio: the cluster's median over the single server's. All servers share this "
+             "machine's cores with the client.");
+      t.run();
+    }
   } else {
     std::printf("\nGET/SET on a cluster: skipped (%s)\n", why.c_str());
   }
