@@ -25,22 +25,9 @@
 namespace redis = spindle::redis;
 using namespace std::chrono_literals;
 using test_support::redis_cluster;
+using test_support::shared_cluster;
 
 namespace {
-
-redis_cluster* shared_cluster() {
-  static std::unique_ptr<redis_cluster> cl;
-  if (!cl) {
-    if (!redis_cluster::available()) return nullptr;
-    auto t0 = std::chrono::steady_clock::now();
-    cl = std::make_unique<redis_cluster>();
-    MESSAGE("cluster of 6 nodes ready in " << std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                  std::chrono::steady_clock::now() - t0)
-                                                  .count()
-                                           << " ms");
-  }
-  return cl.get();
-}
 
 // A plain connection to the node at `a`.
 redis::connection direct(const redis::node_address& a) {

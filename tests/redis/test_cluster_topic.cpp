@@ -24,17 +24,9 @@ namespace redis = spindle::redis;
 using namespace std::chrono_literals;
 using test_support::eventually;
 using test_support::redis_cluster;
+using test_support::shared_cluster;
 
 namespace {
-
-redis_cluster* shared_cluster() {
-  static std::unique_ptr<redis_cluster> cl;
-  if (!cl) {
-    if (!redis_cluster::available()) return nullptr;
-    cl = std::make_unique<redis_cluster>();
-  }
-  return cl.get();
-}
 
 redis::connection to(const redis::node_address& a) {
   return redis::connection({.host = a.host, .port = a.port, .io_timeout = 10s});

@@ -206,4 +206,17 @@ class redis_cluster {
   std::vector<std::unique_ptr<redis_server>> nodes_;
 };
 
+/// The one cluster (3 primaries, 3 replicas) a test binary shares between its cases, started on
+/// first use; null when redis-server or redis-cli is missing (then available() printed SKIPPED,
+/// or threw under CI). A case that kills a node must bring it back (restart, wait_ok) before it
+/// ends. Not thread-safe: call it from the test's main thread.
+inline redis_cluster* shared_cluster() {
+  static std::unique_ptr<redis_cluster> cl;
+  if (!cl) {
+    if (!redis_cluster::available()) return nullptr;
+    cl = std::make_unique<redis_cluster>();
+  }
+  return cl.get();
+}
+
 }  // namespace test_support
