@@ -78,7 +78,7 @@ struct chunk_state {
   std::atomic<std::size_t> next{0};    // the next chunk to claim
   std::atomic<std::size_t> done{0};    // chunks finished (or skipped after an error)
   std::atomic<bool> failed{false};
-  event_count finished;                // the caller sleeps here until done == chunks
+  wake_one_event_count finished;       // the caller sleeps here until done == chunks
   std::mutex mu;
   std::exception_ptr error;            // guarded by mu
 };
@@ -131,7 +131,10 @@ void run_chunks(E& ex, std::size_t chunks, Body& body) {
   // acquire: pairs with the acq_rel increments in take_chunks(); makes every chunk's results
   // visible here.
   auto all_done = [&] { return state->done.load(std::memory_order_acquire) >= chunks; };
-  for (int spin = 0; spin < 256 && !all_done(); ++spin) cpu_relax();
+  // A short spin (256 polls, not default_spin): the caller has just run chunks itself, so the
+  // helpers' last chunks are usually microseconds from done; a longer spin would only delay the
+  // sleep. Correct with 0 polls (the loop below decides).
+  spin_until(all_done, 256);
   while (!all_done()) {
     auto key = state->finished.prepare_wait();
     if (all_done()) {
