@@ -244,3 +244,16 @@ TEST_CASE("adaptive_spin halves its budget when the waiter slept anyway and doub
   }
   CHECK(a.budget() == 2000);  // held at the ceiling
 }
+
+TEST_CASE("ring_index maps positions with a mask for powers of two (1 included) and a modulo otherwise") {
+  for (std::size_t cap : {1u, 2u, 3u, 7u, 8u, 1000u, 1024u}) {
+    CAPTURE(cap);
+    spindle::detail::ring_index index(cap);
+    CHECK(index.capacity() == cap);
+    for (std::uint64_t pos : {0ull, 1ull, 2ull, 7ull, 1023ull, 1024ull, 123456789ull,
+                              (1ull << 62) + 5, ~0ull >> 1}) {
+      CAPTURE(pos);
+      CHECK(index(pos) == pos % cap);
+    }
+  }
+}

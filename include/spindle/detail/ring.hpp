@@ -64,17 +64,20 @@ inline constexpr std::uint64_t closed_bit = std::uint64_t{1} << 63;
 class ring_index {
  public:
   explicit ring_index(std::size_t capacity) noexcept
-      : capacity_(capacity), mask_((capacity & (capacity - 1)) == 0 ? capacity - 1 : 0) {}
+      : capacity_(capacity),
+        mask_((capacity & (capacity - 1)) == 0 ? capacity - 1 : no_mask) {}
 
   std::size_t operator()(std::uint64_t pos) const noexcept {
-    return mask_ != 0 || capacity_ == 1 ? static_cast<std::size_t>(pos & mask_)
-                                        : static_cast<std::size_t>(pos % capacity_);
+    return mask_ != no_mask ? static_cast<std::size_t>(pos & mask_)
+                            : static_cast<std::size_t>(pos % capacity_);
   }
   std::size_t capacity() const noexcept { return capacity_; }
 
  private:
+  // No capacity is 2^64 (check_capacity caps it at 2^40), so no power of two has this mask.
+  static constexpr std::uint64_t no_mask = ~std::uint64_t{0};
   std::size_t capacity_;
-  std::uint64_t mask_;  // capacity - 1 when the capacity is a power of two, else 0
+  std::uint64_t mask_;  // capacity - 1 when the capacity is a power of two (0 for 1), else no_mask
 };
 
 /// Raw room for one T. The owner tracks whether an object lives there.
