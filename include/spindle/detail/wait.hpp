@@ -171,8 +171,11 @@ class adaptive_spin {
     bool spun;        // the first poll failed, so it spun (and maybe gave up)
   };
 
-  constexpr adaptive_spin(unsigned least, unsigned most) noexcept
-      : least_(least), most_(most), budget_(most) {}
+  /// A budget between `least` and `most` polls, starting at `most`; `yield_every` as in
+  /// spin_budget.
+  constexpr adaptive_spin(unsigned least, unsigned most,
+                          unsigned yield_every = default_yield_every) noexcept
+      : least_(least), most_(most), yield_every_(yield_every), budget_(most) {}
 
   /// spin_until(ready, budget()); reports what it did.
   template <class Ready>
@@ -180,7 +183,7 @@ class adaptive_spin {
     // relaxed: a heuristic (see the class comment).
     const unsigned budget = budget_.load(std::memory_order_relaxed);
     if (ready()) return {budget, false};
-    respin_until(ready, spin_budget{budget, default_yield_every});
+    respin_until(ready, spin_budget{budget, yield_every_});
     return {budget, true};
   }
 
@@ -199,7 +202,7 @@ class adaptive_spin {
   unsigned budget() const noexcept { return budget_.load(std::memory_order_relaxed); }
 
  private:
-  unsigned least_, most_;
+  unsigned least_, most_, yield_every_;
   std::atomic<unsigned> budget_;
 };
 
