@@ -104,3 +104,33 @@ TEST_CASE("pop_for and push_for with a zero or past timeout cost about a try, no
   // 16,000 calls; the old spin cost ~0.4 s of CPU here, a try costs well under a microsecond.
   CHECK(used < 80ms);
 }
+
+namespace {
+// A producer and a consumer hand `n` values through `q` (capacity 1), both blocking on nearly
+// every call; the consumer's sum proves that nothing was lost or duplicated.
+template <class Q>
+void check_hand_offs(Q& q, int n) {
+  long long sum = 0;
+  test_support::thread_group g;
+  g.spawn([&] {
+    int v = 0;
+    while (q.pop(v) == status::ok) sum += v;
+  });
+  for (int i = 1; i <= n; ++i) REQUIRE(q.push(i) == status::ok);
+  q.close();
+  REQUIRE(g.join_within(60s));
+  CHECK(sum == static_cast<long long>(n) * (n + 1) / 2);
+}
+}  // namespace
+
+TEST_CASE("blocking calls are correct without any spin: queues made with spin 0 and yields 0") {
+  // Invariant of the one spin policy (detail::spin_until): spinning is a shortcut only, every
+  // caller is correct with 0 polls. Here each blocking call goes straight from its one attempt
+  // to the event count's prepare_wait / re-check / sleep: a lost wake-up would hang.
+  spindle::bounded_queue<int> q(1, {.spin = 0, .yields = 0});
+  check_hand_offs(q, 20000);
+  spindle::spsc_queue<int> s(1, {.spin = 0, .yields = 0});
+  check_hand_offs(s, 20000);
+  spindle::spsc_queue<int> y(1, {.spin = 0, .yields = 4});  // yields only, no pause
+  check_hand_offs(y, 20000);
+}

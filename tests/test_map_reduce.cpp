@@ -77,6 +77,59 @@ TEST_CASE("map_reduce sums squares and keeps every element exactly once") {
   CHECK(got == want);
 }
 
+namespace {
+// The sequential left fold from init, as the generic path computes it.
+template <class T, class V, class Map, class Reduce>
+T sequential_fold(const std::vector<V>& v, Map map, T init, Reduce reduce) {
+  T acc = init;
+  for (const V& x : v) acc = reduce(acc, map(x));
+  return acc;
+}
+
+// map_reduce over every length 0..40 and a few long ones, with chunks that leave remainders
+// inside and across the 8 lanes, against the sequential fold.
+template <class T, class V, class Map, class Reduce>
+void check_integer_sum(spindle::thread_pool& pool, V (*value)(std::size_t), Map map, T init,
+                       Reduce reduce) {
+  for (std::size_t n : {0, 1, 2, 7, 8, 9, 15, 16, 17, 23, 40, 1000, 1003, 4099}) {
+    std::vector<V> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = value(i);
+    const T want = sequential_fold(v, map, init, reduce);
+    for (std::size_t chunk : {0, 1, 3, 7, 8, 9, 17, 64, 5000}) {
+      CAPTURE(n);
+      CAPTURE(chunk);
+      CHECK(spindle::map_reduce(pool, v, map, init, reduce, chunk) == want);
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("an integer sum equals the sequential fold for every length, chunk and integer type, "
+          "wrap-around included") {
+  // Attacks fold_chunk's shortcut (8 accumulators side by side for integer sums): a lane lost,
+  // counted twice, or summed in a wider or narrower type than the fold's would change these.
+  spindle::thread_pool pool(3);
+  // uint64 sums of squares of large uint32 values: wraps modulo 2^64 many times.
+  check_integer_sum<std::uint64_t, std::uint32_t>(
+      pool, [](std::size_t i) { return std::uint32_t(0xffffffffu - i * 2654435761u); },
+      [](std::uint32_t x) { return std::uint64_t(x) * x; }, std::uint64_t{12345}, std::plus<>{});
+  // uint8_t result, int map: every step of the fold truncates modulo 256.
+  check_integer_sum<std::uint8_t, int>(
+      pool, [](std::size_t i) { return int(i * 37 % 1000) - 300; }, [](int x) { return x * 3; },
+      std::uint8_t{200}, std::plus<>{});
+  check_integer_sum<std::uint8_t, int>(
+      pool, [](std::size_t i) { return int(i * 37 % 1000) - 300; }, [](int x) { return x * 3; },
+      std::uint8_t{200}, std::plus<std::uint8_t>{});
+  // Signed: negative and positive terms, no overflow (the fold's own overflow would be UB).
+  check_integer_sum<std::int64_t, int>(
+      pool, [](std::size_t i) { return i % 2 == 0 ? int(i) * 100003 : -int(i) * 99991; },
+      [](int x) { return std::int64_t(x) * 7; }, std::int64_t{-5}, std::plus<std::int64_t>{});
+  // int result from a wider map: the fold narrows each step modulo 2^32.
+  check_integer_sum<std::int32_t, std::int64_t>(
+      pool, [](std::size_t i) { return std::int64_t(i) * 1000000007; },
+      [](std::int64_t x) { return x % 1000; }, std::int32_t{0}, std::plus<>{});
+}
+
 TEST_CASE("map_reduce of an empty range returns init") {
   spindle::thread_pool pool(2);
   std::vector<int> none;

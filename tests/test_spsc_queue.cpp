@@ -97,6 +97,32 @@ TEST_CASE("one producer and one consumer hand over every item exactly once, in o
   CHECK(order_ok);
 }
 
+TEST_CASE("a push fits as soon as a pop made room, and full means full, lap after lap") {
+  // One thread, so every answer is exact; tiny rings wrap many times (capacity 3: not a power
+  // of two). An index or turn that were stale would say full after a pop made room, or
+  // overwrite an unpopped item.
+  for (std::size_t cap : {1u, 2u, 3u, 8u}) {
+    CAPTURE(cap);
+    spsc_queue<int> q(cap);
+    int v = -1;
+    int next_in = 0, next_out = 0;
+    for (int lap = 0; lap < 200; ++lap) {
+      CHECK(q.try_pop(v) == status::empty);
+      while (q.try_push(next_in) == status::ok) ++next_in;  // fills: the producer's copy is stale
+      REQUIRE(static_cast<std::size_t>(next_in - next_out) == cap);
+      // One pop makes room: the producer must see it at once, not answer full from its copy.
+      REQUIRE(q.try_pop(v) == status::ok);
+      CHECK(v == next_out++);
+      REQUIRE(q.try_push(next_in) == status::ok);
+      ++next_in;
+      CHECK(q.try_push(next_in) == status::full);
+      // Drain: every item in order, then empty.
+      while (q.try_pop(v) == status::ok) CHECK(v == next_out++);
+      CHECK(next_out == next_in);
+    }
+  }
+}
+
 TEST_CASE("a push that races with close either succeeds and is popped, or fails untouched") {
   for (int round = 0; round < 200; ++round) {
     tracked::registry reg;

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <spindle/detail/ring.hpp>  // queue_spin
 #include <spindle/detail/wait.hpp>
 
 #include <atomic>
@@ -180,11 +181,6 @@ TEST_CASE("wake_all_event_count wait with a stop token returns when a stop is re
   CHECK(ws.waiters() == 0);
 }
 
-TEST_CASE("the old names wait_set and event_count still name the two event counts") {
-  static_assert(std::is_same_v<spindle::detail::wait_set, spindle::detail::wake_all_event_count>);
-  static_assert(std::is_same_v<spindle::detail::event_count, spindle::detail::wake_one_event_count>);
-}
-
 TEST_CASE("spin_until stops polling as soon as the condition holds, and gives up after the budget") {
   int polls = 0;
   CHECK(spindle::detail::spin_until([&] { return ++polls == 5; }, 100));
@@ -193,4 +189,71 @@ TEST_CASE("spin_until stops polling as soon as the condition holds, and gives up
   CHECK_FALSE(spindle::detail::spin_until([&] { return ++polls < 0; }, 100));
   CHECK(polls == 101);  // 100 polls and the final answer
   CHECK_FALSE(spindle::detail::spin_until([] { return false; }, 0));
+}
+
+TEST_CASE("respin_until waits before each poll and stops at its budget, with or without yields") {
+  int polls = 0;
+  CHECK_FALSE(spindle::detail::respin_until([&] { return ++polls < 0; },
+                                            spindle::detail::spin_budget{10, 4}));
+  CHECK(polls == 10);  // no poll before the first wait: the caller has just polled
+  polls = 0;
+  CHECK_FALSE(spindle::detail::respin_until([&] { return ++polls < 0; },
+                                            spindle::detail::spin_budget{50, 1}));
+  CHECK(polls == 50);  // every wait a yield
+  polls = 0;
+  CHECK(spindle::detail::respin_until([&] { return ++polls == 3; },
+                                      spindle::detail::spin_budget{10, 0}));  // 0: never yields
+  CHECK(polls == 3);
+  polls = 0;
+  CHECK_FALSE(spindle::detail::spin_until([&] { return ++polls < 0; },
+                                          spindle::detail::spin_budget{0, 0}));
+  CHECK(polls == 1);  // a zero budget still answers once
+}
+
+TEST_CASE("queue_options become a spin budget once, with the yields spread evenly and saturating") {
+  using spindle::detail::queue_spin;
+  auto d = queue_spin(spindle::queue_options{});
+  CHECK(d.polls == 1024 + 16);
+  CHECK(d.yield_every == 1024 / 16 + 1);
+  auto none = queue_spin({.spin = 0, .yields = 0});
+  CHECK(none.polls == 0);
+  CHECK(none.yield_every == 0);
+  auto huge = queue_spin({.spin = UINT32_MAX, .yields = UINT32_MAX});
+  CHECK(huge.polls == UINT_MAX);  // the sum saturates instead of wrapping to a tiny budget
+  CHECK(huge.yield_every == 2);
+}
+
+TEST_CASE("adaptive_spin halves its budget when the waiter slept anyway and doubles it when a spin paid") {
+  spindle::detail::adaptive_spin a(16, 2000);
+  CHECK(a.budget() == 2000);
+  auto r = a.spin([] { return true; });  // ready at once: nothing learnt
+  CHECK_FALSE(r.spun);
+  a.learn(r, false);
+  CHECK(a.budget() == 2000);
+  for (int i = 0; i < 12; ++i) a.learn(a.spin([] { return false; }), true);
+  CHECK(a.budget() == 16);  // held at the floor
+  int polls = 0;
+  r = a.spin([&] { return ++polls == 5; });  // came during the spin
+  CHECK(r.spun);
+  CHECK(polls == 5);
+  a.learn(r, false);
+  CHECK(a.budget() == 32);
+  for (int i = 0; i < 12; ++i) {
+    int k = 0;
+    a.learn(a.spin([&] { return ++k == 2; }), false);
+  }
+  CHECK(a.budget() == 2000);  // held at the ceiling
+}
+
+TEST_CASE("ring_index maps positions with a mask for powers of two (1 included) and a modulo otherwise") {
+  for (std::size_t cap : {1u, 2u, 3u, 7u, 8u, 1000u, 1024u}) {
+    CAPTURE(cap);
+    spindle::detail::ring_index index(cap);
+    CHECK(index.capacity() == cap);
+    for (std::uint64_t pos : {0ull, 1ull, 2ull, 7ull, 1023ull, 1024ull, 123456789ull,
+                              (1ull << 62) + 5, ~0ull >> 1}) {
+      CAPTURE(pos);
+      CHECK(index(pos) == pos % cap);
+    }
+  }
 }

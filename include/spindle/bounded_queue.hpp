@@ -18,8 +18,9 @@
 //   and publishing its item holds that position up, and consumers reaching it report `empty`
 //   (or wait) until it resumes, even when later positions already hold items; likewise a
 //   preempted consumer holds up the producer of that slot's next lap.
-// - Blocking calls spin briefly, then sleep in the kernel (detail::wait_set, a futex): a
-//   thread blocked on an empty or full queue uses no CPU while it waits.
+// - Blocking calls spin briefly (detail::spin_until, the one spin policy; queue_options tunes
+//   it), then sleep in the kernel (detail::wake_all_event_count, a futex): a thread blocked on
+//   an empty or full queue uses no CPU while it waits.
 #pragma once
 
 #include <atomic>
@@ -73,7 +74,7 @@ class bounded_queue : public detail::queue_facade<bounded_queue<T>, T> {
   /// Makes an empty queue with room for `capacity` items; `options` tunes how blocking calls
   /// wait. Allocates the slots, once. Throws std::invalid_argument if capacity is 0.
   explicit bounded_queue(std::size_t capacity, queue_options options = {})
-      : options_(options),
+      : spin_(detail::queue_spin(options)),
         index_((detail::check_capacity("spindle::bounded_queue", capacity), capacity)),
         slots_(std::make_unique<slot[]>(capacity)) {
     detail::check_element<T>();
@@ -99,7 +100,7 @@ class bounded_queue : public detail::queue_facade<bounded_queue<T>, T> {
   /// Wakes every blocked caller. Idempotent. Never allocates. Thread-safe.
   void close() noexcept {
     // relaxed: the bit's only job is to make later claims fail, which the RMW's atomicity
-    // guarantees; the wake-up below is ordered by wait_set's fences.
+    // guarantees; the wake-up below is ordered by wake_all_event_count's fences.
     tail_.fetch_or(detail::closed_bit, std::memory_order_relaxed);
     not_empty_.notify();
     not_full_.notify();
@@ -241,9 +242,10 @@ class bounded_queue : public detail::queue_facade<bounded_queue<T>, T> {
   // written only when a thread goes to sleep.
   alignas(detail::false_sharing_range) std::atomic<std::uint64_t> tail_{0};  // next push | closed
   alignas(detail::false_sharing_range) std::atomic<std::uint64_t> head_{0};  // next pop
-  alignas(detail::false_sharing_range) detail::wait_set not_empty_;  // consumers sleep here
-  alignas(detail::false_sharing_range) detail::wait_set not_full_;   // producers sleep here
-  alignas(detail::false_sharing_range) const queue_options options_;
+  // Consumers sleep on not_empty_, producers on not_full_.
+  alignas(detail::false_sharing_range) detail::wake_all_event_count not_empty_;
+  alignas(detail::false_sharing_range) detail::wake_all_event_count not_full_;
+  alignas(detail::false_sharing_range) const detail::spin_budget spin_;  // from queue_options
   const detail::ring_index index_;
   const std::unique_ptr<slot[]> slots_;
 };

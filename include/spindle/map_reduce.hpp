@@ -16,6 +16,9 @@
 // - map_reduce is deterministic for any associative `reduce`: each chunk is folded left to right,
 //   and the chunk results are folded in chunk order, not completion order, so the result equals
 //   the sequential left fold reduce(...reduce(reduce(init, map(x0)), map(x1))..., map(xn)).
+//   An integer sum (integral T and map results, reduce std::plus) is folded within a chunk by 8
+//   independent accumulators, which the compiler vectorizes: the same result, since integer
+//   addition (modulo 2^N once converted back to T) is associative and commutative.
 // - parallel_map keeps the order of the range.
 // - Everything the calls did is visible to the caller when the function returns.
 // - An exception from `map`, `reduce` or `f` stops the remaining chunks from starting and is
@@ -78,7 +81,7 @@ struct chunk_state {
   std::atomic<std::size_t> next{0};    // the next chunk to claim
   std::atomic<std::size_t> done{0};    // chunks finished (or skipped after an error)
   std::atomic<bool> failed{false};
-  event_count finished;                // the caller sleeps here until done == chunks
+  wake_one_event_count finished;       // the caller sleeps here until done == chunks
   std::mutex mu;
   std::exception_ptr error;            // guarded by mu
 };
@@ -131,7 +134,10 @@ void run_chunks(E& ex, std::size_t chunks, Body& body) {
   // acquire: pairs with the acq_rel increments in take_chunks(); makes every chunk's results
   // visible here.
   auto all_done = [&] { return state->done.load(std::memory_order_acquire) >= chunks; };
-  for (int spin = 0; spin < 256 && !all_done(); ++spin) cpu_relax();
+  // A short spin (256 polls, not default_spin): the caller has just run chunks itself, so the
+  // helpers' last chunks are usually microseconds from done; a longer spin would only delay the
+  // sleep. Correct with 0 polls (the loop below decides).
+  spin_until(all_done, 256);
   while (!all_done()) {
     auto key = state->finished.prepare_wait();
     if (all_done()) {
@@ -166,6 +172,46 @@ auto chunk_bounds(R& range, std::size_t chunk) {
   return bounds;
 }
 
+/// Whether fold_chunk may sum a chunk with independent accumulators: T and map's result are
+/// integers (not bool) and reduce is std::plus, so the order of the additions cannot change the
+/// result (unsigned arithmetic is associative and commutative; the conversions to and from
+/// the unsigned type are modulo 2^N, as the sequential fold's conversions are).
+template <class T, class Reduce, class M>
+inline constexpr bool integer_sum_v =
+    std::is_integral_v<T> && !std::is_same_v<T, bool> &&
+    std::is_integral_v<std::remove_cvref_t<M>> && !std::is_same_v<std::remove_cvref_t<M>, bool> &&
+    (std::is_same_v<Reduce, std::plus<>> || std::is_same_v<Reduce, std::plus<T>>);
+
+/// The left fold reduce(...reduce(map(*first), map(first[1]))..., map(last[-1])) of a non-empty
+/// chunk [first, last). The iterators are values, not references into the chunk bounds, so that
+/// the compiler sees a plain loop.
+/// Shortcut: an integer sum over a random-access chunk runs 8 accumulators side by side (lane j
+/// takes elements j, j + 8, ...), then adds them up: the kernel of pstl's transform_reduce, about
+/// 1.4x the single dependency chain per thread here. Invariant: its result equals the sequential
+/// left fold, wrap-around included. Attacked by test_map_reduce's "an integer sum equals the
+/// sequential fold for every length, chunk and integer type, wrap-around included".
+template <class T, class It, class Map, class Reduce>
+T fold_chunk(It it, const It last, Map& map, Reduce& reduce) {
+  using mapped = std::invoke_result_t<Map&, std::iter_reference_t<It>>;
+  if constexpr (std::random_access_iterator<It> && integer_sum_v<T, Reduce, mapped>) {
+    using U = std::make_unsigned_t<T>;
+    constexpr int lanes = 8;
+    U acc[lanes] = {};
+    const auto n = last - it;
+    std::iter_difference_t<It> k = 0;
+    for (; n - k >= lanes; k += lanes)
+      for (int j = 0; j < lanes; ++j) acc[j] += static_cast<U>(std::invoke(map, it[k + j]));
+    for (; k < n; ++k) acc[0] += static_cast<U>(std::invoke(map, it[k]));
+    U sum = 0;
+    for (U a : acc) sum += a;
+    return static_cast<T>(sum);
+  } else {
+    T acc = std::invoke(map, *it);
+    for (++it; it != last; ++it) acc = std::invoke(reduce, std::move(acc), std::invoke(map, *it));
+    return acc;
+  }
+}
+
 }  // namespace detail
 
 /// Maps every element of `range` with `map` and folds the results with the associative
@@ -183,11 +229,7 @@ T map_reduce(E& ex, R&& range, Map map, T init, Reduce reduce, std::size_t chunk
   const std::size_t chunks = bounds.size() - 1;
   std::vector<std::optional<T>> partial(chunks);
   auto body = [&](std::size_t i) {
-    auto it = bounds[i];
-    const auto last = bounds[i + 1];
-    T acc = std::invoke(map, *it);
-    for (++it; it != last; ++it) acc = std::invoke(reduce, std::move(acc), std::invoke(map, *it));
-    partial[i].emplace(std::move(acc));
+    partial[i].emplace(detail::fold_chunk<T>(bounds[i], bounds[i + 1], map, reduce));
   };
   detail::run_chunks(ex, chunks, body);
   T result = std::move(init);

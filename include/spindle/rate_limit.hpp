@@ -667,9 +667,9 @@ class sliding_window_counter : public detail::limiter_waits<sliding_window_count
 /// while it runs; at most `n` permits exist at a time. A counting semaphore with RAII.
 ///
 /// Visibility: everything a thread did before its permit was released is visible to the thread
-/// whose acquire() takes that permit next. Waiters spin briefly, then sleep on an event_count
-/// (futex): never a busy wait while idle. Not fair: a newcomer may take a permit before a
-/// sleeper wakes.
+/// whose acquire() takes that permit next. Waiters spin briefly (detail::spin_until), then sleep
+/// on a wake_one_event_count (futex): never a busy wait while idle. Not fair: a newcomer may take
+/// a permit before a sleeper wakes.
 ///
 /// Lifetime: the limiter must outlive its permits.
 class concurrency_limiter {
@@ -732,7 +732,7 @@ class concurrency_limiter {
   /// Thread-safe.
   template <class Rep, class Period>
   std::optional<permit> acquire_for(std::chrono::duration<Rep, Period> d, std::stop_token st = {}) {
-    const auto until = detail::time_after<detail::event_count::clock>(d);  // saturates
+    const auto until = detail::time_after<detail::wake_one_event_count::clock>(d);  // saturates
     if (!wait_until_taken(until, st)) return std::nullopt;
     return permit(this);
   }
@@ -775,16 +775,17 @@ class concurrency_limiter {
   // is a time point) or a stop is requested on `st` first.
   template <class Until>
   bool wait_until_taken(Until until, const std::stop_token& st) {
-    constexpr bool timed = std::is_same_v<Until, detail::event_count::clock::time_point>;
-    for (int i = 0; i < 64; ++i) {
-      if (try_take()) return true;
-      detail::cpu_relax();
-    }
+    using clock = detail::wake_one_event_count::clock;
+    constexpr bool timed = std::is_same_v<Until, clock::time_point>;
+    // A short spin (64 polls, not default_spin): a permit comes back when a call ends, often far
+    // later than a queue hand-off; a longer spin would burn the core for nothing. Correct with 0
+    // polls (the loop below tries first).
+    if (detail::spin_until([this] { return try_take(); }, 64)) return true;
     for (;;) {
       if (try_take()) return true;
       if (st.stop_requested()) return give_up();
       if constexpr (timed) {
-        if (detail::event_count::clock::now() >= until) return give_up();
+        if (clock::now() >= until) return give_up();
       }
       auto key = ec_.prepare_wait();
       if (try_take()) {
@@ -816,7 +817,7 @@ class concurrency_limiter {
   const std::size_t limit_;
   // Free permits. On its own cache line: every acquire and release writes it.
   alignas(detail::false_sharing_range) std::atomic<std::size_t> free_;
-  detail::event_count ec_;  // acquirers sleep here while free_ == 0
+  detail::wake_one_event_count ec_;  // acquirers sleep here while free_ == 0
 };
 
 }  // namespace spindle

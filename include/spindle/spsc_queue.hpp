@@ -16,12 +16,13 @@
 //   number, so the producer and the consumer look only at the slot they hand over, never at
 //   each other's index (no index cache line bounces between them per item).
 //   The store-load orderings the fast path needs (push's busy flag against close(); the
-//   wake-up check in wait_set::notify()) are fence_light(): with membarrier(2) (Linux >= 4.14,
-//   PRIVATE_EXPEDITED) only a compiler barrier, and close() and the sleep path pay a system
-//   call instead; without membarrier each is a full fence (x86: mfence or a locked
-//   instruction). No CAS or other read-modify-write on the fast path either way.
-// - Blocking calls spin briefly, then sleep in the kernel (detail::wait_set, a futex): a thread
-//   blocked on an empty or full queue uses no CPU while it waits.
+//   wake-up check in wake_all_event_count::notify()) are fence_light(): with membarrier(2)
+//   (Linux >= 4.14, PRIVATE_EXPEDITED) only a compiler barrier, and close() and the sleep
+//   path pay a system call instead; without membarrier each is a full fence (x86: mfence or a
+//   locked instruction). No CAS or other read-modify-write on the fast path either way.
+// - Blocking calls spin briefly (detail::spin_until, the one spin policy; queue_options tunes
+//   it), then sleep in the kernel (detail::wake_all_event_count, a futex): a thread blocked on
+//   an empty or full queue uses no CPU while it waits.
 #pragma once
 
 #include <atomic>
@@ -73,7 +74,7 @@ class spsc_queue : public detail::queue_facade<spsc_queue<T>, T> {
   /// Makes an empty queue with room for `capacity` items; `options` tunes how blocking calls
   /// wait. Allocates the slots, once. Throws std::invalid_argument if capacity is 0.
   explicit spsc_queue(std::size_t capacity, queue_options options = {})
-      : options_(options),
+      : spin_(detail::queue_spin(options)),
         index_((detail::check_capacity("spindle::spsc_queue", capacity), capacity)),
         slots_(std::make_unique<slot[]>(capacity)) {
     detail::check_element<T>();
@@ -106,15 +107,16 @@ class spsc_queue : public detail::queue_facade<spsc_queue<T>, T> {
       detail::fence_heavy();
       // acquire: pairs with the release that ends a push, so its item is published before we
       // seal. A push that starts from now on sees `closing` and touches nothing.
-      for (detail::spin_then spin; busy_.load(std::memory_order_acquire) != 0;)
-        if (!spin.again()) std::this_thread::yield();
+      detail::spin_then_yield_until([this] { return busy_.load(std::memory_order_acquire) == 0; },
+                                    spin_);
       // release: pairs with the acquire in pop_once(); a consumer that sees `sealed` sees every
       // item published before it.
       state_.store(sealed, std::memory_order_release);
     } else {
       // Another close() is sealing: return only once it has (close() means closed).
-      for (detail::spin_then spin; state_.load(std::memory_order_acquire) != sealed;)
-        if (!spin.again()) std::this_thread::yield();
+      // acquire: as above; the sealer's items are visible once `sealed` is seen.
+      detail::spin_then_yield_until(
+          [this] { return state_.load(std::memory_order_acquire) == sealed; }, spin_);
     }
     not_empty_.notify();
     not_full_.notify();
@@ -227,9 +229,10 @@ class spsc_queue : public detail::queue_facade<spsc_queue<T>, T> {
   // Read by every push, written only by close(): stays shared in every cache.
   // open | closing | sealed
   alignas(detail::false_sharing_range) std::atomic<std::uint32_t> state_{open};
-  alignas(detail::false_sharing_range) detail::wait_set not_empty_;  // the consumer sleeps here
-  alignas(detail::false_sharing_range) detail::wait_set not_full_;   // the producer sleeps here
-  alignas(detail::false_sharing_range) const queue_options options_;
+  // The consumer sleeps on not_empty_, the producer on not_full_.
+  alignas(detail::false_sharing_range) detail::wake_all_event_count not_empty_;
+  alignas(detail::false_sharing_range) detail::wake_all_event_count not_full_;
+  alignas(detail::false_sharing_range) const detail::spin_budget spin_;  // from queue_options
   const detail::ring_index index_;
   const std::unique_ptr<slot[]> slots_;
 };

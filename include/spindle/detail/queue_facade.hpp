@@ -6,11 +6,12 @@
 //
 //   template <class Construct> status push_once(const Construct&);  // ok | full | closed
 //   template <class Consume>   status pop_once(const Consume&);     // ok | empty | closed
-//   wait_set not_full_, not_empty_;  queue_options options_;
+//   wake_all_event_count not_full_, not_empty_;
+//   spin_budget spin_;  // detail::queue_spin(the queue_options it was made with)
 //
 // push_once calls construct(detail::storage<T>&) to build the item in its slot; pop_once calls
-// consume(T&) to move it out. A blocking form tries, spins briefly, then sleeps on the wait_set
-// the other side notifies (detail::blocking_call). Which threads may call what is the queue's
+// consume(T&) to move it out. A blocking form tries, spins briefly, then sleeps on the event
+// count the other side notifies (detail::blocking_call). Which threads may call what is the queue's
 // own contract (bounded_queue: any thread; spsc_queue: one producer, one consumer).
 #pragma once
 
@@ -121,7 +122,7 @@ class queue_facade {
                    const wait_clock::time_point* deadline) {
     Derived& q = self();
     return blocking_call([&] { return q.push_once(construct); }, status::full, q.not_full_,
-                         q.options_, st, deadline);
+                         q.spin_, st, deadline);
   }
 
   template <class Consume>
@@ -129,7 +130,7 @@ class queue_facade {
                   const wait_clock::time_point* deadline) {
     Derived& q = self();
     return blocking_call([&] { return q.pop_once(consume); }, status::empty, q.not_empty_,
-                         q.options_, st, deadline);
+                         q.spin_, st, deadline);
   }
 };
 

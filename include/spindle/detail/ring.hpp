@@ -1,16 +1,16 @@
 // spindle/detail/ring.hpp - the pieces the queues share: slot storage, index arithmetic, the
-// closed bit, the spin-then-sleep policy, and argument checks (the sleep/wake primitive,
-// wait_set, lives in wait.hpp).
+// closed bit, the blocking call, and argument checks (the sleep/wake primitive,
+// wake_all_event_count, and the one spin policy, spin_until, live in wait.hpp).
 //
 // Defines:
 //   ring_index         position -> slot index (a mask when the capacity is a power of two).
 //   closed_bit         the top bit of a queue's tail word: set once by close(), it makes every
 //                      later claim of a position fail, so close() and push() cannot race.
 //   storage<T>         raw, suitably aligned room for one T (constructed and destroyed by hand).
-//   spin_then          the bounded spin a blocking call does before it sleeps.
 //   queue_options      (public, namespace spindle) how blocking calls spin before sleeping.
-//   blocking_call      try, spin briefly, then sleep on a wait_set until done, stopped or
-//                      past a deadline: the blocking forms of both queues.
+//   queue_spin         queue_options as a budget of the one spin policy (detail::spin_budget).
+//   blocking_call      try, spin briefly (spin_until), then sleep on a wake_all_event_count
+//                      until done, stopped or past a deadline: the blocking forms of both queues.
 //   check_capacity     capacity >= 1, else std::invalid_argument naming the function and value.
 #pragma once
 
@@ -25,13 +25,12 @@
 #include <stdexcept>  // std::invalid_argument
 #include <stop_token>
 #include <string>
-#include <thread>     // std::this_thread::yield
 #include <type_traits>
 
 #include "../status.hpp"
 #include "../clock.hpp"  // detail::time_after: the saturating deadline
 #include "config.hpp"
-#include "wait.hpp"  // wait_set, cpu_relax
+#include "wait.hpp"  // wake_all_event_count, spin_budget, spin_until
 
 
 namespace spindle {
@@ -65,17 +64,20 @@ inline constexpr std::uint64_t closed_bit = std::uint64_t{1} << 63;
 class ring_index {
  public:
   explicit ring_index(std::size_t capacity) noexcept
-      : capacity_(capacity), mask_((capacity & (capacity - 1)) == 0 ? capacity - 1 : 0) {}
+      : capacity_(capacity),
+        mask_((capacity & (capacity - 1)) == 0 ? capacity - 1 : no_mask) {}
 
   std::size_t operator()(std::uint64_t pos) const noexcept {
-    return mask_ != 0 || capacity_ == 1 ? static_cast<std::size_t>(pos & mask_)
-                                        : static_cast<std::size_t>(pos % capacity_);
+    return mask_ != no_mask ? static_cast<std::size_t>(pos & mask_)
+                            : static_cast<std::size_t>(pos % capacity_);
   }
   std::size_t capacity() const noexcept { return capacity_; }
 
  private:
+  // No capacity is 2^64 (check_capacity caps it at 2^40), so no power of two has this mask.
+  static constexpr std::uint64_t no_mask = ~std::uint64_t{0};
   std::size_t capacity_;
-  std::uint64_t mask_;  // capacity - 1 when the capacity is a power of two, else 0
+  std::uint64_t mask_;  // capacity - 1 when the capacity is a power of two (0 for 1), else no_mask
 };
 
 /// Raw room for one T. The owner tracks whether an object lives there.
@@ -91,60 +93,53 @@ struct storage {
   void destroy() noexcept { std::destroy_at(get()); }
 };
 
-/// The bounded spin of a blocking call: pause-spins with yields spread among them (a yield lets
-/// another thread on this core run when threads outnumber cores), then the caller sleeps.
-/// again() returns false once the budget (queue_options) is spent.
-class spin_then {
- public:
-  spin_then() noexcept : spin_then(queue_options{}) {}
-  explicit spin_then(const queue_options& o) noexcept
-      : total_(std::uint64_t{o.spin} + o.yields),
-        period_(o.yields == 0 ? 0 : std::uint64_t{o.spin} / o.yields + 1) {}
+/// The budget of the one spin policy (detail::spin_until) that `o` asks for: o.spin pauses and
+/// o.yields yields, the yields spread evenly among them (one after every o.spin / o.yields + 1
+/// steps). Computed once, when a queue is made, so that no blocking call divides. Saturates.
+inline spin_budget queue_spin(const queue_options& o) noexcept {
+  const std::uint64_t total = std::uint64_t{o.spin} + o.yields;
+  const std::uint64_t period = o.yields == 0 ? 0 : std::uint64_t{o.spin} / o.yields + 1;
+  constexpr std::uint64_t most = UINT_MAX;
+  return {static_cast<unsigned>(total < most ? total : most),
+          static_cast<unsigned>(period < most ? period : most)};
+}
 
-  bool again() noexcept {
-    if (n_ >= total_) return false;
-    ++n_;
-    if (period_ != 0 && n_ % period_ == 0) {
-      std::this_thread::yield();
-    } else {
-      cpu_relax();
-    }
-    return true;
-  }
+using wait_clock = wake_all_event_count::clock;
 
- private:
-  std::uint64_t total_;   // pauses + yields
-  std::uint64_t period_;  // every period_-th step yields (0: never)
-  std::uint64_t n_ = 0;
-};
-
-using wait_clock = wait_set::clock;
-
-/// Runs `attempt` (one non-blocking try returning a status) until it returns something other
-/// than `busy` (full for pushes, empty for pops): first a bounded spin, then sleeps on `ec`,
-/// whose notifier is the opposite side of the queue. Returns cancelled when `st` has a stop
-/// request, timeout when `deadline` passes; a last attempt is made before either.
+/// The slow path of blocking_call, after its first attempt returned `busy`: spins, then sleeps.
+/// Out of line, so that the fast path inlined at every push and pop is the attempt alone.
 template <class Attempt>
-status blocking_call(const Attempt& attempt, status busy, wait_set& ec,
-                     const queue_options& options, const std::stop_token* st,
-                     const wait_clock::time_point* deadline) {
-  status s = attempt();
-  if (s != busy) return s;
-  // Invariant: a timed call never spins past its deadline. A deadline already past returns
-  // after the one attempt (pop_for(v, 0ns) costs a try, not the spin); a near one is checked
-  // every 64 steps of the spin. Attacked by test_channel's "pop_for and push_for with a zero or
-  // past timeout cost about a try, not a spin".
-  if (deadline != nullptr && wait_clock::now() >= *deadline) return status::timeout;
-  std::uint32_t steps = 0;
-  for (spin_then spin(options); spin.again();) {
+[[gnu::noinline]] status blocking_wait(const Attempt& attempt, status busy,
+                                       wake_all_event_count& ec, const spin_budget& spin,
+                                       const std::stop_token* st,
+                                       const wait_clock::time_point* deadline) {
+  status s = busy;
+  auto done = [&] {
     s = attempt();
-    if (s != busy) return s;
-    if (deadline != nullptr && (++steps & 63) == 0 && wait_clock::now() >= *deadline) break;
+    return s != busy;
+  };
+  if (deadline == nullptr) {
+    if (respin_until(done, spin)) return s;
+  } else {
+    // Invariant: a timed call never spins past its deadline. A deadline already past returns
+    // after the one attempt (pop_for(v, 0ns) costs a try, not the spin); a near one is checked
+    // every 64 polls of the spin. Attacked by test_channel's "pop_for and push_for with a zero
+    // or past timeout cost about a try, not a spin".
+    if (wait_clock::now() >= *deadline) return status::timeout;
+    std::uint32_t polls = 0;
+    bool past = false;
+    auto done_or_past = [&] {
+      if (done()) return true;
+      past = (++polls & 63) == 0 && wait_clock::now() >= *deadline;
+      return past;
+    };
+    // Past the deadline during the spin: the sleep below sees it passed and tries once more.
+    if (respin_until(done_or_past, spin) && !past) return s;
   }
   for (;;) {
     if (st != nullptr && st->stop_requested()) return status::cancelled;
     auto key = ec.prepare_wait();
-    s = attempt();  // the re-check of the wait_set protocol
+    s = attempt();  // the re-check of the event count protocol
     if (s != busy) {
       ec.cancel_wait(key);
       return s;
@@ -162,6 +157,24 @@ status blocking_call(const Attempt& attempt, status busy, wait_set& ec,
     s = attempt();
     if (s != busy) return s;
   }
+}
+
+/// Runs `attempt` (one non-blocking try returning a status) until it returns something other
+/// than `busy` (full for pushes, empty for pops): first a bounded spin (spin_until with `spin`),
+/// then sleeps on `ec`, whose notifier is the opposite side of the queue. Returns cancelled when
+/// `st` has a stop request, timeout when `deadline` passes; a last attempt is made before either.
+/// The fast path is the one attempt, inlined into the caller: no budget arithmetic, no clock
+/// read and no call before it (out of line, the pop's wrapper cost ~50 of the ~120 instructions
+/// a push and a pop took together).
+template <class Attempt>
+[[gnu::always_inline]] inline status blocking_call(const Attempt& attempt, status busy,
+                                                   wake_all_event_count& ec,
+                                                   const spin_budget& spin,
+                                                   const std::stop_token* st,
+                                                   const wait_clock::time_point* deadline) {
+  const status s = attempt();
+  if (s != busy) return s;
+  return blocking_wait(attempt, busy, ec, spin, st, deadline);
 }
 
 /// Throws std::invalid_argument unless capacity >= 1.
