@@ -903,6 +903,50 @@ TEST_CASE("queue health reports ready, held per consumer with its lease, dead an
   CHECK(after.closed);
 }
 
+TEST_CASE("queue health: the oldest ready item's age comes from the push-time marks, a requeued "
+          "item keeps its first push's age, and an item older than every mark has none") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::queue<int> q("qage", o, {.poll_interval = 20ms});
+  redis::connection c(o);
+  CHECK_FALSE(q.health().oldest_ready_age.has_value());  // nothing ready
+  for (int i = 1; i <= 3; ++i) REQUIRE(q.push(i) == status::ok);  // ids 1..3, one second or two
+  auto h = q.health();
+  REQUIRE(h.oldest_ready_age.has_value());
+  CHECK(*h.oldest_ready_age >= 0ms);
+  CHECK(*h.oldest_ready_age <= 60s);  // generous: "just now", by server time
+  // Back-date the marks by an hour: the same items are now an hour old.
+  const auto now_s = std::stoll(c.command("TIME")[0].str());
+  c.command("DEL", "{qage}:push-times");
+  c.command("ZADD", "{qage}:push-times", 1, now_s - 3600);
+  h = q.health();
+  REQUIRE(h.oldest_ready_age.has_value());
+  CHECK(*h.oldest_ready_age >= 3599s);
+  CHECK(*h.oldest_ready_age <= 3660s);
+  // A newer mark does not make an older item younger; the next push adds its own mark.
+  REQUIRE(q.push(4) == status::ok);
+  CHECK(c.command("ZCARD", "{qage}:push-times").integer() == 2);
+  CHECK(*q.health().oldest_ready_age >= 3599s);
+  // Item 1 taken and given back (nack): first in line again, still an hour old.
+  redis::queue<int>::delivery d;
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 1);
+  CHECK(q.nack(d));
+  h = q.health();
+  CHECK(h.oldest_ready_id == 1);
+  CHECK(h.oldest_ready_deliveries == 1);
+  REQUIRE(h.oldest_ready_age.has_value());
+  CHECK(*h.oldest_ready_age >= 3599s);
+  // No mark at or below its id (trimmed, or written by an older producer): no age, not a guess.
+  c.command("ZREMRANGEBYSCORE", "{qage}:push-times", 0, 1);
+  h = q.health();
+  CHECK(h.oldest_ready_id == 1);
+  CHECK_FALSE(h.oldest_ready_age.has_value());
+  q.destroy();
+  CHECK(c.command("EXISTS", "{qage}:push-times").integer() == 0);
+}
+
 TEST_CASE("queue health: a lost or expired lease, a bare payload first in line, a wrong type") {
   if (!redis_server::available()) return;
   redis_server srv;

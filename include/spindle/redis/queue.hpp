@@ -55,8 +55,8 @@
 //     delivery may still be requeued (nack, throwing handler, expired lease). While some are
 //     held, pops wait (polling every poll_interval), and get the item if it is requeued.
 //   - health() reports ready, held per consumer (with its lease), dead, pending and the oldest
-//     ready item by read-only commands; it never blocks. No oldest-ready age: envelopes carry no
-//     push time (see queue_health for what is reported instead).
+//     ready item with its age (from push-time marks: see queue_health) by read-only commands;
+//     it never blocks.
 //   - FIFO per producer while no item is redelivered. Thread-safe: threads share one object
 //     through its connection pool; a blocked pop holds only its own connection.
 //   - Needs Redis >= 6.2 (checked on first use: redis::error otherwise). A maxmemory-policy other
@@ -165,10 +165,12 @@ struct queue_consumer_health {
 
 /// What queue<...>::health() reports.
 ///
-/// There is no oldest-ready *age*: an envelope carries its id and delivery count, not the time
-/// it was pushed, and the wire format (README, shared with other languages) is not changed for
-/// a figure. Reported instead: the oldest ready item's id and delivery count, and how many ids
-/// were given out after it (pushes since then: how far behind the consumers are, in items).
+/// The oldest ready item's age comes from push-time marks, not from the envelope (whose wire
+/// format, shared with other languages, carries no time): each push records the first id
+/// pushed in each second of server time (`{name}:push-times`, the newest 4096 seconds that saw
+/// a push), and an item was pushed in the second of the last mark at or below its id. Besides
+/// the age: the oldest ready item's id and delivery count, and how many ids were given out
+/// after it (pushes since then: how far behind the consumers are, in items).
 struct queue_health {
   std::uint64_t ready = 0;         ///< items waiting in the ready list
   std::uint64_t held = 0;          ///< items in every consumer's processing list (sum)
@@ -183,6 +185,12 @@ struct queue_health {
   /// Ids given out after the oldest ready item's (pushes and wrapped bare payloads since it
   /// was pushed); 0 when oldest_ready_id is 0.
   std::uint64_t ids_since_oldest_ready = 0;
+  /// How long ago the oldest ready item was first pushed (a requeued item keeps its id, so its
+  /// age counts from its first push), by server time, rounded up to the start of the second
+  /// it was pushed in (so at most 1 s too high). nullopt when oldest_ready_id is 0 or no mark
+  /// covers its id (pushed more than 4096 push-seconds ago). An item pushed by a producer that
+  /// writes no marks (README, wire format) gets the age of the last mark before it: too high.
+  std::optional<std::chrono::milliseconds> oldest_ready_age{};
 };
 
 /// A reliable Redis list queue. See the header comment.
@@ -445,13 +453,23 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     for (const reply& m : r[8].elements()) ids.push_back(m.str());
     std::sort(ids.begin(), ids.end());
     ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-    if (ids.empty()) return h;
+    if (ids.empty() && h.oldest_ready_id == 0) return h;
     batch second;
     for (const auto& id : ids) {
       second.add("LLEN", proc_prefix_ + id);
       second.add("ZSCORE", keys_[0], id);
     }
+    if (h.oldest_ready_id != 0)  // the last push-time mark at or below its id
+      second.add("ZREVRANGEBYSCORE", keys_[10], h.oldest_ready_id, "-inf", "LIMIT", 0, 1);
     std::vector<reply> s = c->pipeline(second);
+    if (h.oldest_ready_id != 0) {
+      const reply& mark = s.back();
+      if (mark.is_error()) throw server_error(mark.str() + " (redis::queue::health)");
+      if (!mark.elements().empty()) {
+        const auto sec = static_cast<std::int64_t>(count(mark[0]));
+        h.oldest_ready_age = std::chrono::milliseconds(std::max<std::int64_t>(now - sec * 1000, 0));
+      }
+    }
     for (std::size_t i = 0; i < ids.size(); ++i) {
       const reply& len = s[2 * i];
       const reply& score = s[2 * i + 1];
@@ -495,7 +513,7 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     proc_prefix_ = tag + ":proc:";
     keys_ = {tag + ":consumers", proc_prefix_ + consumer_, tag + ":ready", tag + ":dead",
              tag + ":pending", closed_.key(), tag + ":seq", tag + ":signal", tag + ":known",
-             tag + ":dead-reasons"};
+             tag + ":dead-reasons", tag + ":push-times"};
     max_arg_ = std::to_string(qo_.max_deliveries);
     length_arg_ = std::to_string(qo_.max_length);
     prefetch_arg_ = std::to_string(qo_.prefetch);

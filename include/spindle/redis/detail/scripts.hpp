@@ -22,6 +22,7 @@ namespace spindle::redis::detail {
 // one declares every key it may touch:
 //   1 consumers (zset: consumer -> lease expiry ms)   2 proc (this consumer's processing list)
 //   3 ready   4 dead   5 pending   6 closed   7 seq   8 signal   9 known   10 reasons
+//   11 push-times (zset: second of server time -> first id pushed in it; health's ages)
 // Recovery appends the processing lists it empties.
 //
 // The lease protocol (detail/lease.hpp has the client side):
@@ -120,6 +121,15 @@ for i = 1, n do es[i] = (last - n + i) .. ':0:' .. ARGV[i + 1] end
 redis.call('LPUSH', KEYS[3], unpack(es))
 redis.call('INCRBY', KEYS[5], n)
 signal(KEYS[8], n)
+-- Push-time marks: the first id pushed in each second of server time (the newest 4096 seconds
+-- that saw a push). Ids grow in push order, so an item was pushed in the second of the last
+-- mark at or below its id: health() reports the oldest ready item's age from it.
+local sec = redis.call('TIME')[1]
+local newest = redis.call('ZRANGE', KEYS[11], -1, -1)
+if newest[1] ~= sec then
+  redis.call('ZADD', KEYS[11], last - n + 1, sec)
+  if redis.call('ZCARD', KEYS[11]) > 4096 then redis.call('ZREMRANGEBYRANK', KEYS[11], 0, 0) end
+end
 return n
 )lua";
 
@@ -198,7 +208,7 @@ local now = now_ms()
 local n = 0
 for i = 2, #ARGV do
   if not lease_live(KEYS[1], ARGV[i], now) then
-    n = n + requeue_all(KEYS[9 + i], tonumber(ARGV[1]))
+    n = n + requeue_all(KEYS[10 + i], tonumber(ARGV[1]))
     redis.call('ZREM', KEYS[1], ARGV[i])
     redis.call('SREM', KEYS[9], ARGV[i])
   end
