@@ -659,7 +659,6 @@ TEST_CASE("destroying a client with commands stuck on a blackholed path returns 
     c.command("PING").get();
     proxy.blackhole(true);
     for (int i = 0; i < 64; ++i) fs.push_back(c.command("INCR", "n"));
-    std::stop_source stop;
     fs.push_back(c.command_for(10ms, "INCR", "n"));  // waits for room, then gives up
   }  // the destructor: bounded by io_timeout
   REQUIRE(fs.size() == 65);
