@@ -354,7 +354,9 @@ class future {
 
   /// As then(f), but f runs as a task posted to `ex` (anything with post(F): thread_pool among
   /// them). A stored exception skips f without posting. If post() throws (the executor was shut
-  /// down), that exception is stored in the result.
+  /// down), that exception is stored in the result; if it destroys the task unrun,
+  /// broken_promise is. `ex` is held by reference until this future's result is there: it must
+  /// outlive that moment (a thread_pool shut down meanwhile is fine, one destroyed is not).
   template <class E, class F>
     requires executor<E>
   auto then(E& ex, F&& f) -> future<typename detail::then_result<T, std::decay_t<F>&>::type> {
