@@ -117,3 +117,21 @@ TEST_CASE("sleep_for with hours::max() or never().remaining() sleeps until a sto
     CHECK(result.load() == 0);  // stopped, never reached
   }
 }
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("a manual clock advanced past its end saturates instead of going back in time") {
+  // Attacks "time never goes back": advance() added the count with wrap-around, so a huge step
+  // (a sleep to time_point::max() in auto-advance mode, then one more) made now() negative.
+  manual_clock c;
+  c.advance(1s);
+  c.advance(std::chrono::nanoseconds::max());
+  CHECK(c.now() == manual_clock::time_point::max());
+  c.advance(1ns);
+  CHECK(c.now() == manual_clock::time_point::max());
+  manual_clock d;
+  d.set_auto_advance(true);
+  CHECK(spindle::sleep_until(d, manual_clock::time_point::max()));
+  CHECK(spindle::sleep_for(d, 1h));
+  CHECK(d.now() == manual_clock::time_point::max());
+}

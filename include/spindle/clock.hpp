@@ -92,13 +92,16 @@ class manual_clock {
     return time_point(duration(state_->now.load(std::memory_order_acquire)));
   }
 
-  /// Moves the time forward by `d` (negative durations are ignored: time never goes back) and
-  /// wakes the threads sleeping on this clock.
+  /// Moves the time forward by `d` (negative durations are ignored: time never goes back;
+  /// saturates at time_point::max()) and wakes the threads sleeping on this clock.
   void advance(duration d) {
     if (d <= duration::zero()) return;
     {
-      std::lock_guard lock(state_->mu);
-      state_->now.fetch_add(d.count(), std::memory_order_release);
+      std::lock_guard lock(state_->mu);  // the only writer: a load and a store suffice
+      // Saturating: a step past the end used to wrap to a negative time (attacked by "a
+      // manual clock advanced past its end saturates instead of going back in time").
+      const auto next = detail::saturating_add(now(), d);
+      state_->now.store(next.time_since_epoch().count(), std::memory_order_release);
     }
     state_->cv.notify_all();
   }
