@@ -21,7 +21,10 @@
 // - Time comes from a Clock (steady_clock by default; manual_clock in tests). The timeout
 //   saturates: duration::max() (and deadline<>::never().remaining()) means no limit.
 // - On a thread_pool every call is an ordinary task that any idle worker takes, so a call that
-//   returns at once is never held behind one that blocks (thread_pool.hpp's invariant).
+//   returns at once is never held behind one that blocks (thread_pool.hpp's invariant). A gather
+//   called from a worker of that pool holds the worker while it waits and never runs a call
+//   itself: with no other idle worker the calls cannot start before the deadline (they time
+//   out; with no limit it waits for ever, as a get() on such a worker would).
 // - Allocates: the shared state, one stop_source per call, and a task per call.
 #pragma once
 
