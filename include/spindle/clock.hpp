@@ -37,12 +37,17 @@ namespace detail {
 
 /// `d` converted to `To`, rounded up (a wait is never shorter than asked), saturating at
 /// To::max() / To::min() instead of overflowing: `hours::max()` becomes `nanoseconds::max()`.
-/// The one conversion behind every `_for(duration)` call. Never throws.
+/// A NaN duration (floating-point Rep) is zero: no wait. The one conversion behind every
+/// `_for(duration)` call. Never throws.
 template <class To, class Rep, class Period>
 constexpr To saturating_ceil(std::chrono::duration<Rep, Period> d) noexcept {
   using std::chrono::duration;
   using wide = duration<long double, typename To::period>;
   const auto w = std::chrono::duration_cast<wide>(d);
+  // NaN fails both bound checks below and would reach std::chrono::ceil, whose conversion of it
+  // is undefined (INT64_MIN on x86). Attacked by "a NaN duration is no wait at all, never an
+  // overflow" (test_clock).
+  if (w != w) return To::zero();
   if (w >= wide(static_cast<long double>(To::max().count()))) return To::max();
   if (w <= wide(static_cast<long double>(To::min().count()))) return To::min();
   return std::chrono::ceil<To>(d);
