@@ -631,8 +631,10 @@ TEST_CASE("max_in_flight 1: threads racing commands, timeouts and stops only eve
             wrong.fetch_add(1);
         } catch (const spindle::timeout_error&) {
           gave_up.fetch_add(1);
+          if (i % 3 == 0) wrong.fetch_add(1);  // a neighbour's timeout leaked into this slot
         } catch (const redis::cancelled_error&) {
           gave_up.fetch_add(1);
+          if (i % 3 == 0) wrong.fetch_add(1);  // a neighbour's stop leaked into this slot
         }
       }
     });
@@ -640,7 +642,6 @@ TEST_CASE("max_in_flight 1: threads racing commands, timeouts and stops only eve
   REQUIRE(g.join_within(120s));
   CHECK(wrong.load() == 0);
   CHECK(ok.load() + gave_up.load() == threads * per_thread);
-  CHECK(ok.load() >= threads * per_thread / 3);  // the untimed, unstopped third all succeed
   CHECK(c.command("PING").get().str() == "PONG");
   CHECK(c.in_flight() == 0);
 }
