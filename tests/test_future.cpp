@@ -435,3 +435,41 @@ TEST_CASE("an executor that drops the task unrun yields broken_promise in the re
   REQUIRE(g.ready());
   CHECK_THROWS_AS(g.get(), spindle::broken_promise);
 }
+
+TEST_CASE("a promise may be destroyed by the continuation its own set_value runs") {
+  // Lifetime attack: set_value() runs the continuation on this thread, and the continuation
+  // destroys the promise (and the result future) while set_value() is still on the stack. ASan
+  // reports a use after free if set_value() touches the promise or the state afterwards.
+  for (int round = 0; round < 100; ++round) {
+    auto p = std::make_unique<promise<std::string>>();
+    std::unique_ptr<future<void>> tail = std::make_unique<future<void>>();
+    *tail = p->get_future().then([&p, &tail](std::string s) {
+      CHECK(s.size() == 40);
+      p.reset();
+      tail.reset();
+    });
+    p->set_value(std::string(40, 'x'));
+    CHECK(p == nullptr);
+    CHECK(tail == nullptr);
+  }
+}
+
+TEST_CASE("a thread_pool may be destroyed by a then(pool) continuation running on its worker") {
+  // The destructor from a worker closes the pool and returns without joining (thread_pool.hpp).
+  // Run in a loop so that TSan/ASan see the race of the detached workers with the free.
+  for (int round = 0; round < 50; ++round) {
+    auto* pool = new spindle::thread_pool(2);
+    promise<int> p;
+    promise<bool> done;
+    auto d = done.get_future();
+    auto g = p.get_future().then(*pool, [pool, &done](int v) {
+      delete pool;
+      done.set_value(v == 3);
+    });
+    p.set_value(3);
+    REQUIRE(d.wait_for(60s) == status::ok);
+    CHECK(d.get());
+    REQUIRE(g.wait_for(60s) == status::ok);
+    g.get();
+  }
+}
