@@ -678,3 +678,48 @@ TEST_CASE("max_queued_bytes 1 still admits and answers every command, one per wr
   for (int i = 0; i < 200; ++i) CHECK(fs[static_cast<std::size_t>(i)].get().str() == value(0, i));
   CHECK(c.try_command("PING").has_value());
 }
+
+TEST_CASE("a continuation on the I/O thread may cancel other commands and close the client") {
+  // Stop callbacks then run on the I/O thread itself, inside a fulfilment; close() from there
+  // only refuses new commands, and the destructor joins. Nothing may hang or be lost.
+  if (!redis_server::available()) return;
+  redis_server srv(debug_server());
+  for (int round = 0; round < 3; ++round) {
+    std::vector<spindle::future<redis::reply>> fs;
+    spindle::future<void> tail;
+    std::stop_source stop;
+    {
+      redis::async_client c(local_options(srv.port()));
+      c.command("PING").get();
+      const std::size_t w0 = c.writes();
+      auto first = c.command("DEBUG", "SLEEP", "0.3");
+      tail = std::move(first).then([&](redis::reply r) {
+        CHECK(r.str() == "OK");
+        stop.request_stop();  // the INCRs: cancelled from the I/O thread
+        c.close();            // refuses new commands; does not join itself
+        CHECK_THROWS_AS(c.command("PING"), spindle::closed_error);
+      });
+      // The rest goes in a later write, so the server answers `first` alone (it flushes its
+      // replies once per read) and the INCRs' replies come after `second`'s sleep.
+      for (int i = 0; i < 100000 && c.writes() == w0; ++i) std::this_thread::yield();
+      try {
+        auto second = c.command("DEBUG", "SLEEP", "0.3");
+        for (int i = 0; i < 100; ++i) fs.push_back(c.command(stop.get_token(), "INCR", "n"));
+      } catch (const spindle::closed_error&) {
+        // this thread stalled past `first`'s reply: the client closed under it (valid)
+      }
+      REQUIRE(tail.wait_for(30s) == spindle::status::ok);
+    }  // joins: every reply owed is read first
+    tail.get();
+    int cancelled = 0;
+    for (auto& f : fs) {
+      REQUIRE(f.ready());
+      try {
+        f.get();
+      } catch (const redis::cancelled_error&) {
+        ++cancelled;
+      }
+    }
+    CHECK(cancelled == static_cast<int>(fs.size()));
+  }
+}

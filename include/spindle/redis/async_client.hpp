@@ -122,7 +122,9 @@ struct async_options {
 /// How one command waits: a timeout (unset: async_options::default_timeout, if any;
 /// duration::max(): none, whatever the default; the wait for room counts) and a stop token.
 /// Either outcome fails the future (timeout_error, cancelled_error) at once and discards the
-/// reply when it comes.
+/// reply when it comes. One that comes after the reply was read is too late: the future gets
+/// the reply (the replies of one read are delivered in order, so a continuation of an earlier
+/// one that requests stop does not cancel the later ones read with it).
 struct call_options {
   std::optional<std::chrono::nanoseconds> timeout{};
   std::stop_token stop{};
