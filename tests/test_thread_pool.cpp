@@ -10,11 +10,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <semaphore>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -589,4 +591,16 @@ TEST_CASE("when_all and when_any over futures of two pools and a promise deliver
     REQUIRE(r.index < 2);
     for (auto& f : r.futures) f.wait();
   }
+}
+
+TEST_CASE("a pool of an absurd number of threads is refused with a message naming the count") {
+  // Attacks "clear exceptions naming the function and value": SIZE_MAX threads threw
+  // std::length_error("vector::reserve").
+  const std::size_t huge = std::numeric_limits<std::size_t>::max();
+  const std::string got = "got " + std::to_string(huge);
+  CHECK_THROWS_WITH_AS(thread_pool pool(huge),
+                       doctest::Contains("spindle::thread_pool: threads must be <= "),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(thread_pool pool(huge), doctest::Contains(got.c_str()),
+                       std::invalid_argument);
 }

@@ -350,11 +350,18 @@ class thread_pool {
   explicit thread_pool(std::size_t threads = default_threads())
       : thread_pool(threads, thread_pool_options{}) {}
 
-  /// Starts `threads` workers with `options`. Throws std::invalid_argument if threads == 0.
+  /// Starts `threads` workers with `options`. Throws std::invalid_argument if threads == 0 or
+  /// more than a std::vector can hold; std::system_error if a thread cannot be started (the
+  /// workers already started are shut down first).
   /// Allocates (the core and a queue of 1024 tasks).
   thread_pool(std::size_t threads, thread_pool_options options) {
     if (threads == 0)
       throw std::invalid_argument("spindle::thread_pool: threads must be >= 1, got 0");
+    // More than a vector of threads can hold (the reserve below threw a bare length_error).
+    const std::size_t most = std::vector<std::thread>().max_size();
+    if (threads > most)
+      throw std::invalid_argument("spindle::thread_pool: threads must be <= " +
+                                  std::to_string(most) + ", got " + std::to_string(threads));
     core_ = std::make_shared<detail::pool_core>(std::move(options));
     core_->threads.reserve(threads);
     try {
