@@ -47,7 +47,10 @@
 // yet (it is then skipped when its queue entry comes up); otherwise, and for every other future,
 // it blocks the worker in the kernel, as std::future does. It never runs any other task. So a
 // one-thread pool can run nested submit() + get(), and a get() never runs unrelated work while
-// its caller holds a lock or owes a promise. A get() that waits for a task that is itself
+// its caller holds a lock or owes a promise. A future made from submit() futures by then(),
+// when_all() or when_any() is not a submit() future: waiting for it on a worker blocks that
+// worker while its inputs wait in the queue (on a one-thread pool, for ever); get() each
+// submit() future instead, or attach the rest with then(). A get() that waits for a task that is itself
 // blocked (on a promise nobody else sets, on a lock its caller holds) blocks, as it would on any
 // thread. wait_idle() and shutdown() on a worker throw std::logic_error (they would wait for the
 // calling task itself).
