@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <limits>
 #include <stop_token>
 #include <thread>
 
@@ -116,4 +117,41 @@ TEST_CASE("sleep_for with hours::max() or never().remaining() sleeps until a sto
     REQUIRE(g.join_within(std::chrono::seconds(10)));
     CHECK(result.load() == 0);  // stopped, never reached
   }
+}
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("a manual clock advanced past its end saturates instead of going back in time") {
+  // Attacks "time never goes back": advance() added the count with wrap-around, so a huge step
+  // (a sleep to time_point::max() in auto-advance mode, then one more) made now() negative.
+  manual_clock c;
+  c.advance(1s);
+  c.advance(std::chrono::nanoseconds::max());
+  CHECK(c.now() == manual_clock::time_point::max());
+  c.advance(1ns);
+  CHECK(c.now() == manual_clock::time_point::max());
+  manual_clock d;
+  d.set_auto_advance(true);
+  CHECK(spindle::sleep_until(d, manual_clock::time_point::max()));
+  CHECK(spindle::sleep_for(d, 1h));
+  CHECK(d.now() == manual_clock::time_point::max());
+}
+
+TEST_CASE("a NaN duration is no wait at all, never an overflow") {
+  // Attacks the saturating conversion behind every _for(duration): NaN compares false with both
+  // bounds, and std::chrono::ceil of it is undefined (INT64_MIN on x86: a time point before the
+  // epoch, or an overflow in saturating_add).
+  volatile double runtime_nan = std::numeric_limits<double>::quiet_NaN();  // no constant folding
+  const std::chrono::duration<double> nan(runtime_nan);
+  CHECK(spindle::detail::saturating_ceil<std::chrono::nanoseconds>(nan) == 0ns);
+  manual_clock c;
+  c.advance(5s);
+  CHECK(spindle::detail::saturating_add(c.now(), nan) == c.now());
+  CHECK(spindle::deadline<manual_clock>::after(nan, c).when() == c.now());
+  CHECK(spindle::sleep_for(c, nan));  // returns at once: the time has come
+  const std::chrono::duration<double> inf(std::numeric_limits<double>::infinity());
+  CHECK(spindle::detail::saturating_ceil<std::chrono::nanoseconds>(inf) ==
+        std::chrono::nanoseconds::max());
+  CHECK(spindle::detail::saturating_ceil<std::chrono::nanoseconds>(-inf) ==
+        std::chrono::nanoseconds::min());
 }

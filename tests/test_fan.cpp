@@ -561,3 +561,18 @@ TEST_CASE("fan_out, fan_in and broadcast block on full sinks instead of polling 
     REQUIRE(g.join_within(10s));
   }
 }
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("broadcast rejects an empty list of sinks and takes nothing from the source") {
+  // Attacks "no item is lost": with no sink at all, broadcast popped an item, gave it to no one
+  // and closed the source (fan_out refuses an empty list; broadcast now does too).
+  test_channel<int> src;
+  fill(src, 2);
+  std::vector<test_channel<int>*> none;
+  CHECK_THROWS_WITH_AS(spindle::broadcast(src, none), doctest::Contains("broadcast"),
+                       std::invalid_argument);
+  CHECK_FALSE(src.closed());
+  src.close();
+  CHECK(src.drain() == std::vector<int>{0, 1});
+}

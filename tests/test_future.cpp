@@ -374,3 +374,102 @@ TEST_CASE("a promise may be destroyed as soon as its future saw the value") {
     setter.join();
   }
 }
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("a chain of 100,000 then(executor) links carries an exception in constant stack depth") {
+  // Attacks the constant-stack-depth guarantee for then(executor, f): an exception skips each
+  // link without posting, and the link used to set it into the next state with a nested call
+  // (set_exception -> publish -> the next link's continuation -> ...), so a long chain
+  // overflowed the stack of the thread that set the first exception.
+  constexpr int n = 100000;
+  manual_executor ex;
+  promise<int> p;
+  future<int> f = p.get_future();
+  for (int i = 0; i < n; ++i) f = f.then(ex, [](int v) { return v + 1; });
+  p.set_exception(std::make_exception_ptr(std::runtime_error("head")));
+  REQUIRE(f.ready());
+  CHECK(ex.queued.empty());  // nothing was posted
+  CHECK_THROWS_WITH_AS(f.get(), "head", std::runtime_error);
+  // The same when the executor refuses every link (a shut-down executor).
+  manual_executor closed;
+  promise<void> q;
+  future<void> g = q.get_future();
+  for (int i = 0; i < n; ++i) g = g.then(closed, [] {});
+  closed.refuse = true;
+  q.set_value();
+  REQUIRE(g.ready());
+  CHECK_THROWS_AS(g.get(), spindle::closed_error);
+}
+
+TEST_CASE("a chain of then(thread_pool) links alternating with plain then links delivers") {
+  // Each then(pool) link hops to a worker; the plain links after it run on that worker. The
+  // value must arrive whatever thread ends up running which part.
+  spindle::thread_pool pool(2);
+  constexpr int n = 2000;
+  promise<int> p;
+  future<int> f = p.get_future();
+  for (int i = 0; i < n; ++i) {
+    f = std::move(f).then(pool, [](int v) { return v + 1; }).then([](int v) { return v + 1; });
+  }
+  p.set_value(0);
+  CHECK(f.get() == 2 * n);
+}
+
+TEST_CASE("then(executor) on a future whose promise is dropped yields broken_promise, not a post") {
+  manual_executor ex;
+  future<int> g;
+  {
+    promise<int> p;
+    g = p.get_future().then(ex, [](int v) { return v; });
+  }
+  CHECK(ex.queued.empty());
+  CHECK_THROWS_AS(g.get(), spindle::broken_promise);
+}
+
+TEST_CASE("an executor that drops the task unrun yields broken_promise in the result") {
+  struct dropping {
+    void post(spindle::detail::task t) { (void)t; }  // destroyed unrun, no exception
+  } ex;
+  auto g = spindle::make_ready_future(1).then(ex, [](int v) { return v; });
+  REQUIRE(g.ready());
+  CHECK_THROWS_AS(g.get(), spindle::broken_promise);
+}
+
+TEST_CASE("a promise may be destroyed by the continuation its own set_value runs") {
+  // Lifetime attack: set_value() runs the continuation on this thread, and the continuation
+  // destroys the promise (and the result future) while set_value() is still on the stack. ASan
+  // reports a use after free if set_value() touches the promise or the state afterwards.
+  for (int round = 0; round < 100; ++round) {
+    auto p = std::make_unique<promise<std::string>>();
+    std::unique_ptr<future<void>> tail = std::make_unique<future<void>>();
+    *tail = p->get_future().then([&p, &tail](std::string s) {
+      CHECK(s.size() == 40);
+      p.reset();
+      tail.reset();
+    });
+    p->set_value(std::string(40, 'x'));
+    CHECK(p == nullptr);
+    CHECK(tail == nullptr);
+  }
+}
+
+TEST_CASE("a thread_pool may be destroyed by a then(pool) continuation running on its worker") {
+  // The destructor from a worker closes the pool and returns without joining (thread_pool.hpp).
+  // Run in a loop so that TSan/ASan see the race of the detached workers with the free.
+  for (int round = 0; round < 50; ++round) {
+    auto* pool = new spindle::thread_pool(2);
+    promise<int> p;
+    promise<bool> done;
+    auto d = done.get_future();
+    auto g = p.get_future().then(*pool, [pool, &done](int v) {
+      delete pool;
+      done.set_value(v == 3);
+    });
+    p.set_value(3);
+    REQUIRE(d.wait_for(60s) == status::ok);
+    CHECK(d.get());
+    REQUIRE(g.wait_for(60s) == status::ok);
+    g.get();
+  }
+}

@@ -355,3 +355,82 @@ TEST_CASE("deadline::after(hours::max()) is never, on any clock") {
   CHECK_FALSE(mdeadline::after(std::chrono::hours::max(), clock).expired());
   CHECK(mdeadline::after(std::chrono::hours(-5), clock).expired());  // negative: now
 }
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("backoff_delay with initial 0 stays 0 however many retries (multiplier^k overflows)") {
+  // Attacks "min(max_delay, initial * multiplier^(k-1))": multiplier^(k-1) overflows to inf for
+  // a large k, and 0 * inf is NaN, which read as "over the cap" and slept max_delay.
+  retry_policy p{.initial = 0ns, .multiplier = 2.0, .max_delay = 30s};
+  for (std::uint32_t k : {1u, 2u, 1024u, 1025u, 1100u, 100000u, 0xffffffffu})
+    CHECK(spindle::backoff_delay(p, k) == 0ns);
+  retry_policy big{.initial = 1ns, .multiplier = 1e300, .max_delay = 7s};
+  CHECK(spindle::backoff_delay(big, 3) == 7s);
+  CHECK(spindle::backoff_delay(big, 0xffffffffu) == 7s);
+}
+
+TEST_CASE("retry with initial 0 and thousands of attempts never sleeps") {
+  manual_clock clock;  // not auto-advancing: a sleep would block this test for ever
+  std::uint32_t calls = 0;
+  int r = spindle::retry(
+      {.initial = 0ns, .multiplier = 2.0, .max_attempts = 3000},
+      [&] {
+        if (++calls < 3000) throw transient("again");
+        return 7;
+      },
+      mdeadline::never(clock));
+  CHECK(r == 7);
+  CHECK(calls == 3000);
+  CHECK(clock.now().time_since_epoch() == 0ns);
+}
+
+TEST_CASE("jitter on a huge delay never makes it negative or longer than the delay") {
+  // Attacks the jitter arithmetic at the top of the range: nanoseconds::max() as a double is
+  // 2^63, and a jitter too small to change it turned the delay into a double that does not fit
+  // in int64 (UB; INT64_MIN on x86, so retry slept nothing instead of "for ever").
+  for (double jitter : {1e-300, 1e-18, 1e-9}) {
+    manual_clock clock = simulated();
+    std::vector<std::chrono::nanoseconds> delays;
+    retry_policy p{.initial = std::chrono::nanoseconds::max(),
+                   .multiplier = 1.0,
+                   .max_delay = std::chrono::nanoseconds::max(),
+                   .max_attempts = 2,
+                   .jitter = jitter,
+                   .jitter_seed = 1,
+                   .on_retry = [&](std::uint32_t, const std::exception_ptr&,
+                                   std::chrono::nanoseconds d) { delays.push_back(d); }};
+    CHECK_THROWS_AS(spindle::retry(p, [] { throw transient("x"); }, mdeadline::never(clock)),
+                    transient);
+    REQUIRE(delays.size() == 1);
+    CHECK(delays[0] > 0ns);
+    CHECK(delays[0] <= std::chrono::nanoseconds::max());
+    CHECK(clock.now().time_since_epoch() >= delays[0]);  // it slept what it announced
+  }
+}
+
+TEST_CASE("retry with a deadline already in the past makes exactly one attempt") {
+  manual_clock clock;
+  clock.advance(10s);
+  int calls = 0;
+  CHECK_THROWS_AS(spindle::retry({.initial = 1ms, .max_attempts = 100},
+                                 [&]() -> int {
+                                   ++calls;
+                                   throw transient("x");
+                                 },
+                                 mdeadline::at(manual_clock::time_point(1s), clock)),
+                  transient);
+  CHECK(calls == 1);
+}
+
+TEST_CASE("retry with max_attempts at its maximum and a stop requested mid-way ends") {
+  std::stop_source stop;
+  int calls = 0;
+  CHECK_THROWS_AS(spindle::retry({.initial = 0ns, .max_attempts = 0xffffffffu},
+                                 [&]() -> int {
+                                   if (++calls == 50) stop.request_stop();
+                                   throw transient("x");
+                                 },
+                                 stop.get_token()),
+                  transient);
+  CHECK(calls == 50);
+}

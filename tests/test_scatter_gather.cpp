@@ -318,3 +318,32 @@ TEST_CASE("gather_* with hours::max() or deadline::never().remaining() wait with
   CHECK(spindle::gather_first(pool, calls, spindle::deadline<>::never().remaining()) >= 1);
   CHECK(spindle::gather_quorum(pool, calls, 2, std::chrono::nanoseconds::max()).size() == 2);
 }
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("an executor that refuses a call mid-scatter: the error reaches the caller and the calls already posted are stopped") {
+  // Attacks "every call still running ... is asked to stop": when post() threw for call 3 (an
+  // executor shut down mid-scatter), gather rethrew at once and calls 1 and 2, already queued,
+  // ran with no stop request, for ever if they wait for one.
+  struct refusing_executor {
+    std::vector<std::function<void()>> accepted;
+    void post(std::function<void()> f) {
+      if (accepted.size() == 2) throw spindle::closed_error("refusing_executor: shut down");
+      accepted.push_back(std::move(f));
+    }
+  } ex;
+  std::atomic<int> stopped{0};
+  std::vector<std::function<int(std::stop_token)>> calls(
+      4, [&](std::stop_token st) {
+        if (st.stop_requested()) stopped.fetch_add(1);
+        return 1;
+      });
+  CHECK_THROWS_AS(spindle::gather_all(ex, calls, std::chrono::hours(1)), spindle::closed_error);
+  REQUIRE(ex.accepted.size() == 2);
+  for (auto& f : ex.accepted) f();  // they run after the caller left: each sees its stop
+  CHECK(stopped.load() == 2);
+  ex.accepted.clear();
+  CHECK_THROWS_AS(spindle::gather_first(ex, calls, std::chrono::hours(1)), spindle::closed_error);
+  for (auto& f : ex.accepted) f();
+  CHECK(stopped.load() == 4);
+}

@@ -10,11 +10,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <semaphore>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -502,4 +504,103 @@ TEST_CASE("a pool destroyed by one of its own tasks does not terminate the progr
   REQUIRE(::waitpid(pid, &st, 0) == pid);
   CHECK(WIFEXITED(st));
   CHECK(WEXITSTATUS(st) == 0);
+}
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("shutdown racing posts from other threads: every accepted post runs, every other throws closed_error") {
+  // Attacks shutdown steps 1-2: no window where a post is accepted but its task dropped.
+  for (int round = 0; round < 200; ++round) {
+    std::atomic<int> accepted{0}, ran{0}, refused{0};
+    auto pool = std::make_unique<thread_pool>(2, spindle::thread_pool_options{.spin = 0});
+    test_support::start_gate gate;
+    test_support::thread_group posters;
+    for (int t = 0; t < 3; ++t)
+      posters.spawn([&] {
+        gate.wait();
+        for (int i = 0; i < 2000; ++i) {
+          try {
+            pool->post([&ran] { ran.fetch_add(1, std::memory_order_relaxed); });
+            accepted.fetch_add(1, std::memory_order_relaxed);
+          } catch (const spindle::closed_error&) {
+            refused.fetch_add(1, std::memory_order_relaxed);
+            return;
+          }
+        }
+      });
+    gate.open();
+    pool->shutdown();
+    REQUIRE(posters.join_within(60s));
+    pool.reset();
+    REQUIRE(ran.load() == accepted.load());
+  }
+}
+
+TEST_CASE("wait_idle sees a chain of tasks each posting the next as one piece of work") {
+  // Attacks wait_idle's "no task is queued or running": the count never touches 0 between a
+  // task and the one it posts, so wait_idle cannot return in the middle of the chain.
+  thread_pool pool(2);
+  for (int round = 0; round < 50; ++round) {
+    std::atomic<int> left{1000};
+    struct link {
+      thread_pool* pool;
+      std::atomic<int>* left;
+      void operator()() const {
+        if (left->fetch_sub(1) > 1) pool->post(*this);
+      }
+    };
+    pool.post(link{&pool, &left});
+    pool.wait_idle();
+    REQUIRE(left.load() == 0);
+  }
+}
+
+TEST_CASE("get on a worker of one pool for a future of another never runs that task itself") {
+  // Attacks "only for a future that submit() of this pool returned": the task must run on its
+  // own pool's worker even when that worker is busy and this one waits.
+  thread_pool a(1), b(1);
+  std::binary_semaphore hold_b{0};
+  b.post([&hold_b] { hold_b.acquire(); });  // b's only worker is busy
+  auto inner = b.submit([&b] { return b.in_worker(); });
+  auto outer = a.submit([&inner] { return inner.get(); });  // a's worker blocks; must not run it
+  CHECK(outer.wait_for(50ms) == spindle::status::timeout);
+  hold_b.release();
+  REQUIRE(outer.wait_for(60s) == spindle::status::ok);
+  CHECK(outer.get());  // ran on b's worker
+}
+
+TEST_CASE("when_all and when_any over futures of two pools and a promise deliver every value") {
+  thread_pool a(2), b(1);
+  for (int round = 0; round < 200; ++round) {
+    spindle::promise<int> p;
+    std::vector<spindle::future<int>> fs;
+    fs.push_back(a.submit([round] { return round; }));
+    fs.push_back(b.submit([round] { return round + 1; }));
+    fs.push_back(p.get_future());
+    fs.push_back(a.submit([] { return 0; }).then(b, [](int v) { return v + 7; }));
+    auto all = spindle::when_all(std::move(fs));
+    std::vector<spindle::future<int>> gs;
+    gs.push_back(b.submit([] { return 1; }));
+    gs.push_back(a.submit([]() -> int { throw std::runtime_error("x"); }));
+    auto any = spindle::when_any(std::move(gs));
+    std::thread setter([&p, round] { p.set_value(round + 2); });
+    auto v = all.get();
+    setter.join();
+    REQUIRE(v == std::vector<int>{round, round + 1, round + 2, 7});
+    auto r = any.get();
+    REQUIRE(r.index < 2);
+    for (auto& f : r.futures) f.wait();
+  }
+}
+
+TEST_CASE("a pool of an absurd number of threads is refused with a message naming the count") {
+  // Attacks "clear exceptions naming the function and value": SIZE_MAX threads threw
+  // std::length_error("vector::reserve").
+  const std::size_t huge = std::numeric_limits<std::size_t>::max();
+  const std::string got = "got " + std::to_string(huge);
+  CHECK_THROWS_WITH_AS(thread_pool pool(huge),
+                       doctest::Contains("spindle::thread_pool: threads must be <= "),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(thread_pool pool(huge), doctest::Contains(got.c_str()),
+                       std::invalid_argument);
 }

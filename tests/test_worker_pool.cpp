@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -307,4 +308,48 @@ TEST_CASE("a worker_pool of several workers refuses a single-consumer channel, n
   q.close();
   one.join();
   CHECK(sum.load() == 55);
+}
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("join from inside a handler throws std::logic_error instead of hanging") {
+  // Attacks "join() rethrows nothing / blocks until every worker has exited": from a handler it
+  // would wait for its own worker (and for the others, blocked on an open source). It hung;
+  // with the source closed it threw std::system_error from joining itself.
+  bounded_queue<int> q(8);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::string what;  // guarded by mu: the exception join() threw, by type
+  bool returned = false;
+  worker_pool<bounded_queue<int>>* self = nullptr;
+  worker_pool pool(q, 2, [&](int) {
+    std::string got = "nothing";
+    try {
+      self->join();
+    } catch (const std::logic_error&) {
+      got = "logic_error";
+    } catch (const std::exception& e) {
+      got = std::string("other: ") + e.what();
+    }
+    std::lock_guard lock(mu);
+    what = got;
+    returned = true;
+    cv.notify_all();
+  });
+  self = &pool;
+  REQUIRE(q.push(1) == status::ok);
+  {
+    std::unique_lock lock(mu);
+    if (!cv.wait_for(lock, 10s, [&] { return returned; })) {
+      lock.unlock();
+      q.close();  // unblocks the other worker, so the hung join() ends and the test can report
+      lock.lock();
+      cv.wait(lock, [&] { return returned; });
+      FAIL("join() from a handler hung (released by closing the source): " << what);
+    }
+  }
+  CHECK(what == "logic_error");
+  q.close();
+  pool.join();
+  CHECK(pool.stats().processed == 1);
 }

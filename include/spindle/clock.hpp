@@ -37,12 +37,17 @@ namespace detail {
 
 /// `d` converted to `To`, rounded up (a wait is never shorter than asked), saturating at
 /// To::max() / To::min() instead of overflowing: `hours::max()` becomes `nanoseconds::max()`.
-/// The one conversion behind every `_for(duration)` call. Never throws.
+/// A NaN duration (floating-point Rep) is zero: no wait. The one conversion behind every
+/// `_for(duration)` call. Never throws.
 template <class To, class Rep, class Period>
 constexpr To saturating_ceil(std::chrono::duration<Rep, Period> d) noexcept {
   using std::chrono::duration;
   using wide = duration<long double, typename To::period>;
   const auto w = std::chrono::duration_cast<wide>(d);
+  // NaN fails both bound checks below and would reach std::chrono::ceil, whose conversion of it
+  // is undefined (INT64_MIN on x86). Attacked by "a NaN duration is no wait at all, never an
+  // overflow" (test_clock).
+  if (w != w) return To::zero();
   if (w >= wide(static_cast<long double>(To::max().count()))) return To::max();
   if (w <= wide(static_cast<long double>(To::min().count()))) return To::min();
   return std::chrono::ceil<To>(d);
@@ -92,13 +97,16 @@ class manual_clock {
     return time_point(duration(state_->now.load(std::memory_order_acquire)));
   }
 
-  /// Moves the time forward by `d` (negative durations are ignored: time never goes back) and
-  /// wakes the threads sleeping on this clock.
+  /// Moves the time forward by `d` (negative durations are ignored: time never goes back;
+  /// saturates at time_point::max()) and wakes the threads sleeping on this clock.
   void advance(duration d) {
     if (d <= duration::zero()) return;
     {
-      std::lock_guard lock(state_->mu);
-      state_->now.fetch_add(d.count(), std::memory_order_release);
+      std::lock_guard lock(state_->mu);  // the only writer: a load and a store suffice
+      // Saturating: a step past the end used to wrap to a negative time (attacked by "a
+      // manual clock advanced past its end saturates instead of going back in time").
+      const auto next = detail::saturating_add(now(), d);
+      state_->now.store(next.time_since_epoch().count(), std::memory_order_release);
     }
     state_->cv.notify_all();
   }

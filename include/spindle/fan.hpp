@@ -16,7 +16,8 @@
 //   when the sink is closed.
 // - No item is lost while a sink is open: an item leaves the source only to be pushed, and a
 //   failed push leaves it in hand (the channel contract: a failed push does not move from it).
-//   An item popped when every sink has just closed is dropped, and counted out of the result.
+//   An item popped when every sink has just closed is dropped: fan_out counts it out of its
+//   result; broadcast, which returns the items it took from the source, counts it in.
 // - fan_out and fan_in preserve each source's order per sink; broadcast gives every sink the
 //   source's order.
 // - No busy-wait, no polling: when every sink is full, fan_out blocks in the next sink's push
@@ -173,13 +174,15 @@ std::size_t fan_out(Source&& source, Sinks&& sinks, fan_options opts = {}) {
 /// is dropped. Blocks while a sink is full (the slowest sink sets the pace). Blocks until
 /// `source` is closed and drained (or a stop is requested), then closes every sink; returns the
 /// items taken from `source`. If every sink closes first, it closes `source` and returns.
-/// Requires a copyable value type. Allocates once (the sink list).
+/// Requires a copyable value type. Allocates once (the sink list). Throws std::invalid_argument
+/// if `sinks` is empty (it would take items for no one).
 template <class Source, class Sinks>
 std::size_t broadcast(Source&& source, Sinks&& sinks, fan_options opts = {}) {
   using T = typename std::remove_cvref_t<Source>::value_type;
   static_assert(std::copy_constructible<T>, "spindle::broadcast copies items: T must be copyable");
   std::vector<std::remove_cvref_t<std::ranges::range_reference_t<Sinks>>> live(
       std::ranges::begin(sinks), std::ranges::end(sinks));
+  if (live.empty()) throw std::invalid_argument("spindle::broadcast: sinks is empty (size 0)");
   auto close_all = [&] {
     for (auto&& s : sinks) detail::chan_of(s).close();
   };

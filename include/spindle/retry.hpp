@@ -115,7 +115,10 @@ inline void check_policy(const retry_policy& p) {
 /// The delay before retry number `k` (k >= 1), without jitter:
 /// min(max_delay, initial * multiplier^(k-1)). Never overflows. Never allocates.
 inline std::chrono::nanoseconds backoff_delay(const retry_policy& p, std::uint32_t k) {
-  if (k == 0) return std::chrono::nanoseconds::zero();
+  // initial 0 is 0 for every k: 0 * multiplier^(k-1) would be 0 * inf = NaN once the power
+  // overflows (k ~ 1025 for a multiplier of 2). Attacked by "backoff_delay with initial 0
+  // stays 0 however many retries (multiplier^k overflows)".
+  if (k == 0 || p.initial.count() == 0) return std::chrono::nanoseconds::zero();
   const double d =
       static_cast<double>(p.initial.count()) * std::pow(p.multiplier, static_cast<double>(k - 1));
   const auto cap = static_cast<double>(p.max_delay.count());
@@ -158,8 +161,12 @@ auto retry(const retry_policy& policy, F&& f, const deadline<Clock>& dl, std::st
 
     auto delay = backoff_delay(policy, attempt);
     if (policy.jitter > 0) {
-      delay = std::chrono::nanoseconds(static_cast<std::int64_t>(
-          static_cast<double>(delay.count()) * (1.0 - policy.jitter * unit(rng))));
+      // Only a shorter delay is taken: near nanoseconds::max() the product rounds up to 2^63,
+      // which does not fit in int64 (attacked by "jitter on a huge delay never makes it
+      // negative or longer than the delay").
+      const double shorter = static_cast<double>(delay.count()) * (1.0 - policy.jitter * unit(rng));
+      if (shorter < static_cast<double>(delay.count()))
+        delay = std::chrono::nanoseconds(static_cast<std::int64_t>(shorter));
     }
     const auto now = dl.clock().now();
     const auto wait = detail::saturating_ceil<typename Clock::duration>(delay);

@@ -21,7 +21,10 @@
 // - Time comes from a Clock (steady_clock by default; manual_clock in tests). The timeout
 //   saturates: duration::max() (and deadline<>::never().remaining()) means no limit.
 // - On a thread_pool every call is an ordinary task that any idle worker takes, so a call that
-//   returns at once is never held behind one that blocks (thread_pool.hpp's invariant).
+//   returns at once is never held behind one that blocks (thread_pool.hpp's invariant). A gather
+//   called from a worker of that pool holds the worker while it waits and never runs a call
+//   itself: with no other idle worker the calls cannot start before the deadline (they time
+//   out; with no limit it waits for ever, as a get() on such a worker would).
 // - Allocates: the shared state, one stop_source per call, and a task per call.
 #pragma once
 
@@ -167,23 +170,32 @@ std::shared_ptr<gather_state<R>> scatter(E& ex, std::vector<F>& calls, std::size
     std::lock_guard lock(state->mu);
     if (state->settled()) state->wake.request_stop();  // nothing to wait for (need 0, no calls)
   }
-  for (std::size_t i = 0; i < calls.size(); ++i) {
-    ex.post([state, i, f = std::move(calls[i])]() mutable {
-      std::stop_token st = state->stops[i].get_token();
-      try {
-        state->finish(i, outcome<R>::of_value(call_with_stop(f, std::move(st))));
-      } catch (...) {
-        state->finish(i, outcome<R>::of_error(std::current_exception()));
-      }
-    });
-  }
-  spindle::sleep_until(clock, deadline, state->wake.get_token());
-  {
+  // Closes the state: late results are discarded, every call not finished is asked to stop.
+  auto close = [&] {
     std::lock_guard lock(state->mu);
     state->closed = true;
     for (std::size_t i = 0; i < state->results.size(); ++i)
       if (state->results[i].timed_out()) state->stops[i].request_stop();
+  };
+  try {
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+      ex.post([state, i, f = std::move(calls[i])]() mutable {
+        std::stop_token st = state->stops[i].get_token();
+        try {
+          state->finish(i, outcome<R>::of_value(call_with_stop(f, std::move(st))));
+        } catch (...) {
+          state->finish(i, outcome<R>::of_error(std::current_exception()));
+        }
+      });
+    }
+  } catch (...) {
+    // post() refused a call (the executor shut down): the calls already posted are stopped
+    // (attacked by "an executor that refuses a call mid-scatter: ... are stopped").
+    close();
+    throw;
   }
+  spindle::sleep_until(clock, deadline, state->wake.get_token());
+  close();
   return state;
 }
 
@@ -207,7 +219,8 @@ std::exception_ptr release_errors(gather_state<R>& s) {
 /// Runs every call on `ex` and returns, in call order, each one's outcome: its value, its error,
 /// or timed out if it had not finished by `timeout` (its stop is then requested and its late
 /// result discarded). Blocks until every call has finished or the deadline. Allocates.
-/// Rethrows an exception of ex.post.
+/// Rethrows an exception of ex.post (the calls already posted are then asked to stop and their
+/// results discarded; so for gather_first and gather_quorum).
 template <class E, class F, class Rep, class Per, class Clock = std::chrono::steady_clock>
 auto gather_all(E& ex, std::vector<F> calls, std::chrono::duration<Rep, Per> timeout,
                 Clock clock = {}) -> std::vector<outcome<detail::call_result_t<F>>> {

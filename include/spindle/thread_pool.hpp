@@ -47,7 +47,10 @@
 // yet (it is then skipped when its queue entry comes up); otherwise, and for every other future,
 // it blocks the worker in the kernel, as std::future does. It never runs any other task. So a
 // one-thread pool can run nested submit() + get(), and a get() never runs unrelated work while
-// its caller holds a lock or owes a promise. A get() that waits for a task that is itself
+// its caller holds a lock or owes a promise. A future made from submit() futures by then(),
+// when_all() or when_any() is not a submit() future: waiting for it on a worker blocks that
+// worker while its inputs wait in the queue (on a one-thread pool, for ever); get() each
+// submit() future instead, or attach the rest with then(). A get() that waits for a task that is itself
 // blocked (on a promise nobody else sets, on a lock its caller holds) blocks, as it would on any
 // thread. wait_idle() and shutdown() on a worker throw std::logic_error (they would wait for the
 // calling task itself).
@@ -350,11 +353,18 @@ class thread_pool {
   explicit thread_pool(std::size_t threads = default_threads())
       : thread_pool(threads, thread_pool_options{}) {}
 
-  /// Starts `threads` workers with `options`. Throws std::invalid_argument if threads == 0.
+  /// Starts `threads` workers with `options`. Throws std::invalid_argument if threads == 0 or
+  /// more than a std::vector can hold; std::system_error if a thread cannot be started (the
+  /// workers already started are shut down first).
   /// Allocates (the core and a queue of 1024 tasks).
   thread_pool(std::size_t threads, thread_pool_options options) {
     if (threads == 0)
       throw std::invalid_argument("spindle::thread_pool: threads must be >= 1, got 0");
+    // More than a vector of threads can hold (the reserve below threw a bare length_error).
+    const std::size_t most = std::vector<std::thread>().max_size();
+    if (threads > most)
+      throw std::invalid_argument("spindle::thread_pool: threads must be <= " +
+                                  std::to_string(most) + ", got " + std::to_string(threads));
     core_ = std::make_shared<detail::pool_core>(std::move(options));
     core_->threads.reserve(threads);
     try {

@@ -28,7 +28,9 @@
 //
 // Shutdown: close the source, then join(): every item pushed before close() is handled. stop()
 // ends early: each worker finishes the item in hand and exits; items left in the source stay
-// there. The destructor calls stop() and joins (join() first to drain).
+// there. The destructor calls stop() and joins (join() first to drain). join() from a handler
+// throws std::logic_error (it would wait for its own worker); the pool must not be destroyed
+// from its own handler (the handler is part of it).
 #pragma once
 
 #include <algorithm>
@@ -69,6 +71,13 @@ concept acknowledging_channel =
       { c.ack(d) } -> std::convertible_to<bool>;
       { c.nack(d) } -> std::convertible_to<bool>;
     };
+
+/// The worker_pool whose worker the calling thread is (nullptr if none): join() refuses to wait
+/// for itself.
+inline const void*& current_worker_pool() noexcept {
+  static thread_local const void* p = nullptr;
+  return p;
+}
 
 /// An acknowledging channel that can ack a delivery and pop the next one in one step
 /// (redis::queue: one round trip); worker_pool then uses it after a handler returns.
@@ -135,8 +144,14 @@ class worker_pool {
   }
 
   /// Blocks until every worker has exited: the source is closed and drained, or stop() was
-  /// called. Rethrows nothing (see stats(), last_error(), on_error). Idempotent. Thread-safe.
+  /// called. Rethrows nothing (see stats(), last_error(), on_error). Idempotent. Throws
+  /// std::logic_error if called from a handler of this pool (it would wait for itself; attacked
+  /// by "join from inside a handler throws std::logic_error instead of hanging"). Thread-safe.
   void join() {
+    if (detail::current_worker_pool() == this)
+      throw std::logic_error(
+          "spindle::worker_pool::join: called from a handler of this pool (it would wait for "
+          "its own worker)");
     std::lock_guard lock(join_mu_);
     for (auto& t : threads_)
       if (t.joinable()) t.join();
@@ -173,6 +188,7 @@ class worker_pool {
   };
 
   void run(counter& c) {
+    detail::current_worker_pool() = this;
     if constexpr (detail::acknowledging_channel<C>) {
       run_acknowledged(c);
       return;

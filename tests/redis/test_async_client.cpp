@@ -540,3 +540,186 @@ TEST_CASE("the example fetches 1,000 keys sequentially and concurrently and prin
   CHECK(r.out.find("2000 of 2000 replies right") != std::string::npos);
 }
 #endif
+
+// ---- hostile tests (red team) ----
+
+TEST_CASE("command_for(duration::max()) has no limit even when default_timeout is set") {
+  // Attacks "duration::max() means no limit": the client read max() as "no timeout given" and
+  // applied async_options::default_timeout to it.
+  if (!redis_server::available()) return;
+  redis_server srv(debug_server());
+  redis::async_client c(local_options(srv.port()), {.default_timeout = 50ms});
+  auto defaulted = c.command("DEBUG", "SLEEP", "0.3");  // no timeout given: the default applies
+  CHECK_THROWS_AS(defaulted.get(), spindle::timeout_error);
+  auto unlimited = c.command_for(std::chrono::hours::max(), "DEBUG", "SLEEP", "0.3");
+  CHECK(unlimited.get().str() == "OK");
+  auto never = c.command_for(spindle::deadline<>::never().remaining(), "DEBUG", "SLEEP", "0.3");
+  CHECK(never.get().str() == "OK");
+  CHECK(c.command("PING").get().str() == "PONG");
+}
+
+TEST_CASE("cancelling 300 commands stuck on a blackholed path fails each at once; no reply strays") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  redis::async_client c(local_options(proxy.port()));
+  c.command("SET", "k", "mine").get();
+  for (int round = 0; round < 3; ++round) {
+    proxy.blackhole(true);
+    std::stop_source stop;
+    std::vector<spindle::future<redis::reply>> fs;
+    for (int i = 0; i < 300; ++i)
+      fs.push_back(c.command(stop.get_token(), "SET", "k", "cancelled" + std::to_string(i)));
+    auto gets = c.command("GET", "k");  // not cancelled: behind the 300
+    stop.request_stop();
+    int cancelled = 0;
+    for (auto& f : fs) {
+      REQUIRE(f.wait_for(10s) == spindle::status::ok);  // does not hang (bound: 10 s)
+      try {
+        f.get();
+      } catch (const redis::cancelled_error&) {
+        ++cancelled;
+      }
+    }
+    CHECK(cancelled == 300);
+    CHECK(c.in_flight() == 301);  // they keep their places until the replies come
+    proxy.blackhole(false);  // the SETs were sent: they run, their replies are discarded
+    CHECK(gets.get().str() == "cancelled299");
+    CHECK(c.command("SET", "k", "mine").get().str() == "OK");
+    CHECK(c.in_flight() == 0);
+  }
+}
+
+TEST_CASE("max_in_flight 1: threads racing commands, timeouts and stops only ever get their own reply") {
+  // Attacks slot reuse under cancellation: with one slot, every command reuses the slot (and its
+  // stop callback, timer and cancel flag) of the one before it, while other threads request
+  // stop and deadlines pass at any moment.
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::async_client c(local_options(srv.port()), {.max_in_flight = 1});
+  constexpr int threads = 6, per_thread = 300;
+  test_support::start_gate gate;
+  test_support::thread_group g;
+  std::atomic<int> wrong{0}, ok{0}, gave_up{0};
+  for (int t = 0; t < threads; ++t)
+    g.spawn([&, t] {
+      gate.wait();
+      for (int i = 0; i < per_thread; ++i) {
+        spindle::future<redis::reply> f;
+        std::stop_source stop;
+        std::jthread stopper;
+        switch (i % 3) {
+          case 0:
+            f = c.command("ECHO", value(t, i));
+            break;
+          case 1:
+            f = c.command_for(std::chrono::microseconds(50 + 37 * (i % 7)), "ECHO", value(t, i));
+            break;
+          default:
+            stopper = std::jthread([&stop] { stop.request_stop(); });  // races the command
+            f = c.command(stop.get_token(), "ECHO", value(t, i));
+            break;
+        }
+        if (f.wait_for(30s) != spindle::status::ok) {
+          wrong.fetch_add(1000);  // a hang
+          continue;
+        }
+        try {
+          if (f.get().str() == value(t, i))
+            ok.fetch_add(1);
+          else
+            wrong.fetch_add(1);
+        } catch (const spindle::timeout_error&) {
+          gave_up.fetch_add(1);
+          if (i % 3 == 0) wrong.fetch_add(1);  // a neighbour's timeout leaked into this slot
+        } catch (const redis::cancelled_error&) {
+          gave_up.fetch_add(1);
+          if (i % 3 == 0) wrong.fetch_add(1);  // a neighbour's stop leaked into this slot
+        }
+      }
+    });
+  gate.open();
+  REQUIRE(g.join_within(120s));
+  CHECK(wrong.load() == 0);
+  CHECK(ok.load() + gave_up.load() == threads * per_thread);
+  CHECK(c.command("PING").get().str() == "PONG");
+  CHECK(c.in_flight() == 0);
+}
+
+TEST_CASE("destroying a client with commands stuck on a blackholed path returns and fails them") {
+  // Attacks "the destructor ... reads every reply owed (bounded by io_timeout when it is set)":
+  // with the path blackholed, destruction must still end, and every future must be fulfilled.
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  auto o = local_options(proxy.port());
+  o.io_timeout = 200ms;
+  std::vector<spindle::future<redis::reply>> fs;
+  {
+    redis::async_client c(o, {.max_in_flight = 64});
+    c.command("PING").get();
+    proxy.blackhole(true);
+    for (int i = 0; i < 64; ++i) fs.push_back(c.command("INCR", "n"));
+    fs.push_back(c.command_for(10ms, "INCR", "n"));  // waits for room, then gives up
+  }  // the destructor: bounded by io_timeout
+  REQUIRE(fs.size() == 65);
+  for (auto& f : fs) REQUIRE(f.ready());
+  for (std::size_t i = 0; i < 64; ++i)
+    CHECK(failure(fs[i]).find("io_timeout") != std::string::npos);
+  CHECK_THROWS_AS(fs[64].get(), spindle::timeout_error);
+}
+
+TEST_CASE("max_queued_bytes 1 still admits and answers every command, one per write") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::async_client c(local_options(srv.port()), {.max_queued_bytes = 1});
+  std::vector<spindle::future<redis::reply>> fs;
+  for (int i = 0; i < 200; ++i) fs.push_back(c.command("ECHO", value(0, i)));
+  for (int i = 0; i < 200; ++i) CHECK(fs[static_cast<std::size_t>(i)].get().str() == value(0, i));
+  CHECK(c.try_command("PING").has_value());
+}
+
+TEST_CASE("a continuation on the I/O thread may cancel other commands and close the client") {
+  // Stop callbacks then run on the I/O thread itself, inside a fulfilment; close() from there
+  // only refuses new commands, and the destructor joins. Nothing may hang or be lost.
+  if (!redis_server::available()) return;
+  redis_server srv(debug_server());
+  for (int round = 0; round < 3; ++round) {
+    std::vector<spindle::future<redis::reply>> fs;
+    spindle::future<void> tail;
+    std::stop_source stop;
+    {
+      redis::async_client c(local_options(srv.port()));
+      c.command("PING").get();
+      const std::size_t w0 = c.writes();
+      auto first = c.command("DEBUG", "SLEEP", "0.3");
+      tail = std::move(first).then([&](redis::reply r) {
+        CHECK(r.str() == "OK");
+        stop.request_stop();  // the INCRs: cancelled from the I/O thread
+        c.close();            // refuses new commands; does not join itself
+        CHECK_THROWS_AS(c.command("PING"), spindle::closed_error);
+      });
+      // The rest goes in a later write, so the server answers `first` alone (it flushes its
+      // replies once per read) and the INCRs' replies come after `second`'s sleep.
+      for (int i = 0; i < 100000 && c.writes() == w0; ++i) std::this_thread::yield();
+      try {
+        auto second = c.command("DEBUG", "SLEEP", "0.3");
+        for (int i = 0; i < 100; ++i) fs.push_back(c.command(stop.get_token(), "INCR", "n"));
+      } catch (const spindle::closed_error&) {
+        // this thread stalled past `first`'s reply: the client closed under it (valid)
+      }
+      REQUIRE(tail.wait_for(30s) == spindle::status::ok);
+    }  // joins: every reply owed is read first
+    tail.get();
+    int cancelled = 0;
+    for (auto& f : fs) {
+      REQUIRE(f.ready());
+      try {
+        f.get();
+      } catch (const redis::cancelled_error&) {
+        ++cancelled;
+      }
+    }
+    CHECK(cancelled == static_cast<int>(fs.size()));
+  }
+}

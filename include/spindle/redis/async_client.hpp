@@ -119,11 +119,14 @@ struct async_options {
   std::function<void(reply)> on_push{};
 };
 
-/// How one command waits: a timeout (duration::max(): none; the wait for room counts) and a
-/// stop token. Either outcome fails the future (timeout_error, cancelled_error) at once and
-/// discards the reply when it comes.
+/// How one command waits: a timeout (unset: async_options::default_timeout, if any;
+/// duration::max(): none, whatever the default; the wait for room counts) and a stop token.
+/// Either outcome fails the future (timeout_error, cancelled_error) at once and discards the
+/// reply when it comes. One that comes after the reply was read is too late: the future gets
+/// the reply (the replies of one read are delivered in order, so a continuation of an earlier
+/// one that requests stop does not cancel the later ones read with it).
 struct call_options {
-  std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max();
+  std::optional<std::chrono::nanoseconds> timeout{};
   std::stop_token stop{};
 };
 
@@ -179,8 +182,8 @@ class async_client {
   }
 
   /// As command(args...), but the future fails with spindle::timeout_error once `timeout` has
-  /// passed without a reply (the wait for room counts). duration::max() means no limit; a
-  /// timeout <= 0 fails at once and sends nothing.
+  /// passed without a reply (the wait for room counts). duration::max() means no limit (also
+  /// when async_options::default_timeout is set); a timeout <= 0 fails at once and sends nothing.
   /// Thread-safe.
   template <class Rep, class Period, command_arg... A>
   future<reply> command_for(std::chrono::duration<Rep, Period> timeout, const A&... args) {
@@ -194,9 +197,9 @@ class async_client {
     const std::string& buf = encode(args...);
     const auto at = deadline_of(how.timeout);
     if (how.stop.stop_requested()) return failed(cancelled_error());
-    if (how.timeout <= std::chrono::nanoseconds::zero())
+    if (how.timeout && *how.timeout <= std::chrono::nanoseconds::zero())
       return failed(timeout_error("redis::async_client::command: timeout " +
-                                  std::to_string(how.timeout.count()) + " ns; not sent"));
+                                  std::to_string(how.timeout->count()) + " ns; not sent"));
     promise<reply> p;
     future<reply> f = p.get_future();
     switch (admit(buf, at, how.stop, false, target{std::move(p), nullptr})) {
@@ -221,7 +224,7 @@ class async_client {
   template <command_arg... A>
   std::optional<future<reply>> try_command(const A&... args) {
     const std::string& buf = encode(args...);
-    const auto at = deadline_of(std::chrono::nanoseconds::max());
+    const auto at = deadline_of(std::nullopt);
     promise<reply> p;
     future<reply> f = p.get_future();
     if (admit(buf, at, {}, true, target{std::move(p), nullptr}) != admitted::ok)
@@ -364,8 +367,14 @@ class async_client {
     return buf;
   }
 
-  clock::time_point deadline_of(std::chrono::nanoseconds timeout) const {
-    if (timeout == std::chrono::nanoseconds::max() && aopts_.default_timeout.count() > 0)
+  // The deadline of a command: its own timeout if it gave one (duration::max(): none), else
+  // default_timeout. Attacked by "command_for(duration::max()) has no limit even when
+  // default_timeout is set" (max() used to mean "not given", so the default cut it short).
+  clock::time_point deadline_of(std::optional<std::chrono::nanoseconds> given) const {
+    std::chrono::nanoseconds timeout = std::chrono::nanoseconds::max();
+    if (given)
+      timeout = *given;
+    else if (aopts_.default_timeout.count() > 0)
       timeout = aopts_.default_timeout;
     return timeout == std::chrono::nanoseconds::max()
                ? clock::time_point::max()
