@@ -249,3 +249,82 @@ TEST_CASE("a chunk of SIZE_MAX (or any size above the range's) is one chunk, not
   CHECK(spindle::map_reduce(pool, l, [](int x) { return static_cast<long>(x); }, 0L,
                             std::plus<long>{}, huge - 1) == 500500);
 }
+
+namespace {
+// map_reduce over `range` with every chunk size that matters (1, 7, 8, 9, SIZE_MAX and the
+// default), checked against the sequential left fold: the same value, and map called exactly
+// once per element.
+template <class T, class Range, class Map, class Reduce>
+void check_against_left_fold(spindle::thread_pool& pool, const Range& range, Map map, T init,
+                             Reduce reduce) {
+  T want = init;
+  for (const auto& x : range) want = static_cast<T>(reduce(want, map(x)));
+  const auto n = static_cast<std::size_t>(std::ranges::distance(range));
+  for (std::size_t chunk : {std::size_t{0}, std::size_t{1}, std::size_t{2}, std::size_t{7},
+                            std::size_t{8}, std::size_t{9}, SIZE_MAX}) {
+    CAPTURE(chunk);
+    CAPTURE(n);
+    std::atomic<std::size_t> calls{0};
+    auto counted = [&](const auto& x) {
+      calls.fetch_add(1, std::memory_order_relaxed);
+      return map(x);
+    };
+    const T got = spindle::map_reduce(pool, range, counted, init, reduce, chunk);
+    CHECK(got == want);
+    CHECK(calls.load() == n);
+  }
+}
+
+template <class T, class V, class Map, class Reduce>
+void check_all_containers(spindle::thread_pool& pool, const std::vector<V>& v, Map map, T init,
+                          Reduce reduce) {
+  check_against_left_fold(pool, v, map, init, reduce);
+  check_against_left_fold(pool, std::list<V>(v.begin(), v.end()), map, init, reduce);
+  check_against_left_fold(pool, std::forward_list<V>(v.begin(), v.end()), map, init, reduce);
+}
+}  // namespace
+
+TEST_CASE("an int sum whose chunks would overflow where the left fold does not has no signed "
+          "overflow (UBSan)") {
+  // The left fold init + x0 + x1 + ... stays in range at every step, but a chunk's own sum
+  // (x0 + x1 = -4e9) does not, nor does init + that chunk's wrapped sum. Signed overflow is
+  // undefined behaviour: under -fsanitize=undefined this aborted; elsewhere it happened to
+  // wrap back. Random-access ranges (the 8-lane shortcut) and lists alike.
+  spindle::thread_pool pool(2);
+  const int big = 2000000000;
+  const std::vector<int> v{-big, -big, big, big, -big, -big, big, big, -big, -big, big};
+  auto id = [](int x) { return x; };
+  check_all_containers(pool, v, id, big, std::plus<>{});
+  check_all_containers(pool, v, id, big, std::plus<int>{});
+  // The same with a long long map into an int result: narrowed modulo 2^32 each step.
+  check_all_containers(pool, v, [](int x) { return static_cast<long long>(x); }, big,
+                       std::plus<>{});
+}
+
+TEST_CASE("integer sums of narrow, signed, bool and char maps equal the left fold, map called "
+          "once per element, on every range kind, chunk and length") {
+  spindle::thread_pool pool(3);
+  for (std::size_t n : {0, 1, 2, 8, 9, 17, 100}) {
+    CAPTURE(n);
+    std::vector<int> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<int>(i * 2654435761u % 1000) - 500;
+    // int8 result: every step wraps modulo 256.
+    check_all_containers(pool, v, [](int x) { return static_cast<std::int8_t>(x); },
+                         std::int8_t{-100}, std::plus<>{});
+    check_all_containers(pool, v, [](int x) { return x * 3; }, std::int8_t{100},
+                         std::plus<std::int8_t>{});
+    // uint16 result from a signed map: wraps modulo 2^16, negative terms included.
+    check_all_containers(pool, v, [](int x) { return x * 1000; }, std::uint16_t{65000},
+                         std::plus<>{});
+    // a map narrower than the result (char) and one returning bool (counted, not summed as
+    // 8 lanes: bool is excluded from the shortcut).
+    check_all_containers(pool, v, [](int x) { return static_cast<signed char>(x); }, 7,
+                         std::plus<>{});
+    check_all_containers(pool, v, [](int x) { return x > 0; }, 0, std::plus<>{});
+    check_all_containers(pool, v, [](int x) { return x > 0; }, std::size_t{0}, std::plus<>{});
+    // a wider unsigned result from a signed map, and a lambda reduce (no shortcut).
+    check_all_containers(pool, v, [](int x) { return x; }, std::uint64_t{3}, std::plus<>{});
+    check_all_containers(pool, v, [](int x) { return x; }, 11,
+                         [](int a, int b) { return a + b; });
+  }
+}

@@ -845,3 +845,153 @@ TEST_CASE("concurrency_limiter acquire_for with hours::max() waits for a release
   REQUIRE(g.join_within(10s));
   CHECK(got.load() == 2);
 }
+
+TEST_CASE("token_bucket at extreme rates is full after sitting idle past 2^63 units, not empty") {
+  // Its state is kept modulo 2^64 units; at rates above ~5e8 tokens/s a unit is a token, so
+  // 2^63 units pass in 107 days at 1e12/s and in 2.3 s at 4e18/s. An idle bucket then read as
+  // deeply in debt: try_acquire refused and acquire waited up to as long again.
+  for (const double rate : {1e12, 1e15, 4e18}) {
+    for (const double idle_in_halves : {3.0, 3.9}) {  // 1.5 and 1.95 times 2^63 units
+      CAPTURE(rate);
+      CAPTURE(idle_in_halves);
+      manual_clock clock;
+      bucket b(rate, 1000, clock);
+      REQUIRE(b.try_acquire(1000));
+      const double seconds = idle_in_halves / 2 * 0x1p63 / rate;
+      clock.advance(std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9)));
+      CHECK(b.retry_after(1000) == manual_clock::duration::zero());
+      CHECK(b.available() == doctest::Approx(1000.0));
+      CHECK(b.acquire_for(1000, 0s) == status::ok);
+      CHECK_FALSE(b.try_acquire(1000));  // taken once, not twice
+      // And idle once more, then a plain try_acquire.
+      clock.advance(std::chrono::nanoseconds(static_cast<std::int64_t>(seconds * 1e9)));
+      CHECK(b.try_acquire(1000));
+      CHECK_FALSE(b.try_acquire(1));
+    }
+  }
+}
+
+TEST_CASE("concurrency_limiter of 1: acquire_for of every length racing releases never admits two "
+          "and never hangs") {
+  // Timed waits (0, past, short, unlimited), stop-token waits and plain acquires race each
+  // other's releases at capacity 1; a lost notify_one (a timed waiter leaving with the wake-up
+  // meant for a sleeper) would leave a sleeper behind with a free permit: a hang.
+  spindle::concurrency_limiter lim(1);
+  std::atomic<int> inside{0}, most{0}, admitted{0};
+  std::stop_source never;
+  test_support::thread_group g;
+  for (int t = 0; t < 4; ++t) {
+    g.spawn([&, t] {
+      unsigned r = 12345u + static_cast<unsigned>(t) * 7919u;
+      for (int i = 0; i < 3000; ++i) {
+        r = r * 1103515245u + 12345u;
+        std::optional<spindle::concurrency_limiter::permit> p;
+        switch ((r >> 16) % 6) {
+          case 0: p = lim.acquire_for(0ns); break;
+          case 1: p = lim.acquire_for(-1ms); break;
+          case 2: p = lim.acquire_for(20us); break;
+          case 3: p = lim.acquire_for(std::chrono::hours::max()); break;
+          case 4: p = lim.acquire(never.get_token()); break;
+          default: p.emplace(lim.acquire()); break;
+        }
+        if (!p) continue;
+        const int now = inside.fetch_add(1) + 1;
+        int m = most.load();
+        while (now > m && !most.compare_exchange_weak(m, now)) {
+        }
+        admitted.fetch_add(1);
+        inside.fetch_sub(1);
+      }
+    });
+  }
+  REQUIRE(g.join_within(60s));
+  CHECK(most.load() == 1);
+  CHECK(admitted.load() > 0);
+  CHECK(lim.in_use() == 0);
+}
+
+TEST_CASE("sliding windows as long as duration::max(): retry_after is positive and a timed acquire "
+          "times out at once instead of spinning") {
+  // The counter's wait (window - into + the next window's share) reached 2 * max and was cast
+  // to a negative duration: acquire_for saw "tokens came in between" and re-tried forever on a
+  // core. The log computed at + window - now with a signed overflow (UB).
+  manual_clock clock;
+  clock.advance(1s);
+  window_counter c(1, manual_clock::duration::max(), clock);
+  window_log l(1, manual_clock::duration::max(), clock);
+  REQUIRE(c.try_acquire());
+  REQUIRE(l.try_acquire());
+  clock.advance(1s);
+  CHECK(c.retry_after(1) > manual_clock::duration::zero());
+  CHECK(l.retry_after(1) > manual_clock::duration::zero());
+  CHECK(l.retry_after(1) == manual_clock::duration::max() - manual_clock::duration(1s));
+  status s1 = status::ok, s2 = status::ok;
+  test_support::thread_group g;
+  g.spawn([&] {
+    s1 = c.acquire_for(1, 1h);
+    s2 = l.acquire_for(1, 1h);
+  });
+  REQUIRE(g.join_within(10s));
+  CHECK(s1 == status::timeout);
+  CHECK(s2 == status::timeout);
+}
+
+TEST_CASE("acquire without a time limit sleeps when the wait saturates to never, instead of "
+          "returning as if admitted") {
+  // A vanishing rate (waits saturate at duration::max()) and a window of duration::max(): the
+  // old loop compared the saturated wait with the time left before time_point::max(), found it
+  // longer, and returned timeout: acquire(n, st) returned a status it never promises, and
+  // acquire(n) returned having taken nothing.
+  manual_clock clock;
+  clock.advance(1s);
+  bucket b(1e-300, 1, clock);
+  window_counter c(1, manual_clock::duration::max(), clock);
+  REQUIRE(b.try_acquire());
+  REQUIRE(c.try_acquire());
+  std::stop_source stop;
+  std::atomic<int> returned{0};
+  status s1 = status::ok, s2 = status::ok, s3 = status::ok;
+  test_support::thread_group g;
+  g.spawn([&] {
+    s1 = b.acquire(1, stop.get_token());
+    returned.fetch_add(1);
+  });
+  g.spawn([&] {
+    s2 = c.acquire(1, stop.get_token());
+    returned.fetch_add(1);
+  });
+  g.spawn([&] {
+    s3 = b.acquire_for(1, std::chrono::hours::max(), stop.get_token());
+    returned.fetch_add(1);
+  });
+  // All three sleep on the clock (the old ones returned at once and never slept).
+  CHECK(clock.wait_for_sleepers(3, 5s));
+  CHECK(returned.load() == 0);
+  stop.request_stop();
+  REQUIRE(g.join_within(10s));
+  CHECK(s1 == status::cancelled);
+  CHECK(s2 == status::cancelled);
+  CHECK(s3 == status::cancelled);
+}
+
+TEST_CASE("concurrency_limiter acquire_for(0) and acquire(st) with a stop requested cost about a "
+          "try, not a spin") {
+  // The old wait spun its 64 polls (and a yield) before it looked at the deadline or the stop.
+  // CPU time of this thread, not wall time: robust on a loaded machine.
+  spindle::concurrency_limiter lim(1);
+  auto held = lim.acquire();
+  std::stop_source stop;
+  stop.request_stop();
+  constexpr int calls = 20000;
+  const auto start = test_support::thread_cpu_time();
+  for (int i = 0; i < calls; ++i) {
+    REQUIRE_FALSE(lim.acquire_for(0ns).has_value());
+    REQUIRE_FALSE(lim.acquire_for(-1ms).has_value());
+    REQUIRE_FALSE(lim.acquire(stop.get_token()).has_value());
+  }
+  const auto used = test_support::thread_cpu_time() - start;
+  // 60,000 calls: the spin cost several microseconds each; a try well under one.
+  CHECK(used < 60ms);
+  held.release();
+  CHECK(lim.acquire_for(0ns).has_value());  // a free permit is still taken at once
+}

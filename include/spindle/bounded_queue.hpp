@@ -58,8 +58,13 @@ namespace spindle {
 /// `closed` and leaves its argument untouched. Pops return `closed` only once the queue is closed
 /// and drained: closing never loses an item.
 ///
-/// Lifetime: the destructor destroys the items still queued. No thread may be inside a member
-/// function when the destructor runs (close() first, and join the threads that use the queue).
+/// Lifetime: the destructor destroys the items still queued. Requires that no thread is inside
+/// a member function: destroying the queue while a caller is blocked in it, or has not yet
+/// returned, is undefined behaviour (the destructor does not wake or wait for anyone). close()
+/// wakes the blocked callers, but one caller's return does not mean the others have left: a
+/// thread that saw `closed` may return while the closing thread is still inside close(), or a
+/// producer still inside the wake-up that ends its push. Join (or otherwise synchronise with)
+/// every thread that used the queue, the closer included, before destroying it.
 template <class T>
 class bounded_queue : public detail::queue_facade<bounded_queue<T>, T> {
   using facade = detail::queue_facade<bounded_queue<T>, T>;

@@ -16,9 +16,11 @@
 // - map_reduce is deterministic for any associative `reduce`: each chunk is folded left to right,
 //   and the chunk results are folded in chunk order, not completion order, so the result equals
 //   the sequential left fold reduce(...reduce(reduce(init, map(x0)), map(x1))..., map(xn)).
-//   An integer sum (integral T and map results, reduce std::plus) is folded within a chunk by 8
-//   independent accumulators, which the compiler vectorizes: the same result, since integer
-//   addition (modulo 2^N once converted back to T) is associative and commutative.
+//   An integer sum (integral T and map results, reduce std::plus) is computed in T's unsigned
+//   type, within a chunk by 8 independent accumulators, which the compiler vectorizes: the same
+//   result, since integer addition (modulo 2^N once converted back to T) is associative and
+//   commutative, and no signed overflow where the left fold has none (a chunk's own sum may
+//   leave T's range when the running total from init does not).
 // - parallel_map keeps the order of the range.
 // - Everything the calls did is visible to the caller when the function returns.
 // - An exception from `map`, `reduce` or `f` stops the remaining chunks from starting and is
@@ -185,6 +187,7 @@ inline constexpr bool integer_sum_v =
 /// The left fold reduce(...reduce(map(*first), map(first[1]))..., map(last[-1])) of a non-empty
 /// chunk [first, last). The iterators are values, not references into the chunk bounds, so that
 /// the compiler sees a plain loop.
+/// An integer sum adds in T's unsigned type (no signed overflow; the same value modulo 2^N).
 /// Shortcut: an integer sum over a random-access chunk runs 8 accumulators side by side (lane j
 /// takes elements j, j + 8, ...), then adds them up: the kernel of pstl's transform_reduce, about
 /// 1.4x the single dependency chain per thread here. Invariant: its result equals the sequential
@@ -193,7 +196,14 @@ inline constexpr bool integer_sum_v =
 template <class T, class It, class Map, class Reduce>
 T fold_chunk(It it, const It last, Map& map, Reduce& reduce) {
   using mapped = std::invoke_result_t<Map&, std::iter_reference_t<It>>;
-  if constexpr (std::random_access_iterator<It> && integer_sum_v<T, Reduce, mapped>) {
+  if constexpr (integer_sum_v<T, Reduce, mapped> && !std::random_access_iterator<It>) {
+    // One accumulator, but unsigned too: a chunk's own sum may overflow T where the left fold
+    // from init does not (see sum_partials).
+    using U = std::make_unsigned_t<T>;
+    U acc = 0;
+    for (; it != last; ++it) acc += static_cast<U>(std::invoke(map, *it));
+    return static_cast<T>(acc);
+  } else if constexpr (integer_sum_v<T, Reduce, mapped>) {
     using U = std::make_unsigned_t<T>;
     constexpr int lanes = 8;
     U acc[lanes] = {};
@@ -209,6 +219,25 @@ T fold_chunk(It it, const It last, Map& map, Reduce& reduce) {
     T acc = std::invoke(map, *it);
     for (++it; it != last; ++it) acc = std::invoke(reduce, std::move(acc), std::invoke(map, *it));
     return acc;
+  }
+}
+
+/// Folds the chunk results into `init` in chunk order. An integer sum adds modulo 2^N in the
+/// unsigned type: a chunk's sum (x0 + x1 alone, without init) may overflow T, and init plus it
+/// again, where the left fold init + x0 + x1 + ... never leaves T's range; signed overflow is
+/// undefined behaviour, unsigned wraps to the same value. Attacked by test_map_reduce's "an int
+/// sum whose chunks would overflow where the left fold does not has no signed overflow".
+template <class T, class Reduce>
+T sum_partials(T init, std::vector<std::optional<T>>& partial, Reduce& reduce) {
+  if constexpr (integer_sum_v<T, Reduce, T>) {
+    using U = std::make_unsigned_t<T>;
+    auto acc = static_cast<U>(init);
+    for (auto& p : partial) acc += static_cast<U>(*p);
+    return static_cast<T>(acc);
+  } else {
+    T result = std::move(init);
+    for (auto& p : partial) result = std::invoke(reduce, std::move(result), std::move(*p));
+    return result;
   }
 }
 
@@ -232,9 +261,7 @@ T map_reduce(E& ex, R&& range, Map map, T init, Reduce reduce, std::size_t chunk
     partial[i].emplace(detail::fold_chunk<T>(bounds[i], bounds[i + 1], map, reduce));
   };
   detail::run_chunks(ex, chunks, body);
-  T result = std::move(init);
-  for (auto& p : partial) result = std::invoke(reduce, std::move(result), std::move(*p));
-  return result;
+  return detail::sum_partials(std::move(init), partial, reduce);
 }
 
 /// Calls f(x) for every element x of `range` (by reference where the range yields references),

@@ -28,6 +28,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>  // the largest wait a duration holds
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -79,7 +80,13 @@ status acquire_loop(const Clock& clock, typename Clock::time_point until, const 
     if (a.admitted) return status::ok;
     if (st.stop_requested()) return status::cancelled;
     if (a.wait <= Clock::duration::zero()) continue;  // tokens came in between; try again
-    if (until < a.now || a.wait > until - a.now) return status::timeout;  // cannot come in time
+    // Cannot come in time. A deadline of time_point::max() is no deadline: a wait that
+    // saturated to "never" (a vanishing rate, a window near duration::max()) is longer than
+    // the time left before it, and returning timeout there made acquire(n) return having taken
+    // nothing. Attacked by "acquire without a time limit sleeps when the wait saturates to
+    // never, instead of returning as if admitted".
+    if (until != Clock::time_point::max() && (until < a.now || a.wait > until - a.now))
+      return status::timeout;
     if (!sleep_until(clock, saturating_add(a.now, a.wait), st)) return status::cancelled;
   }
 }
@@ -159,9 +166,16 @@ class limiter_waits {
 /// time t are G(t) = floor(ns(t) * num / den) (ns since construction), where num / den is the
 /// rate in units per nanosecond, held to 61 significant bits for rates from 1 to 4e18 tokens/s
 /// with any burst up to 2^30, and to at least 45 for rates >= 1e-3 with bursts up to 2^40.
-/// State and G are kept modulo 2^64, so a bucket stays exact for the life of the process at
-/// any rate; the one limit is that it must not sit untouched for 2^63 units (over 500 years up
-/// to 5e8 tokens/s, 29 years at 1e10). A rate too small to represent with its burst (below about
+/// State and G are kept modulo 2^64: a bucket taken from at least once every 2^64 units stays
+/// exact for the life of the process at any rate (a unit is a token above ~5e8 tokens/s; 2^64
+/// units are over 1000 years up to 5e8/s, 58 years at 1e10/s, 213 days at 1e12/s, 4.6 s at
+/// 4e18/s). A reading of the state taken before the clock is never in debt on a monotonic
+/// clock, so one that looks in debt has wrapped (idle over 2^63 units) and is full. After
+/// longer idleness the bucket reads as holding min(burst, idle units mod 2^64): full, except
+/// just past a multiple of 2^64 units, where it may look partly full (it refills within
+/// burst / rate); never in debt. The clock must be monotonic (steady_clock, manual_clock): on
+/// one that steps back (system_clock) the bucket reads as full after a step back. A rate too
+/// small to represent with its burst (below about
 /// 1e-29 tokens/s with burst 1) never refills: waits for it saturate ("never").
 template <clock Clock = std::chrono::steady_clock>
 class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
@@ -214,20 +228,18 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
     const std::uint64_t cost = n << shift_;
     return detail::acquire_loop(clock_, until, st, [&] {
       if (take(cost)) return detail::attempt<Clock>{true, {}, {}};
-      const time_point now = clock_.now();
-      return detail::attempt<Clock>{false, now, wait_for_cost(cost, now)};
+      const auto [now, wait] = wait_for_cost(cost);
+      return detail::attempt<Clock>{false, now, wait};
     });
   }
 
   /// The tokens in the bucket now (fractional; capped at burst). Approximate under concurrency.
   /// Never blocks. Thread-safe.
   double available() const noexcept(nothrow_clock) {
-    const std::uint64_t now = units_at(clock_.now());
-    // relaxed: a snapshot of the one atomic; no other memory depends on it.
-    const auto level = static_cast<std::int64_t>(now - zero_.load(std::memory_order_relaxed));
-    const std::int64_t capped = std::clamp<std::int64_t>(
-        level, 0, static_cast<std::int64_t>(burst_units_));
-    return std::ldexp(static_cast<double>(capped), -shift_);
+    // acquire: the state before the clock, as in take(): a level below zero is a wrap (full).
+    const std::uint64_t zero = zero_.load(std::memory_order_acquire);
+    const std::uint64_t level = units_at(clock_.now()) - zero;
+    return std::ldexp(static_cast<double>(level > burst_units_ ? burst_units_ : level), -shift_);
   }
 
   /// How long until `n` tokens will be in the bucket if nobody else takes any: zero if they are
@@ -236,7 +248,7 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
   duration retry_after(std::uint64_t n = 1) const {
     check_n("token_bucket::retry_after", n);
     if (n == 0) return duration::zero();
-    return wait_for_cost(n << shift_, clock_.now());
+    return wait_for_cost(n << shift_).second;
   }
 
   /// Tokens per second (as given to the constructor).
@@ -291,12 +303,20 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
   }
 
   // Where the empty level goes after taking `cost` at `now`: a bucket fuller than burst is
-  // capped first. Differences are taken modulo 2^64 and read as signed.
-  std::uint64_t after_take(std::uint64_t zero, std::uint64_t now, std::uint64_t cost) const {
-    const auto level = static_cast<std::int64_t>(now - zero);
-    const std::uint64_t base =
-        level > static_cast<std::int64_t>(burst_units_) ? now - burst_units_ : zero;
-    return base + cost;
+  // capped first. Differences are taken modulo 2^64. `fresh`: `now` was read after `zero` was
+  // loaded; then the level cannot be below zero on a monotonic clock (the take that wrote
+  // `zero` read the clock first and left a level >= 0), so a level that looks below zero has
+  // wrapped past 2^63 units untouched, and the bucket is full (one unsigned compare covers both
+  // cases). A stale `now` (after a failed CAS) may be legitimately behind: read as signed.
+  // Invariant: attacked by "token_bucket at extreme rates is full after sitting idle past 2^63
+  // units, not empty".
+  std::uint64_t after_take(std::uint64_t zero, std::uint64_t now, std::uint64_t cost,
+                           bool fresh) const {
+    const std::uint64_t level = now - zero;
+    const bool full = fresh ? level > burst_units_
+                            : static_cast<std::int64_t>(level) >
+                                  static_cast<std::int64_t>(burst_units_);
+    return (full ? now - burst_units_ : zero) + cost;
   }
 
   // Takes `cost` units now. The clock is read after the state is loaded, so every take that
@@ -311,7 +331,7 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
     std::uint64_t now = units_at(clock_.now());
     bool fresh = true;  // `now` was read after `zero` was loaded
     for (;;) {
-      const std::uint64_t next = after_take(zero, now, cost);
+      const std::uint64_t next = after_take(zero, now, cost, fresh);
       if (static_cast<std::int64_t>(next - now) > 0) {  // not enough tokens: no write at all
         if (fresh) return false;
         now = units_at(clock_.now());
@@ -327,25 +347,29 @@ class token_bucket : public detail::limiter_waits<token_bucket<Clock>, Clock> {
     }
   }
 
-  // How long from `t` until `cost` units are there: exact, integer throughout, saturating at
-  // duration::max() (never) instead of overflowing.
-  duration wait_for_cost(std::uint64_t cost, time_point t) const noexcept {
+  // The clock reading t, and how long from t until `cost` units are there: exact, integer
+  // throughout, saturating at duration::max() (never) instead of overflowing.
+  std::pair<time_point, duration> wait_for_cost(std::uint64_t cost) const
+      noexcept(nothrow_clock) {
+    // acquire: the state before the clock, as in take() (a snapshot; the caller re-checks with
+    // take()).
+    const std::uint64_t zero = zero_.load(std::memory_order_acquire);
+    const time_point t = clock_.now();
     const auto ns = std::max<std::int64_t>(
         0, std::chrono::duration_cast<std::chrono::nanoseconds>(t - origin_).count());
     const u128 scaled = static_cast<u128>(ns) * num_;  // = G(t) * den_ + rem
     const auto now = static_cast<std::uint64_t>(scaled / den_);
     const auto rem = static_cast<std::uint64_t>(scaled % den_);
-    // relaxed: a snapshot; the caller re-checks with take().
-    const std::uint64_t due = after_take(zero_.load(std::memory_order_relaxed), now, cost);
+    const std::uint64_t due = after_take(zero, now, cost, true);
     const auto short_by = static_cast<std::int64_t>(due - now);
-    if (short_by <= 0) return duration::zero();
-    if (num_ == 0) return duration::max();
+    if (short_by <= 0) return {t, duration::zero()};
+    if (num_ == 0) return {t, duration::max()};
     // The least w with (ns + w) * num_ >= (G(t) + short_by) * den_.
     const u128 w = (static_cast<u128>(short_by) * den_ - rem + num_ - 1) / num_;
     constexpr auto most = static_cast<u128>(std::chrono::nanoseconds::max().count());
     const auto wait = detail::saturating_ceil<duration>(
         std::chrono::nanoseconds(static_cast<std::int64_t>(w >= most ? most : w)));
-    return std::max(wait, duration(1));
+    return {t, std::max(wait, duration(1))};
   }
 
   const double rate_;
@@ -479,7 +503,9 @@ class sliding_window_log : public detail::limiter_waits<sliding_window_log<Clock
     std::uint64_t must_leave = total_ + n - limit_, left = 0;
     for (std::size_t i = 0; i < size_; ++i) {
       left += at_(i).count;
-      if (left >= must_leave) return at_(i).at + window_ - now;
+      // window - (now - at), not at + window - now: no overflow for a window near max()
+      // (expire_locked left now - at < window).
+      if (left >= must_leave) return window_ - (now - at_(i).at);
     }
     return window_;  // unreachable: n <= limit means the whole log can leave
   }
@@ -650,7 +676,12 @@ class sliding_window_counter : public detail::limiter_waits<sliding_window_count
     // The next window: curr_ becomes the weighted previous one.
     u128 e = earliest(curr_, limit_ - n, w);
     if (e >= w) e = w;  // the one after: both counts gone
-    return duration(static_cast<typename duration::rep>(w - into + e));
+    // Up to two windows: saturates at duration::max() ("never" to the caller) for windows
+    // longer than half of it; a plain cast turned it negative, and acquire re-tried at once,
+    // forever. Attacked by "sliding windows as long as duration::max(): ...".
+    const u128 wait = w - into + e;
+    constexpr auto most = static_cast<u128>(std::numeric_limits<typename duration::rep>::max());
+    return duration(static_cast<typename duration::rep>(wait < most ? wait : most));
   }
 
   const std::uint64_t limit_;
@@ -780,7 +811,12 @@ class concurrency_limiter {
     // A short spin (64 polls, not default_spin): a permit comes back when a call ends, often far
     // later than a queue hand-off; a longer spin would burn the core for nothing. Correct with 0
     // polls (the loop below tries first).
-    if (detail::spin_until([this] { return try_take(); }, 64)) return true;
+    // Invariant: a call whose deadline has passed, or whose stop is already requested, costs a
+    // try, not the spin (as the queues' blocking_wait). Attacked by "concurrency_limiter
+    // acquire_for(0) and acquire(st) with a stop requested cost about a try, not a spin".
+    bool spin = !st.stop_requested();
+    if constexpr (timed) spin = spin && clock::now() < until;
+    if (spin ? detail::spin_until([this] { return try_take(); }, 64) : try_take()) return true;
     for (;;) {
       if (try_take()) return true;
       if (st.stop_requested()) return give_up();

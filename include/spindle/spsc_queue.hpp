@@ -57,8 +57,13 @@ namespace spindle {
 /// before close() returns has its item poppable; a push after it returns `closed` and leaves
 /// its argument untouched. Pops return `closed` only once closed and drained.
 ///
-/// Lifetime: the destructor destroys the items still queued. No thread may be inside a member
-/// function when the destructor runs.
+/// Lifetime: the destructor destroys the items still queued. Requires that no thread is inside
+/// a member function: destroying the queue while a caller is blocked in it, or has not yet
+/// returned, is undefined behaviour (the destructor does not wake or wait for anyone). close()
+/// wakes the blocked callers, but one caller's return does not mean the others have left: a
+/// thread that saw `closed` may return while the closing thread is still inside close(), or a
+/// producer still inside the wake-up that ends its push. Join (or otherwise synchronise with)
+/// every thread that used the queue, the closer included, before destroying it.
 template <class T>
 class spsc_queue : public detail::queue_facade<spsc_queue<T>, T> {
   using facade = detail::queue_facade<spsc_queue<T>, T>;
