@@ -68,3 +68,45 @@ TEST_CASE("pool::acquire_for(duration::max()) waits for a connection, never fail
   wait_max(std::chrono::duration<double>::max());
   CHECK(p.acquire_for(std::chrono::nanoseconds(1)).has_value());  // one is free: at once
 }
+
+TEST_CASE("a stream pop that meets a poison entry does not wait for a second pooled connection") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  // One connection: a pop holding it while dead-lettering the poison entry on another would
+  // wait for itself (acquire_timeout, 10 s) and then throw.
+  redis::stream<int> s("hs-poison", o, {.poll_interval = 20ms, .max_connections = 1});
+  redis::stream<int>::delivery d;
+  REQUIRE(s.try_pop_delivery(d) == status::empty);  // creates the group
+  redis::connection r(o);
+  for (int round = 0; round < 3; ++round) {
+    // The claim-or-read script hands out the poison entry, then the good one.
+    r.command("XADD", "{hs-poison}:stream", "*", "v", "oops");
+    r.command("XADD", "{hs-poison}:stream", "*", "v", std::to_string(round));
+    auto t0 = std::chrono::steady_clock::now();
+    if (round == 0) {
+      REQUIRE(s.try_pop_delivery(d) == status::ok);  // never blocks: must not wait 10 s either
+    } else {
+      REQUIRE(s.pop_delivery_for(d, 30s) == status::ok);
+    }
+    CHECK(since(t0) < no_hang);
+    CHECK(d.value == round);
+    CHECK(s.ack(d));
+    CHECK(s.dead_letter_size() == static_cast<std::size_t>(round + 1));
+  }
+  // A blocked pop that then receives a poison entry from XREADGROUP dead-letters it too.
+  std::thread late([&] {
+    redis::connection w(o);
+    std::this_thread::sleep_for(100ms);  // not synchronisation: either order passes
+    w.command("XADD", "{hs-poison}:stream", "*", "v", "bad");
+    w.command("XADD", "{hs-poison}:stream", "*", "v", "9");
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(s.pop_delivery_for(d, 30s) == status::ok);
+  late.join();
+  CHECK(since(t0) < no_hang);
+  CHECK(d.value == 9);
+  CHECK(s.ack(d));
+  CHECK(s.dead_letter_size() == 4);
+  CHECK(s.pending() == 0);
+}
