@@ -110,3 +110,45 @@ TEST_CASE("a stream pop that meets a poison entry does not wait for a second poo
   CHECK(s.dead_letter_size() == 4);
   CHECK(s.pending() == 0);
 }
+
+TEST_CASE("read_range pages to the end of a stream whose last entry has the largest id") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::stream<std::string> s("hs-maxid", o, {.poll_interval = 20ms});
+  redis::connection r(o);
+  const std::string largest = "18446744073709551615-18446744073709551615";
+  r.command("XADD", "{hs-maxid}:stream", "0-1", "v", std::string("a\0:b", 4));
+  r.command("XADD", "{hs-maxid}:stream", "7-0", "v", "(");
+  r.command("XADD", "{hs-maxid}:stream", largest, "v", "z");
+  // Forwards in pages of one: every page is full, the last ends at the largest id.
+  std::vector<std::string> ids, values;
+  std::string from = "-";
+  for (int pages = 0; !from.empty(); ++pages) {
+    REQUIRE(pages < 10);
+    auto p = s.read_range(from, "+", 1);
+    for (const auto& e : p.items) {
+      ids.push_back(e.id);
+      REQUIRE(e.value.has_value());
+      values.push_back(*e.value);
+    }
+    from = p.next;
+  }
+  CHECK(ids == std::vector<std::string>{"0-1", "7-0", largest});
+  CHECK(values == std::vector<std::string>{std::string("a\0:b", 4), "(", "z"});
+  // Backwards down to the smallest id there is.
+  ids.clear();
+  from = "+";
+  for (int pages = 0; !from.empty(); ++pages) {
+    REQUIRE(pages < 10);
+    auto p = s.read_range_reverse(from, "-", 1);
+    for (const auto& e : p.items) ids.push_back(e.id);
+    from = p.next;
+  }
+  CHECK(ids == std::vector<std::string>{largest, "7-0", "0-1"});
+  // Bounds given the wrong way round are an empty page, not an error.
+  auto none = s.read_range("+", "-");
+  CHECK(none.items.empty());
+  CHECK(none.next.empty());
+  CHECK_THROWS_AS(s.read_range("(", "+"), redis::server_error);  // malformed: said, not hung
+}

@@ -328,8 +328,8 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   struct page {
     std::vector<Item> items{};
     /// The `from` of the next page ("(<last id>": exclusive), or "" once the range is
-    /// exhausted (fewer than `count` items came back; a full last page is followed by an empty
-    /// one).
+    /// exhausted (fewer than `count` items came back, or, reading forwards, the last has the
+    /// largest id there is; a full last page is otherwise followed by an empty one).
     std::string next{};
   };
 
@@ -659,7 +659,12 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
       fill(it, e[1]);
       p.items.push_back(std::move(it));
     }
-    if (p.items.size() == count) p.next = "(" + p.items.back().id;
+    // The largest id has no successor: "(" + it is refused by the server (XRANGE), and no
+    // entry can follow it, so that page is the last.
+    constexpr std::string_view largest_id = "18446744073709551615-18446744073709551615";
+    if (p.items.size() == count &&
+        !(std::string_view(cmd) == "XRANGE" && p.items.back().id == largest_id))
+      p.next = "(" + p.items.back().id;
     return p;
   }
 
