@@ -152,3 +152,55 @@ TEST_CASE("read_range pages to the end of a stream whose last entry has the larg
   CHECK(none.next.empty());
   CHECK_THROWS_AS(s.read_range("(", "+"), redis::server_error);  // malformed: said, not hung
 }
+
+TEST_CASE("structures on a cluster refuse a name starting with '}', whose keys have no hash tag") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  // "{}x}:ready" has an empty tag: each whole key is hashed, so one script's keys span slots.
+  CHECK(redis::key_slot("{}x}:ready") != redis::key_slot("{}x}:seq"));
+  auto names_it = [](auto&& make, const std::string& what) {
+    CAPTURE(what);
+    try {
+      make();
+      FAIL("constructed");
+    } catch (const std::invalid_argument& e) {
+      CHECK(std::string(e.what()).find(what) != std::string::npos);
+      CHECK(std::string(e.what()).find("}x") != std::string::npos);
+    }
+  };
+  names_it([&] { redis::queue<int> q("}x", c); }, "redis::queue");
+  names_it([&] { redis::stream<int> s("}x", c); }, "redis::stream");
+  names_it([&] { redis::distributed_lock l("}x", c); }, "redis::distributed_lock");
+  names_it([&] { redis::token_bucket t("}x", c, 1.0, 1); }, "redis::token_bucket");
+  names_it([&] { redis::sliding_window w("}x", c, 1, 1s); }, "redis::sliding_window");
+  names_it([&] { redis::keyed_sliding_window w("}x", c, 1, 1s); }, "redis::keyed_sliding_window");
+  names_it([&] { (void)std::make_unique<redis::cache<int>>("}x", c); }, "redis::cache");
+}
+
+TEST_CASE("on a cluster, names and keys with braces inside keep every key of a call in one slot") {
+  auto* cl = shared_cluster();
+  if (cl == nullptr) return;
+  redis::cluster c(cl->url());
+  // "hs}q" tags as "hs", "x{y" as "x{y": every key of the queue still shares one slot.
+  for (std::string name : {"hs}q", "x{y", "{hs-q}"}) {
+    CAPTURE(name);
+    redis::queue<int> q(name, c, {.poll_interval = 20ms});
+    q.destroy();
+    REQUIRE(q.push(5) == status::ok);
+    redis::queue<int>::delivery d;
+    REQUIRE(q.pop_delivery_for(d, 5s) == status::ok);
+    CHECK(d.value == 5);
+    CHECK(q.ack(d));
+    CHECK(q.pending() == 0);
+    auto h = q.health();
+    CHECK(h.ready == 0);
+    q.destroy();
+  }
+  redis::keyed_sliding_window sw("hs-ck", c, 1, 60s);
+  for (std::string k : {"a", "a}", "}a", "{a}", "a}:sw"}) {
+    CAPTURE(k);
+    CHECK(sw.try_acquire(k));
+    CHECK_FALSE(sw.try_acquire(k));
+  }
+}

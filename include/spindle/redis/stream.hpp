@@ -186,12 +186,14 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   /// Opens the stream `name` on a Redis Cluster: every key shares the tag {name}, and the
   /// object's pool is pinned to that slot's primary (pool.hpp), following a failover or a
   /// resharding. `c` must outlive the stream. Throws like the other constructor (poll_interval
-  /// is checked against c.config().node.io_timeout). Allocates.
+  /// is checked against c.config().node.io_timeout), and std::invalid_argument for a name
+  /// starting with '}' (its keys would have no hash tag). Allocates.
   stream(std::string name, cluster& c, stream_options so = {})
       : name_(std::move(name)),
         so_(std::move(so)),
         pool_(c, "{" + name_ + "}", {.max_connections = checked_count(c.config().node, so_)}),
         closed_("{" + name_ + "}:stream:closed") {
+    detail::check_tag_name("redis::stream", name_);
     init();
   }
 
