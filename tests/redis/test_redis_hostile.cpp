@@ -153,6 +153,67 @@ TEST_CASE("read_range pages to the end of a stream whose last entry has the larg
   CHECK_THROWS_AS(s.read_range("(", "+"), redis::server_error);  // malformed: said, not hung
 }
 
+TEST_CASE("a queue ack or nack whose reply was lost settles once: no loss, no extra delivery") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  spindle::test::fault_proxy proxy("127.0.0.1", srv.port());
+  redis::options o = local_options(proxy.port());
+  redis::queue<int> q("hs-lost", o, {.poll_interval = 20ms, .max_connections = 1});
+  q.destroy();
+  for (int i = -1; i < 2; ++i) REQUIRE(q.push(i) == status::ok);
+  redis::queue<int>::delivery d;
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  REQUIRE(d.value == -1);
+  REQUIRE(q.ack(d));  // loads the settle script: the dropped reply below is its run, not NOSCRIPT
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  REQUIRE(d.value == 0);
+  proxy.drop_reply_of("EVALSHA");  // the ack script runs; its reply never arrives
+  CHECK_THROWS_AS(q.ack(d), redis::error);
+  // The ack took effect: item 0 is gone for good, item 1 comes next, once.
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 1);
+  CHECK(d.deliveries == 1);
+  proxy.drop_reply_of("EVALSHA");  // the nack script runs: item 1 requeued with its count
+  CHECK_THROWS_AS(q.nack(d), redis::error);
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  CHECK(d.value == 1);
+  CHECK(d.deliveries == 2);  // one redelivery, not two
+  CHECK(q.ack(d));
+  CHECK(q.try_pop_delivery(d) == status::empty);
+  CHECK(q.pending() == 0);
+  CHECK(q.dead_letter_size() == 0);
+}
+
+TEST_CASE("keyed limiter keys with braces, colons, NUL bytes or 64 KiB each get their own room") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  // Each key is one that could alias another's Redis key or hash tag if the prefix were
+  // built carelessly: "a}" tags as "hs-k:a" like "a"; "a}:sw" ends like a's own key.
+  const std::vector<std::string> keys{"a",   "a}",  "a}:sw", "}a", "{a}",  "a:sw", "",
+                                      ":",   "}{",  std::string("\0a", 2),
+                                      std::string("a\0", 2), std::string(65536, 'k')};
+  redis::keyed_sliding_window sw("hs-k", o, 2, 60s);
+  redis::keyed_fixed_window fw("hs-k", o, 2, 60s);
+  redis::keyed_token_bucket tb("hs-k", o, 0.001, 2);
+  for (const auto& k : keys) {
+    CAPTURE(k.size());
+    CHECK(sw.try_acquire(k));
+    CHECK(fw.try_acquire(k));
+    CHECK(tb.try_acquire(k));
+  }
+  for (const auto& k : keys) {
+    CAPTURE(k.size());
+    CHECK(sw.try_acquire(k));
+    CHECK_FALSE(sw.try_acquire(k));
+    CHECK(fw.try_acquire(k));
+    CHECK_FALSE(fw.try_acquire(k));
+    CHECK(tb.try_acquire(k));
+    CHECK_FALSE(tb.try_acquire(k));
+    CHECK(sw.retry_after(k) > 0ms);
+  }
+}
+
 TEST_CASE("structures on a cluster refuse a name starting with '}', whose keys have no hash tag") {
   auto* cl = shared_cluster();
   if (cl == nullptr) return;

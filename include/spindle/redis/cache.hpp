@@ -51,6 +51,9 @@
 //   {name:key}:l     the compute lock: the computing caller's random token, PX lock_lease
 //   channel {name}:events   "f" + key when a computed value was stored (or a computation
 //                           failed), "i" + key when it was invalidated or replaced by set()
+// Name and key are joined by ':' as they are: cache "users" with key "42:name" and cache
+// "users:42" with key "name" share one value. Give caches names that are not a prefix of each
+// other followed by ':'.
 #pragma once
 
 #include <atomic>

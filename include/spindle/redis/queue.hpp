@@ -382,7 +382,9 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     return static_cast<std::size_t>(pool_.command("LLEN", keys_[3]).integer());
   }
   /// Takes one dead letter (oldest first): its value (value-initialised if it does not decode),
-  /// id, deliveries made and reason. Returns ok | empty. Thread-safe.
+  /// id, deliveries made and reason. Returns ok | empty. At most once: the letter leaves the
+  /// list with the RPOP, so if that reply is lost (redis::error) the letter is gone; read
+  /// letters you cannot afford to lose with LRANGE {name}:dead before taking them. Thread-safe.
   status try_pop_dead(delivery& out) {
     reply r = pool_.command("RPOP", keys_[3]);
     if (r.is_nil()) return status::empty;
