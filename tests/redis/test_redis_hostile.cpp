@@ -1,8 +1,8 @@
 // Hostile-user tests of the Redis structures: each case attacks one promise of a header with the
 // input or the fault a careless or malicious user would bring - a pool asked to wait
-// duration::max(), a poison entry on a stream whose pool has one connection, a stream whose
-// last entry has the largest id there is, lost replies of ack and nack, structure names and
-// limiter keys full of braces, colons and NUL bytes, on one server and on a cluster.
+// duration::max(), a poison entry on a stream or queue whose pool has one connection, a stream
+// whose last entry has the largest id there is, lost replies of ack and nack, structure names
+// and limiter keys full of braces, colons and NUL bytes, on one server and on a cluster.
 //
 // The cluster cases share one cluster (3 primaries + 3 replicas, tests/support/redis_cluster.hpp)
 // started on first use; each case uses its own names.
@@ -109,6 +109,26 @@ TEST_CASE("a stream pop that meets a poison entry does not wait for a second poo
   CHECK(s.ack(d));
   CHECK(s.dead_letter_size() == 4);
   CHECK(s.pending() == 0);
+}
+
+TEST_CASE("a queue pop that meets a poison payload with one pooled connection dead-letters it "
+          "at once") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::queue<int> q("hs-qpoison", o, {.poll_interval = 20ms, .max_connections = 1});
+  q.destroy();
+  redis::connection r(o);
+  r.command("LPUSH", "{hs-qpoison}:ready", "oops");  // a foreign producer's bare payload
+  REQUIRE(q.push(3) == status::ok);
+  redis::queue<int>::delivery d;
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(q.try_pop_delivery(d) == status::ok);
+  CHECK(since(t0) < no_hang);
+  CHECK(d.value == 3);
+  CHECK(q.ack(d));
+  CHECK(q.dead_letter_size() == 1);
+  CHECK(q.pending() == 0);
 }
 
 TEST_CASE("read_range pages to the end of a stream whose last entry has the largest id") {
