@@ -131,6 +131,33 @@ TEST_CASE("a queue pop that meets a poison payload with one pooled connection de
   CHECK(q.pending() == 0);
 }
 
+TEST_CASE("a stream consumer holding 8200 deliveries keeps every one renewed by its heartbeat") {
+  if (!redis_server::available()) return;
+  redis_server srv;
+  redis::options o = local_options(srv.port());
+  redis::stream_options so{.visibility_timeout = 600ms, .poll_interval = 20ms};
+  redis::stream<int> a("hs-many", o, so);
+  redis::stream<int> b("hs-many", o, so);
+  redis::stream<int>::delivery d, e;
+  REQUIRE(a.try_pop_delivery(d) == status::empty);  // creates the group
+  constexpr int n = 8200;  // past Lua's 8000-value unpack() limit
+  redis::connection r(o);
+  redis::batch adds;
+  for (int i = 0; i < n; ++i) adds.add("XADD", "{hs-many}:stream", "*", "v", i);
+  r.pipeline(adds);
+  std::vector<redis::stream<int>::delivery> held;
+  held.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(a.try_pop_delivery(d) == status::ok);
+    held.push_back(d);
+  }
+  // Three leases long: a's heartbeat (every 200 ms) must keep all of them from going stale.
+  CHECK(b.pop_delivery_for(e, 1800ms) == status::timeout);
+  std::size_t acked = 0;
+  for (const auto& h : held) acked += a.ack(h) ? 1 : 0;
+  CHECK(acked == static_cast<std::size_t>(n));
+}
+
 TEST_CASE("read_range pages to the end of a stream whose last entry has the largest id") {
   if (!redis_server::available()) return;
   redis_server srv;
