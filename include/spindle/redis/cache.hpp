@@ -51,6 +51,9 @@
 //   {name:key}:l     the compute lock: the computing caller's random token, PX lock_lease
 //   channel {name}:events   "f" + key when a computed value was stored (or a computation
 //                           failed), "i" + key when it was invalidated or replaced by set()
+// Name and key are joined by ':' as they are: cache "users" with key "42:name" and cache
+// "users:42" with key "name" share one value. Give caches names that are not a prefix of each
+// other followed by ':'.
 #pragma once
 
 #include <atomic>
@@ -159,7 +162,8 @@ class cache {
   /// (cluster::eval_script, cluster::pipeline). The subscription is on the primary of the
   /// channel's slot as the map stood at construction (PUBLISH reaches every node); if that node
   /// goes away, notifications are lost and waiters fall back on `recheck`, local copies on
-  /// `local_ttl`. `c` must outlive the cache. Throws like the other constructor.
+  /// `local_ttl`. `c` must outlive the cache. Throws like the other constructor, and
+  /// std::invalid_argument for a name starting with '}' (its keys would have no hash tag).
   cache(std::string name, cluster& c, cache_options co = {},
         pool_options po = {.max_connections = 8})
       : name_(std::move(name)),
@@ -167,6 +171,7 @@ class cache {
         co_(co),
         pool_(c, channel_, po),
         cluster_(&c) {
+    detail::check_tag_name("redis::cache", name_);
     options o = c.config().node;
     if (!name_.empty()) {
       auto at = c.primary_for_key(channel_);

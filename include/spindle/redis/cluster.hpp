@@ -48,7 +48,9 @@
 // cluster& and pin their pool to the slot of their {name} tag (pool(cluster&, route_key): a
 // failed command or connect marks the map stale; the next connection goes to the slot's current
 // primary). The keyed limiters and the cache route each call by its {name:key} slot
-// (eval_script, pipeline). README.md, "On a Redis Cluster", says what a failover can lose.
+// (eval_script, pipeline). Their cluster constructors refuse a name that starts with '}' (its
+// keys would have an empty hash tag and spread over slots: CROSSSLOT). README.md, "On a Redis
+// Cluster", says what a failover can lose.
 //
 // Not yet: replicas for reads, MULTI/EXEC across a slot migration (a transaction in a pipeline
 // works while its slot stays put), and a slot migrating under a pinned pool (ASK and TRYAGAIN
@@ -90,6 +92,18 @@ namespace spindle::redis {
 /// The cluster slot (0 .. 16383) of `key`: CRC16 of its {hash tag} or of all of it. Never
 /// allocates.
 constexpr std::uint16_t key_slot(std::string_view key) noexcept { return detail::key_slot(key); }
+
+namespace detail {
+/// Throws std::invalid_argument naming `what` and `name` if the structure name `name` starts
+/// with '}': its keys "{name}:..." (or "{name:key}:...") would have an empty hash tag, so a
+/// cluster would hash each whole key and one script's keys would land in different slots
+/// (CROSSSLOT on every call). '{' and '}' elsewhere in a name keep a tag, and one slot.
+inline void check_tag_name(const char* what, std::string_view name) {
+  if (!name.empty() && name.front() == '}')
+    throw std::invalid_argument(std::string(what) + ": name '" + std::string(name) +
+                                "' starts with '}', so its keys have no hash tag on a cluster");
+}
+}  // namespace detail
 
 /// A command was written to a node and the connection failed before its reply came back: it may
 /// or may not have run. The cluster client does not send it again (see cluster.hpp).

@@ -39,6 +39,11 @@
 //   {name:key}:fw                   counter, expiring with its window       (fixed window)
 //   {name:key}:sw, {name:key}:sw:seq  sorted set of grants, and its counter   (sliding window)
 //   {name:key}:tb                   hash {t: tokens, ts: server ms}         (token bucket)
+// Name and key are joined by ':' as they are: limiter "api" with key "v2:login" and limiter
+// "api:v2" with key "login" share one state. Give limiters of the same algorithm names that are
+// not a prefix of each other followed by ':'. A key with '}' in it keeps its own state, but its
+// tag ends there: keys "u}1", "u}2", ... all live in the slot of "u" (users who choose their
+// keys can pile them onto one primary).
 #pragma once
 
 #include <chrono>

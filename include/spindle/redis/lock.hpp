@@ -313,10 +313,12 @@ class distributed_lock {
   /// that slot's primary. A failover can lose a lock taken just before it (asynchronous
   /// replication: see README, "Redis Cluster"); the fence, drawn in the same script, tells a
   /// resource that checks it. `c` must outlive the lock and every held_lock. Throws like the
-  /// other constructor.
+  /// other constructor, and std::invalid_argument for a name starting with '}' (its keys would
+  /// have no hash tag).
   distributed_lock(std::string name, cluster& c, lock_options lo = {},
                    pool_options po = {.max_connections = 4}) {
     check(name, lo);
+    detail::check_tag_name("redis::distributed_lock", name);
     s_ = std::make_shared<detail::lock_shared>(std::move(name), c, std::move(lo), po);
   }
 

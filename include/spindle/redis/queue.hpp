@@ -231,12 +231,14 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
   /// Opens the queue `name` on a Redis Cluster: every key shares the tag {name}, and the
   /// object's pool is pinned to that slot's primary (pool.hpp), following a failover or a
   /// resharding. `c` must outlive the queue. Throws like the other constructor (poll_interval
-  /// is checked against c.config().node.io_timeout). Allocates.
+  /// is checked against c.config().node.io_timeout), and std::invalid_argument for a name
+  /// starting with '}' (its keys would have no hash tag). Allocates.
   queue(std::string name, cluster& c, queue_options qo = {})
       : name_(std::move(name)),
         qo_(qo),
         pool_(c, "{" + name_ + "}", {.max_connections = checked_count(c.config().node, qo)}),
         closed_("{" + name_ + "}:closed") {
+    detail::check_tag_name("redis::queue", name_);
     init();
   }
 
@@ -380,7 +382,9 @@ class queue : public detail::channel_pops<queue<T, Codec>, T> {
     return static_cast<std::size_t>(pool_.command("LLEN", keys_[3]).integer());
   }
   /// Takes one dead letter (oldest first): its value (value-initialised if it does not decode),
-  /// id, deliveries made and reason. Returns ok | empty. Thread-safe.
+  /// id, deliveries made and reason. Returns ok | empty. At most once: the letter leaves the
+  /// list with the RPOP, so if that reply is lost (redis::error) the letter is gone; read
+  /// letters you cannot afford to lose with LRANGE {name}:dead before taking them. Thread-safe.
   status try_pop_dead(delivery& out) {
     reply r = pool_.command("RPOP", keys_[3]);
     if (r.is_nil()) return status::empty;

@@ -186,12 +186,14 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   /// Opens the stream `name` on a Redis Cluster: every key shares the tag {name}, and the
   /// object's pool is pinned to that slot's primary (pool.hpp), following a failover or a
   /// resharding. `c` must outlive the stream. Throws like the other constructor (poll_interval
-  /// is checked against c.config().node.io_timeout). Allocates.
+  /// is checked against c.config().node.io_timeout), and std::invalid_argument for a name
+  /// starting with '}' (its keys would have no hash tag). Allocates.
   stream(std::string name, cluster& c, stream_options so = {})
       : name_(std::move(name)),
         so_(std::move(so)),
         pool_(c, "{" + name_ + "}", {.max_connections = checked_count(c.config().node, so_)}),
         closed_("{" + name_ + "}:stream:closed") {
+    detail::check_tag_name("redis::stream", name_);
     init();
   }
 
@@ -328,8 +330,8 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
   struct page {
     std::vector<Item> items{};
     /// The `from` of the next page ("(<last id>": exclusive), or "" once the range is
-    /// exhausted (fewer than `count` items came back; a full last page is followed by an empty
-    /// one).
+    /// exhausted (fewer than `count` items came back, or, reading forwards, the last has the
+    /// largest id there is; a full last page is otherwise followed by an empty one).
     std::string next{};
   };
 
@@ -503,9 +505,16 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     return false;
   }
 
-  // One attempt: Lua claim-or-read (drains, sees closed), then XREADGROUP BLOCK. Returns ok |
-  // empty | closed, or ok with `poisoned` set when the entry was dead-lettered instead.
-  status pop_once(connection& c, delivery& out, std::chrono::milliseconds block, bool& poisoned) {
+  // An entry as a pop took it, before it is decoded and handed out.
+  struct taken_entry {
+    std::string id;
+    std::optional<std::string> payload;  // nullopt: no v field
+    std::int64_t deliveries = 0;
+  };
+
+  // One attempt: Lua claim-or-read (drains, sees closed), then XREADGROUP BLOCK. Returns ok
+  // (the entry in `got`, not yet decoded) | empty | closed.
+  status pop_once(connection& c, taken_entry& got, std::chrono::milliseconds block) {
     std::string cursor;
     {
       std::lock_guard lock(cursor_mu_);
@@ -527,8 +536,9 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
       cursor_ = r[r.size() - 1].str();
     }
     if (code == 1) {
-      std::string payload = r[2].is_nil() ? std::string() : r[2].str();
-      poisoned = !deliver(r[1].str(), r[2].is_nil() ? nullptr : &payload, r[3].integer(), out);
+      got.id = r[1].str();
+      if (!r[2].is_nil()) got.payload = r[2].str();
+      got.deliveries = r[3].integer();
       return status::ok;
     }
     if (code == -1) {
@@ -543,16 +553,16 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     const reply& entries = m[0].is_aggregate() ? m[0][1] : m[1];
     if (entries.size() == 0) return status::empty;
     const reply& e = entries[0];
-    std::optional<std::string> v;
     std::int64_t before = 0;
     for (std::size_t i = 0; i + 1 < e[1].size(); i += 2) {
-      if (e[1][i].str() == "v") v = e[1][i + 1].str();
+      if (e[1][i].str() == "v") got.payload = e[1][i + 1].str();
       if (e[1][i].str() == "d") {
         std::string d = e[1][i + 1].str();
         std::from_chars(d.data(), d.data() + d.size(), before);
       }
     }
-    poisoned = !deliver(e[0].str(), v ? &*v : nullptr, before + 1, out);
+    got.id = e[0].str();
+    got.deliveries = before + 1;
     return status::ok;
   }
 
@@ -562,14 +572,27 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
     for (;;) {
       if (st.stop_requested()) return status::cancelled;
       auto block = detail::block_time(so_.poll_interval, deadline, may_block);
-      bool poisoned = false;
       try {
         ensure_group();
         start_heartbeat();
-        auto c = pool_.acquire();
-        status s = pop_once(*c, out, block, poisoned);
+        taken_entry got;
+        status s = status::empty;
+        {
+          auto c = pool_.acquire();
+          s = pop_once(*c, got, block);
+        }
         retry.success();
-        if (poisoned) continue;  // dead-lettered: the next one at once
+        // Invariant: the lease is given back before deliver(), whose dead-lettering of a
+        // poison entry takes a connection of its own (holding one while asking for another
+        // starves a pool of one connection for acquire_timeout); attacked by "a stream pop
+        // that meets a poison entry does not wait for a second pooled connection"
+        // (test_redis_hostile.cpp).
+        if (s == status::ok) {
+          if (deliver(std::move(got.id), got.payload ? &*got.payload : nullptr, got.deliveries,
+                      out))
+            return s;
+          continue;  // dead-lettered: the next one at once
+        }
         if (s != status::empty) return s;
       } catch (const error& e) {
         auto* se = dynamic_cast<const server_error*>(&e);
@@ -638,7 +661,12 @@ class stream : public detail::channel_pops<stream<T, Codec>, T> {
       fill(it, e[1]);
       p.items.push_back(std::move(it));
     }
-    if (p.items.size() == count) p.next = "(" + p.items.back().id;
+    // The largest id has no successor: "(" + it is refused by the server (XRANGE), and no
+    // entry can follow it, so that page is the last.
+    constexpr std::string_view largest_id = "18446744073709551615-18446744073709551615";
+    if (p.items.size() == count &&
+        !(std::string_view(cmd) == "XRANGE" && p.items.back().id == largest_id))
+      p.next = "(" + p.items.back().id;
     return p;
   }
 

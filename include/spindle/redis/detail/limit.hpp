@@ -109,11 +109,13 @@ class limit_core {
   /// On a Redis Cluster. A non-empty `route_key` pins the pool to its slot (a single-key
   /// limiter: every key it touches shares that tag); an empty one routes each call by its keys
   /// through cluster::eval_script (a per-key limiter: keys spread over the slots). `c` must
-  /// outlive the object. Throws like the other constructor.
+  /// outlive the object. Throws like the other constructor, and std::invalid_argument for a
+  /// name starting with '}' (its keys would have no hash tag).
   limit_core(const char* what, limit_algorithm a, std::string_view name, cluster& c,
              std::string_view route_key, pool_options po, double rate, std::uint64_t most,
              std::chrono::milliseconds window)
       : limit_core(what, a, name, rate, most, window) {
+    check_tag_name(what, name);
     if (route_key.empty()) {
       cluster_ = &c;
       source_ = std::string(lua_prelude) + std::string(body(a));  // script_'s source

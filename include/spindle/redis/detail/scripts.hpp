@@ -378,12 +378,15 @@ return 1
 // next read). Returns how many deliveries were renewed.
 inline constexpr std::string_view lua_stream_heartbeat = R"lua(
 local s, g, me = KEYS[1], ARGV[1], ARGV[2]
-local args = {s, g, me, 0}
+local ids = {}
 for i = 4, #ARGV do
-  if pending_count(s, g, ARGV[i]) == me then args[#args + 1] = ARGV[i] end
+  if pending_count(s, g, ARGV[i]) == me then ids[#ids + 1] = ARGV[i] end
 end
-local n = #args - 4
-if n > 0 then
+local n = #ids
+-- In chunks: unpack() fails past Lua's C stack (8000 values), and a consumer may hold more.
+for first = 1, n, 1000 do
+  local args = {s, g, me, 0}
+  for j = first, math.min(first + 999, n) do args[#args + 1] = ids[j] end
   args[#args + 1] = 'JUSTID'
   redis.call('XCLAIM', unpack(args))
 end
