@@ -711,15 +711,20 @@ TEST_CASE("a continuation on the I/O thread may cancel other commands and close 
       REQUIRE(tail.wait_for(30s) == spindle::status::ok);
     }  // joins: every reply owed is read first
     tail.get();
-    int cancelled = 0;
+    // Each INCR is either cancelled or answered: a stop that comes after its reply was read is
+    // too late (call_options). Usually all are cancelled (their replies come after `second`'s
+    // 0.3 s sleep), but an I/O thread descheduled that long reads them with `first`'s reply.
+    int cancelled = 0, answered = 0;
     for (auto& f : fs) {
       REQUIRE(f.ready());
       try {
-        f.get();
+        CHECK(f.get().integer() >= 1);
+        ++answered;
       } catch (const redis::cancelled_error&) {
         ++cancelled;
       }
     }
-    CHECK(cancelled == static_cast<int>(fs.size()));
+    MESSAGE("round " << round << ": " << cancelled << " cancelled, " << answered << " answered");
+    CHECK(cancelled + answered == static_cast<int>(fs.size()));
   }
 }
