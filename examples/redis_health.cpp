@@ -50,9 +50,11 @@ int main(int argc, char** argv) {
     for (const auto& c : q.consumers)
       std::printf("  consumer holds %llu, lease %s\n", static_cast<unsigned long long>(c.held),
                   c.lease_left && *c.lease_left > 0ms ? "live" : "expired or gone");
-    std::printf("  oldest ready: job id %llu, %llu pushed after it\n",
+    std::printf("  oldest ready: job id %llu, %llu pushed after it, waiting %s\n",
                 static_cast<unsigned long long>(q.oldest_ready_id),
-                static_cast<unsigned long long>(q.ids_since_oldest_ready));
+                static_cast<unsigned long long>(q.ids_since_oldest_ready),
+                !q.oldest_ready_age ? "(unknown)"
+                : *q.oldest_ready_age < 1min ? "< 1 min" : ">= 1 min");
 
     auto s = events.health();
     std::printf("stream %s: %llu entries, %llu dead\n", events.name().c_str(),

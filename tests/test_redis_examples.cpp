@@ -91,7 +91,7 @@ TEST_CASE("redis_health: a queue and a stream report their ready, held and dead 
   CHECK(r.exited(0));
   CHECK(has(r.out, "queue example:jobs: ready 3, held 2, dead 1, pending 5"));
   CHECK(has(r.out, "consumer holds 2, lease live"));
-  CHECK(has(r.out, "oldest ready: job id 4, 2 pushed after it"));
+  CHECK(has(r.out, "oldest ready: job id 4, 2 pushed after it, waiting < 1 min"));
   CHECK(has(r.out, "stream example:events: 5 entries, 1 dead"));
   CHECK((has(r.out, "group audit: lag 2, pending 1") ||
          has(r.out, "group audit: lag unknown, pending 1")));  // Redis 6.2 reports no lag
