@@ -983,14 +983,19 @@ TEST_CASE("concurrency_limiter acquire_for(0) and acquire(st) with a stop reques
   std::stop_source stop;
   stop.request_stop();
   constexpr int calls = 20000;
+  // No doctest assertion inside the loop: each costs more than the call it would check.
+  int granted = 0;
   const auto start = test_support::thread_cpu_time();
   for (int i = 0; i < calls; ++i) {
-    REQUIRE_FALSE(lim.acquire_for(0ns).has_value());
-    REQUIRE_FALSE(lim.acquire_for(-1ms).has_value());
-    REQUIRE_FALSE(lim.acquire(stop.get_token()).has_value());
+    granted += lim.acquire_for(0ns).has_value() ? 1 : 0;
+    granted += lim.acquire_for(-1ms).has_value() ? 1 : 0;
+    granted += lim.acquire(stop.get_token()).has_value() ? 1 : 0;
   }
   const auto used = test_support::thread_cpu_time() - start;
-  // 60,000 calls: the spin cost several microseconds each; a try well under one.
+  REQUIRE(granted == 0);
+  // 60,000 calls: the old spin (64 polls and a yield) cost 131 ms in a release build; a call
+  // that skips it costs about 50 ns (3 ms), and stays well under the bound under sanitizers.
+  MESSAGE("60,000 calls: " << used.count() << " ns of CPU");
   CHECK(used < 60ms);
   held.release();
   CHECK(lim.acquire_for(0ns).has_value());  // a free permit is still taken at once
