@@ -25,15 +25,12 @@
 namespace redis = spindle::redis;
 using namespace std::chrono_literals;
 using test_support::redis_cluster;
+using test_support::direct;
 using test_support::shared_cluster;
 
 namespace {
 
 // A plain connection to the node at `a`.
-redis::connection direct(const redis::node_address& a) {
-  return redis::connection({.host = a.host, .port = a.port, .io_timeout = 10s});
-}
-
 std::string node_id(const redis::node_address& a) {
   return direct(a).command("CLUSTER", "MYID").str();
 }

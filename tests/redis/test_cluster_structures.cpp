@@ -35,13 +35,10 @@ using namespace std::chrono_literals;
 using spindle::status;
 using test_support::eventually;
 using test_support::redis_cluster;
+using test_support::direct;
 using test_support::shared_cluster;
 
 namespace {
-
-redis::connection direct(const redis::node_address& a) {
-  return redis::connection({.host = a.host, .port = a.port, .io_timeout = 10s});
-}
 
 // A structure name `prefix`N whose {tag} slot the primary `owner` serves.
 std::string name_on(redis::cluster& c, const redis::node_address& owner,

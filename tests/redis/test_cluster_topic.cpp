@@ -24,23 +24,20 @@ namespace redis = spindle::redis;
 using namespace std::chrono_literals;
 using test_support::eventually;
 using test_support::redis_cluster;
+using test_support::direct;
 using test_support::shared_cluster;
 
 namespace {
 
-redis::connection to(const redis::node_address& a) {
-  return redis::connection({.host = a.host, .port = a.port, .io_timeout = 10s});
-}
-
 // Subscribers of sharded `channel` on node `a` (PUBSUB SHARDNUMSUB asks that node only).
 std::int64_t shard_subscribers(const redis::node_address& a, const std::string& channel) {
-  return to(a).command("PUBSUB", "SHARDNUMSUB", channel)[1].integer();
+  return direct(a).command("PUBSUB", "SHARDNUMSUB", channel)[1].integer();
 }
 
 // Connections on node `a` that belong to a subscription: their last command is one a
 // subscriber sends (the fixture's and the cluster client's connections send others).
 int subscriber_connections(const redis::node_address& a) {
-  auto list = to(a).command("CLIENT", "LIST").str();
+  auto list = direct(a).command("CLIENT", "LIST").str();
   int n = 0;
   for (const char* cmd : {"cmd=ssubscribe ", "cmd=sunsubscribe ", "cmd=ping "})
     for (auto at = list.find(cmd); at != std::string::npos; at = list.find(cmd, at + 1)) ++n;
@@ -62,15 +59,15 @@ std::string channel_on(redis::cluster& c, const redis::node_address& owner,
 // IMPORTING on dst, MIGRATING on src, then NODE dst on dst, src and the other primaries.
 void move_slot(const std::vector<redis::node_address>& primaries, std::uint16_t slot,
                const redis::node_address& src, const redis::node_address& dst) {
-  auto src_id = to(src).command("CLUSTER", "MYID").str();
-  auto dst_id = to(dst).command("CLUSTER", "MYID").str();
-  REQUIRE(to(dst).command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id).str() == "OK");
-  REQUIRE(to(src).command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id).str() == "OK");
-  REQUIRE(to(dst).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
-  REQUIRE(to(src).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  auto src_id = direct(src).command("CLUSTER", "MYID").str();
+  auto dst_id = direct(dst).command("CLUSTER", "MYID").str();
+  REQUIRE(direct(dst).command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id).str() == "OK");
+  REQUIRE(direct(src).command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id).str() == "OK");
+  REQUIRE(direct(dst).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+  REQUIRE(direct(src).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
   for (const auto& p : primaries)
     if (!(p == src) && !(p == dst))
-      REQUIRE(to(p).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
+      REQUIRE(direct(p).command("CLUSTER", "SETSLOT", slot, "NODE", dst_id).str() == "OK");
 }
 
 // Messages received by a handler, by channel.

@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "spindle/redis/cluster.hpp"  // node_address
 #include "spindle/redis/connection.hpp"
 #include "support/process.hpp"
 #include "support/redis_server.hpp"
@@ -217,6 +218,13 @@ inline redis_cluster* shared_cluster() {
     cl = std::make_unique<redis_cluster>();
   }
   return cl.get();
+}
+
+/// A connection straight to one node (no routing): CLUSTER commands, checks of what one node
+/// holds. io_timeout 10 s: generous for a loaded CI machine.
+inline spindle::redis::connection direct(const spindle::redis::node_address& a) {
+  return spindle::redis::connection({.host = a.host, .port = a.port,
+                                     .io_timeout = std::chrono::seconds(10)});
 }
 
 }  // namespace test_support
